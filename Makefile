@@ -1,0 +1,38 @@
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+VENV := .venv/bin
+PORT ?= 8080
+
+.PHONY: help install dev test test-fast lint format typecheck validate events-check clean
+
+help: ## Show the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+install: ## Create .venv with the project and its dev tools
+	@scripts/bootstrap.sh
+
+dev: install ## Run the whole backend locally: page at http://127.0.0.1:$(PORT)/
+	@scripts/ensure-redis.sh || true
+	$(VENV)/python -m local --port $(PORT)
+
+test: install ## Run the full test suite (starts Redis, installs Chromium if missing)
+	@scripts/ensure-redis.sh
+	@scripts/ensure-chromium.sh
+	$(VENV)/pytest
+
+test-fast: install ## Unit and integration tests only
+	@scripts/ensure-redis.sh
+	$(VENV)/pytest tests/unit tests/integration
+
+lint: install ## ruff, mypy and cfn-lint
+	$(VENV)/ruff check .
+	$(VENV)/ruff format --check .
+	$(VENV)/mypy
+	$(VENV)/cfn-lint template.yaml
+
+format: install ## Format and fix what ruff can
+	$(VENV)/ruff format .
+	$(VENV)/ruff check --fix .
+
+clean: ## Remove build and test leftovers
+	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,45 @@
+"""One pybreaker circuit breaker per dependency, with a listener that logs and counts
+state changes (an alarm watches ``BreakerOpened``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pybreaker
+from aws_lambda_powertools.metrics import MetricUnit
+
+from chatmemory.config import BreakerSettings
+from chatmemory.errors import TurnConflict
+from chatmemory.observability import logger, metrics
+
+
+class _StateListener(pybreaker.CircuitBreakerListener):
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        old = old_state.name if old_state else None
+        logger.warning("breaker state change", extra={"breaker": cb.name, "from": old, "to": new_state.name})
+        if new_state.name == pybreaker.STATE_OPEN:
+            metrics.add_metric(name="BreakerOpened", unit=MetricUnit.Count, value=1)
+
+
+@dataclass(frozen=True)
+class Breakers:
+    redis: pybreaker.CircuitBreaker
+    dynamodb: pybreaker.CircuitBreaker
+
+    @classmethod
+    def from_settings(cls, settings: BreakerSettings) -> Breakers:
+        def make(name: str) -> pybreaker.CircuitBreaker:
+            return pybreaker.CircuitBreaker(
+                fail_max=settings.fail_max,
+                reset_timeout=settings.reset_timeout_seconds,
+                exclude=[TurnConflict],  # a taken turn number is an answer, not a fault
+                listeners=[_StateListener()],
+                name=name,
+            )
+
+        return cls(redis=make("redis"), dynamodb=make("dynamodb"))

@@ -1,0 +1,115 @@
+"""One typed settings object, read from the environment once per cold start.
+
+Every tunable of the product lives here, grouped by concern. Domain code receives a
+``Settings`` (or one of its groups) and never reads ``os.environ`` itself.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MemorySettings(BaseModel):
+    history_turns: int = Field(10, ge=1, le=200, description="N: turns of history sent to the model")
+    session_ttl_seconds: int = Field(86_400, ge=60, description="sliding expiry of a session")
+    cache_ttl_seconds: int = Field(3_600, ge=10, description="expiry of a session's Redis entry")
+    max_message_chars: int = Field(16_000, ge=1, le=100_000, description="largest accepted user message")
+
+
+class StorageSettings(BaseModel):
+    sessions_table: str = "ChatSessions"
+    connections_table: str = "ChatConnections"
+    dynamodb_endpoint_url: str | None = None
+    connect_timeout_seconds: float = 0.5
+    read_timeout_seconds: float = 1.0
+    max_attempts: int = Field(2, ge=1, le=10)
+
+
+class CacheSettings(BaseModel):
+    redis_url: str | None = None
+    socket_timeout_seconds: float = 0.25
+    connect_timeout_seconds: float = 0.25
+
+
+class BreakerSettings(BaseModel):
+    fail_max: int = Field(3, ge=1)
+    reset_timeout_seconds: float = Field(30.0, gt=0)
+
+
+class LlmSettings(BaseModel):
+    provider: Literal["anthropic", "bedrock", "offline"] = "offline"
+    model: str = "claude-sonnet-4-5"
+    bedrock_model: str = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    api_key: str | None = None
+    api_key_secret_name: str | None = None
+    base_url: str | None = None
+    max_output_tokens: int = Field(1024, ge=1)
+    timeout_seconds: float = Field(30.0, gt=0)
+    max_retries: int = Field(1, ge=0, le=5)
+    system_prompt: str = "You are a helpful, concise assistant. Use the conversation so far when it helps."
+    offline_delay_seconds: float = Field(0.01, ge=0, description="pause between offline model chunks")
+
+
+class StreamSettings(BaseModel):
+    flush_chars: int = Field(200, ge=1, description="send a delta frame once this many chars are buffered")
+    flush_interval_seconds: float = Field(0.1, ge=0, description="or once this long has passed")
+    connections_endpoint_url: str | None = Field(None, description="override of the @connections API")
+
+
+class Settings(BaseSettings):
+    """Environment variables use a double underscore between group and field.
+
+    For example ``MEMORY__HISTORY_TURNS=20`` or ``LLM__PROVIDER=anthropic``. A few well-known
+    names are also accepted as they are (``ANTHROPIC_API_KEY``, ``REDIS_URL``, ...).
+    """
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+
+    memory: MemorySettings = MemorySettings()
+    storage: StorageSettings = StorageSettings()
+    cache: CacheSettings = CacheSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    llm: LlmSettings = LlmSettings()
+    stream: StreamSettings = StreamSettings()
+    aws_region: str = Field("us-east-1", validation_alias="AWS_REGION")
+
+    # Conventional names, folded into their groups below.
+    redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    dynamodb_endpoint_url: str | None = Field(None, validation_alias="DYNAMODB_ENDPOINT_URL")
+    anthropic_api_key: str | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
+    sessions_table: str | None = Field(None, validation_alias="SESSIONS_TABLE")
+    connections_table: str | None = Field(None, validation_alias="CONNECTIONS_TABLE")
+    connections_endpoint_url: str | None = Field(None, validation_alias="CONNECTIONS_ENDPOINT_URL")
+
+    @model_validator(mode="after")
+    def _fold_conventional_names(self) -> Settings:
+        if self.redis_url:
+            self.cache.redis_url = self.redis_url
+        if self.dynamodb_endpoint_url:
+            self.storage.dynamodb_endpoint_url = self.dynamodb_endpoint_url
+        if self.sessions_table:
+            self.storage.sessions_table = self.sessions_table
+        if self.connections_table:
+            self.storage.connections_table = self.connections_table
+        if self.connections_endpoint_url:
+            self.stream.connections_endpoint_url = self.connections_endpoint_url
+        if self.anthropic_base_url:
+            self.llm.base_url = self.anthropic_base_url
+        if self.anthropic_api_key:
+            self.llm.api_key = self.anthropic_api_key
+            if self.llm.provider == "offline" and "provider" not in self.llm.model_fields_set:
+                self.llm.provider = "anthropic"
+        if self.llm.provider == "anthropic" and not (self.llm.api_key or self.llm.api_key_secret_name):
+            raise ValueError("LLM__PROVIDER=anthropic needs ANTHROPIC_API_KEY or LLM__API_KEY_SECRET_NAME")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, validated once (at cold start)."""
+    return Settings()

@@ -1,0 +1,87 @@
+"""Which session a WebSocket connection is bound to, and for whom.
+
+Bindings live in the connections table and, written through, in Redis: a turn finds its
+session even while one of the two is failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from chatmemory.breakers import Breakers
+from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS
+from chatmemory.observability import logger
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
+    from redis import Redis
+
+# API Gateway closes a WebSocket connection after two hours at most.
+CONNECTION_TTL_SECONDS = 2 * 3600
+
+
+class Binding(BaseModel):
+    connection_id: str
+    session_id: str
+    principal: str
+    connected_at: int
+
+
+def binding_key(connection_id: str) -> str:
+    return f"conn:{{{connection_id}}}"
+
+
+class ConnectionRegistry:
+    def __init__(self, table: Table, redis: Redis | None, breakers: Breakers) -> None:
+        self._table, self._redis, self._breakers = table, redis, breakers
+
+    def bind(self, binding: Binding) -> None:
+        """Record the binding; raises if neither store took it (the connection is refused)."""
+        stored = self._try_dynamodb(lambda: self._table.put_item(Item=_item(binding)))
+        cached = self._try_redis(
+            lambda r: r.set(binding_key(binding.connection_id), binding.model_dump_json(), ex=CONNECTION_TTL_SECONDS)
+        )
+        if not (stored or cached):
+            raise ConnectionError("no store accepted the connection binding")
+
+    def lookup(self, connection_id: str) -> Binding | None:
+        raw: list[bytes | None] = []
+        if self._try_redis(lambda r: raw.append(r.get(binding_key(connection_id)))) and raw[0]:
+            return Binding.model_validate_json(raw[0])
+        items: list[dict[str, object]] = []
+        if self._try_dynamodb(lambda: items.extend(self._get_item(connection_id))):
+            return Binding.model_validate(items[0]) if items else None
+        return None
+
+    def unbind(self, connection_id: str) -> None:
+        self._try_redis(lambda r: r.delete(binding_key(connection_id)))
+        self._try_dynamodb(lambda: self._table.delete_item(Key={"connection_id": connection_id}))
+
+    def _get_item(self, connection_id: str) -> list[dict[str, object]]:
+        item = self._table.get_item(Key={"connection_id": connection_id}, ConsistentRead=True).get("Item")
+        return [dict(item)] if item else []
+
+    def _try_dynamodb(self, op: Callable[[], Any]) -> bool:
+        try:
+            self._breakers.dynamodb.call(op)
+            return True
+        except DYNAMODB_FAULTS as exc:
+            logger.warning("connections table unavailable", extra={"error": type(exc).__name__})
+            return False
+
+    def _try_redis(self, op: Callable[[Redis], Any]) -> bool:
+        if self._redis is None:
+            return False
+        try:
+            self._breakers.redis.call(op, self._redis)
+            return True
+        except REDIS_FAULTS as exc:
+            logger.warning("Redis unavailable for bindings", extra={"error": type(exc).__name__})
+            return False
+
+
+def _item(binding: Binding) -> dict[str, object]:
+    return {**binding.model_dump(), "ttl": binding.connected_at + CONNECTION_TTL_SECONDS}

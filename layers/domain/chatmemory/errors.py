@@ -1,0 +1,95 @@
+"""Domain errors. Each carries the wire error code and a sentence a person understands;
+``protocol.error_frame`` is the one place that turns them into frames."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_ACTION = "unknown_action"
+    EMPTY_MESSAGE = "empty_message"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    BUSY = "busy"
+    FORBIDDEN = "forbidden"
+    LLM_UNAVAILABLE = "llm_unavailable"
+    INTERNAL = "internal"
+
+
+class ChatError(Exception):
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ChatError):
+    code = ErrorCode.BAD_REQUEST
+
+
+class UnknownAction(ChatError):
+    code = ErrorCode.UNKNOWN_ACTION
+
+    def __init__(self, action: str | None, known: list[str]) -> None:
+        shown = f'"{action[:40]}"' if action else "missing"
+        super().__init__(f"Unknown action {shown}. Known actions: {', '.join(known)}.")
+
+
+class EmptyMessage(ChatError):
+    code = ErrorCode.EMPTY_MESSAGE
+
+    def __init__(self) -> None:
+        super().__init__("The message is empty. Type something before sending.")
+
+
+class MessageTooLarge(ChatError):
+    code = ErrorCode.MESSAGE_TOO_LARGE
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"The message has {size} characters; the limit is {limit}. Please shorten it.")
+
+
+class Busy(ChatError):
+    code = ErrorCode.BUSY
+
+    def __init__(self) -> None:
+        super().__init__("Another message in this conversation is being answered. Try again in a moment.")
+
+
+class Forbidden(ChatError):
+    code = ErrorCode.FORBIDDEN
+
+
+class NoSession(ChatError):
+    code = ErrorCode.BAD_REQUEST
+
+    def __init__(self) -> None:
+        super().__init__("This connection has no conversation. Reconnect to start one.")
+
+
+class LlmUnavailable(ChatError):
+    code = ErrorCode.LLM_UNAVAILABLE
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(
+            "The assistant could not answer right now"
+            + (f" ({detail})" if detail else "")
+            + ". Your message is saved; please try again in a moment."
+        )
+
+
+class InternalError(ChatError):
+    code = ErrorCode.INTERNAL
+
+    def __init__(self) -> None:
+        super().__init__("Something went wrong on our side. Please try again.")
+
+
+class TurnConflict(Exception):
+    """The turn number was taken: a concurrent writer, or a stale cache. Not shown to users."""
+
+
+class ClientGone(Exception):
+    """The WebSocket connection is closed (API Gateway answered GoneException)."""

@@ -1,0 +1,203 @@
+"""Session memory: Redis first, DynamoDB behind it, stateless when neither answers.
+
+Every call to a dependency goes through its circuit breaker, so a dead Redis or DynamoDB
+costs one client timeout until the breaker opens and nothing after that. Memory modes:
+
+* ``full``: the history came from the cache or from DynamoDB, and the turn is stored;
+* ``cache_only``: DynamoDB is failing but the cache answered; the turn cannot be stored;
+* ``stateless``: neither answered; the model sees only the new message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import pybreaker
+from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import BotoCoreError, ClientError
+from redis.exceptions import RedisError
+
+from chatmemory.breakers import Breakers
+from chatmemory.cache import TurnCache
+from chatmemory.config import MemorySettings
+from chatmemory.errors import Busy, TurnConflict
+from chatmemory.observability import logger, metrics
+from chatmemory.protocol import MemoryMode
+from chatmemory.store import TurnStore
+from chatmemory.turns import Turn, TurnStatus, Usage
+
+T = TypeVar("T")
+
+# What a failing dependency raises, including the breaker refusing to call it.
+REDIS_FAULTS: tuple[type[BaseException], ...] = (RedisError, pybreaker.CircuitBreakerError)
+DYNAMODB_FAULTS: tuple[type[BaseException], ...] = (ClientError, BotoCoreError, pybreaker.CircuitBreakerError)
+
+
+@dataclass
+class History:
+    turns: list[Turn]
+    mode: MemoryMode
+    source: Literal["cache", "dynamodb", "none"]
+
+    @property
+    def last_turn_number(self) -> int:
+        return self.turns[-1].turn if self.turns else 0
+
+
+@dataclass
+class StartedTurn:
+    turn: Turn
+    history: History  # the turns before this one
+    persisted: bool
+
+
+@dataclass
+class SessionMemory:
+    store: TurnStore
+    cache: TurnCache | None
+    breakers: Breakers
+    settings: MemorySettings
+    clock: Callable[[], float]
+    # Sessions whose cache entry may have missed a write while Redis was failing: dropped
+    # before they are read again, so the cache never serves a history with a hole.
+    _dirty: set[str] = field(default_factory=set)
+
+    # ---- reads -------------------------------------------------------------------------
+
+    def load(self, session_id: str) -> History:
+        """The last N turns: cache, then DynamoDB (refilling the cache), then nothing."""
+        cached = self._cache_read(session_id, self._now())
+        if cached is not None:
+            metrics.add_metric(name="CacheHit", unit=MetricUnit.Count, value=1)
+            return History(cached, "full", "cache")
+        metrics.add_metric(name="CacheMiss", unit=MetricUnit.Count, value=1)
+        return self._reload_from_store(session_id) or History([], "stateless", "none")
+
+    def _reload_from_store(self, session_id: str) -> History | None:
+        stored = self._store_read(session_id, self._now())
+        if stored is None:
+            return None
+        self._cache_fill(session_id, stored)
+        return History(stored, "full", "dynamodb")
+
+    # ---- the turn ----------------------------------------------------------------------
+
+    def begin_turn(
+        self, session_id: str, principal: str | None, message: str, client_message_id: str | None
+    ) -> StartedTurn:
+        """Load the history and persist the user's message under the next turn number.
+
+        The conditional put detects a concurrent writer or a stale cache: the cache is then
+        dropped, the history re-read from DynamoDB and the allocation tried once more.
+        """
+        history = self.load(session_id)
+        for attempt in range(2):
+            turn = self._new_turn(session_id, history.last_turn_number + 1, principal, message, client_message_id)
+            try:
+                self.breakers.dynamodb.call(self.store.put_user_message, turn)
+                return StartedTurn(turn, history, persisted=True)
+            except TurnConflict:
+                logger.info("turn number taken, re-reading history", extra={"attempt": attempt})
+                self._cache_invalidate(session_id)
+                reloaded = self._reload_from_store(session_id)
+                if reloaded is None:
+                    break
+                history = reloaded
+            except DYNAMODB_FAULTS as exc:
+                logger.warning("could not store the user's message", extra={"error": type(exc).__name__})
+                mode: MemoryMode = "cache_only" if history.source == "cache" else "stateless"
+                kept = history.turns if mode == "cache_only" else []
+                return StartedTurn(turn, History(kept, mode, history.source), persisted=False)
+        raise Busy()
+
+    def finish_turn(self, started: StartedTurn, reply: str, status: TurnStatus, usage: Usage) -> bool:
+        """Store the reply on the turn item, then write the finished turn through to Redis.
+
+        Returns whether the reply is stored. The user's message is stored either way.
+        """
+        if not started.persisted:
+            return False
+        turn = started.turn.model_copy(
+            update={
+                "assistant": reply,
+                "status": status,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "expires_at": self._expiry(),
+            }
+        )
+        try:
+            self.breakers.dynamodb.call(
+                self.store.finish_turn, turn.session_id, turn.turn, reply, status, usage, turn.expires_at
+            )
+        except DYNAMODB_FAULTS as exc:
+            logger.warning("could not store the reply", extra={"error": type(exc).__name__})
+            return False
+        self._cache_write(turn.session_id, lambda c: c.append(turn.session_id, turn, first_turn=turn.turn == 1))
+        return True
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return int(self.clock())
+
+    def _expiry(self) -> int:
+        return self._now() + self.settings.session_ttl_seconds
+
+    def _new_turn(
+        self, session_id: str, number: int, principal: str | None, message: str, client_message_id: str | None
+    ) -> Turn:
+        return Turn(
+            session_id=session_id,
+            turn=number,
+            user=message,
+            at=self._now(),
+            expires_at=self._expiry(),
+            principal=principal,
+            client_message_id=client_message_id,
+        )
+
+    def _store_read(self, session_id: str, now: int) -> list[Turn] | None:
+        try:
+            return self.breakers.dynamodb.call(
+                self.store.latest_turns, session_id, self.settings.history_turns, now
+            )
+        except DYNAMODB_FAULTS as exc:
+            logger.warning("DynamoDB read failed", extra={"error": type(exc).__name__})
+            return None
+
+    def _cache_read(self, session_id: str, now: int) -> list[Turn] | None:
+        if self.cache is None:
+            return None
+        if session_id in self._dirty:
+            self._cache_write(session_id, lambda c: c.invalidate(session_id))
+            if session_id in self._dirty:
+                return None
+        cache = self.cache
+        try:
+            return self.breakers.redis.call(cache.window, session_id, now)
+        except REDIS_FAULTS as exc:
+            logger.warning("Redis read failed", extra={"error": type(exc).__name__})
+            return None
+
+    def _cache_fill(self, session_id: str, turns: list[Turn]) -> None:
+        # Trailing pending turns are left out: their finished version is appended later.
+        end = len(turns)
+        while end and turns[end - 1].status == "pending":
+            end -= 1
+        self._cache_write(session_id, lambda c: c.fill(session_id, turns[:end]))
+
+    def _cache_invalidate(self, session_id: str) -> None:
+        self._cache_write(session_id, lambda c: c.invalidate(session_id))
+
+    def _cache_write(self, session_id: str, op: Callable[[TurnCache], Any]) -> None:
+        if self.cache is None:
+            return
+        try:
+            self.breakers.redis.call(op, self.cache)
+            self._dirty.discard(session_id)
+        except REDIS_FAULTS as exc:
+            logger.warning("Redis write failed; entry marked for repair", extra={"error": type(exc).__name__})
+            self._dirty.add(session_id)

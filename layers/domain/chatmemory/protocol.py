@@ -1,0 +1,118 @@
+"""The wire protocol: client frames in, server frames out, error codes.
+
+``docs/protocol.md`` is the reference for what is here. Frames are plain dicts on the wire;
+the models below validate what clients send and build what the server sends.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+
+from chatmemory.errors import BadRequest, ChatError, ErrorCode, UnknownAction
+
+__all__ = ["ErrorCode"]
+
+MemoryMode = Literal["full", "cache_only", "stateless"]
+
+MAX_FRAME_BYTES = 32 * 1024  # API Gateway's WebSocket frame limit
+
+
+class NoticeCode(StrEnum):
+    MEMORY_DEGRADED = "memory_degraded"
+    MEMORY_UNAVAILABLE = "memory_unavailable"
+    NOT_REMEMBERED = "not_remembered"
+
+
+ClientMessageId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:-]+$")]
+
+
+class _ClientFrame(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SendMessage(_ClientFrame):
+    action: Literal["sendMessage"]
+    message: str
+    client_message_id: ClientMessageId | None = Field(None, alias="clientMessageId")
+
+
+class GetSession(_ClientFrame):
+    action: Literal["getSession"]
+
+
+ClientFrame = Annotated[SendMessage | GetSession, Field(discriminator="action")]
+_client_frame: TypeAdapter[SendMessage | GetSession] = TypeAdapter(ClientFrame)
+KNOWN_ACTIONS = frozenset({"sendMessage", "getSession"})
+
+
+def parse_client_frame(body: str | None) -> SendMessage | GetSession:
+    """Parse one client frame, raising a ``ChatError`` a person can read on bad input."""
+    try:
+        raw = json.loads(body or "")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest("The message is not valid JSON. Send an object such as {\"action\": ...}.") from exc
+    if not isinstance(raw, dict):
+        raise BadRequest("The message must be a JSON object with an \"action\" field.")
+    action = raw.get("action")
+    if action not in KNOWN_ACTIONS:
+        raise UnknownAction(action if isinstance(action, str) else None, sorted(KNOWN_ACTIONS))
+    try:
+        return _client_frame.validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"][1:]) or "frame"
+        raise BadRequest(f"Field \"{where}\" is invalid: {first['msg']}.") from exc
+
+
+# ---- server frames -------------------------------------------------------------------------
+
+
+class HistoryTurn(BaseModel):
+    turn: int
+    user: str
+    assistant: str | None
+    at: int
+
+
+def session_frame(
+    session_id: str, resumed: bool, history: list[HistoryTurn], memory_mode: MemoryMode
+) -> dict[str, Any]:
+    return {
+        "type": "session",
+        "sessionId": session_id,
+        "resumed": resumed,
+        "history": [t.model_dump() for t in history],
+        "memoryMode": memory_mode,
+    }
+
+
+def delta_frame(turn: int, text: str) -> dict[str, Any]:
+    return {"type": "delta", "turn": turn, "text": text}
+
+
+def done_frame(
+    turn: int, memory_mode: MemoryMode, truncated: bool, input_tokens: int, output_tokens: int
+) -> dict[str, Any]:
+    return {
+        "type": "done",
+        "turn": turn,
+        "memoryMode": memory_mode,
+        "truncated": truncated,
+        "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens},
+    }
+
+
+def notice_frame(code: NoticeCode, message: str) -> dict[str, Any]:
+    return {"type": "notice", "code": str(code), "message": message}
+
+
+def error_frame(error: ChatError, request_id: str | None) -> dict[str, Any]:
+    return {"type": "error", "code": str(error.code), "message": error.message, "requestId": request_id}
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,148 @@
+"""Wiring: real clients built once per process from ``Settings``, shared by every handler.
+
+Tests and the local stack build ``Services`` with their own clients (moto, a local Redis)
+or replace the process-wide instance with ``use_services``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import redis
+from botocore.config import Config
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from chatmemory.breakers import Breakers
+from chatmemory.cache import TurnCache
+from chatmemory.config import Settings, get_settings
+from chatmemory.connections import ConnectionRegistry
+from chatmemory.conversation import Conversation
+from chatmemory.history import SessionMemory
+from chatmemory.llm.anthropic_model import build_chat_model
+from chatmemory.llm.base import ChatModel
+from chatmemory.sender import ConnectionSender
+from chatmemory.sessions import SessionService
+from chatmemory.store import TurnStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import DynamoDBServiceResource
+
+
+def dynamodb_resource(settings: Settings) -> DynamoDBServiceResource:
+    """DynamoDB with tight timeouts and bounded retries: the breaker, not botocore's 60 s
+    default read timeout, decides how long a turn may wait on a failing table."""
+    config = Config(
+        connect_timeout=settings.storage.connect_timeout_seconds,
+        read_timeout=settings.storage.read_timeout_seconds,
+        retries={"max_attempts": settings.storage.max_attempts, "mode": "standard"},
+    )
+    return boto3.resource(
+        "dynamodb",
+        region_name=settings.aws_region,
+        endpoint_url=settings.storage.dynamodb_endpoint_url,
+        config=config,
+    )
+
+
+def redis_client(settings: Settings) -> redis.Redis | None:
+    if not settings.cache.redis_url:
+        return None
+    return redis.Redis.from_url(
+        settings.cache.redis_url,
+        socket_timeout=settings.cache.socket_timeout_seconds,
+        socket_connect_timeout=settings.cache.connect_timeout_seconds,
+        retry=Retry(NoBackoff(), retries=1),
+        health_check_interval=30,
+    )
+
+
+def management_client(endpoint_url: str, region: str) -> Any:
+    return boto3.client(
+        "apigatewaymanagementapi",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        config=Config(connect_timeout=1, read_timeout=3, retries={"max_attempts": 2, "mode": "standard"}),
+    )
+
+
+def _api_key(settings: Settings) -> str | None:
+    if settings.llm.api_key or not settings.llm.api_key_secret_name:
+        return settings.llm.api_key
+    from aws_lambda_powertools.utilities import parameters
+
+    return str(parameters.get_secret(settings.llm.api_key_secret_name, max_age=300))
+
+
+class Services:
+    def __init__(
+        self,
+        settings: Settings,
+        dynamodb: DynamoDBServiceResource,
+        redis: redis.Redis | None,
+        model: ChatModel,
+        management_client_factory: Callable[[str], Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.breakers = Breakers.from_settings(settings.breaker)
+        self.redis = redis
+        cache = None
+        if redis is not None:
+            cache = TurnCache(redis, settings.memory.history_turns, settings.memory.cache_ttl_seconds)
+        self.memory = SessionMemory(
+            store=TurnStore(dynamodb.Table(settings.storage.sessions_table)),
+            cache=cache,
+            breakers=self.breakers,
+            settings=settings.memory,
+            clock=clock,
+        )
+        self.registry = ConnectionRegistry(dynamodb.Table(settings.storage.connections_table), redis, self.breakers)
+        self.model = model
+        self.clock = clock
+        self._management_client_factory = management_client_factory or (
+            lambda url: management_client(url, settings.aws_region)
+        )
+        self._senders: dict[str, ConnectionSender] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        return cls(
+            settings,
+            dynamodb_resource(settings),
+            redis_client(settings),
+            build_chat_model(settings.llm, _api_key(settings)),
+        )
+
+    def sender(self, endpoint_url: str) -> ConnectionSender:
+        """The @connections sender; ``CONNECTIONS_ENDPOINT_URL`` overrides the event's endpoint."""
+        url = self.settings.stream.connections_endpoint_url or endpoint_url
+        if url not in self._senders:
+            self._senders[url] = ConnectionSender(self._management_client_factory(url))
+        return self._senders[url]
+
+    def sessions(self, endpoint_url: str) -> SessionService:
+        return SessionService(self.registry, self.memory, self.sender(endpoint_url), self.clock)
+
+    def conversation(self, endpoint_url: str) -> Conversation:
+        return Conversation(self.memory, self.model, self.sender(endpoint_url), self.settings)
+
+
+_services: Services | None = None
+
+
+def get_services() -> Services:
+    """The process-wide services, created on first use (cold start)."""
+    global _services
+    if _services is None:
+        _services = Services.from_settings(get_settings())
+    return _services
+
+
+def use_services(services: Services | None) -> None:
+    """Replace the process-wide services (tests, the local stack); ``None`` resets them."""
+    global _services
+    _services = services

@@ -1,0 +1,73 @@
+"""Connecting a WebSocket to a session, and showing a session to a (re)loaded page."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from chatmemory.connections import Binding, ConnectionRegistry
+from chatmemory.errors import NoSession
+from chatmemory.history import SessionMemory
+from chatmemory.protocol import HistoryTurn, session_frame
+from chatmemory.sender import FrameSender
+
+
+def _valid_session_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return str(uuid.UUID(value, version=4))
+    except ValueError:
+        return None
+
+
+class SessionService:
+    def __init__(
+        self,
+        registry: ConnectionRegistry,
+        memory: SessionMemory,
+        sender: FrameSender,
+        clock: Callable[[], float],
+    ) -> None:
+        self._registry, self._memory, self._sender, self._clock = registry, memory, sender, clock
+
+    def connect(self, connection_id: str, requested_session_id: str | None, principal: str) -> Binding:
+        """Bind the connection to the requested session when it has history, else to a new one.
+
+        Session ids are made here (UUIDv4, so partitions spread evenly), never by clients: an
+        unknown id starts a fresh session.
+        """
+        session_id = _valid_session_id(requested_session_id)
+        if session_id is None or not self._memory.load(session_id).turns:
+            session_id = str(uuid.uuid4())
+        binding = Binding(
+            connection_id=connection_id,
+            session_id=session_id,
+            principal=principal,
+            connected_at=int(self._clock()),
+        )
+        self._registry.bind(binding)
+        return binding
+
+    def disconnect(self, connection_id: str) -> None:
+        self._registry.unbind(connection_id)
+
+    def binding(self, connection_id: str) -> Binding:
+        binding = self._registry.lookup(connection_id)
+        if binding is None:
+            raise NoSession()
+        return binding
+
+    def send_session(self, connection_id: str) -> dict[str, Any]:
+        """Send the ``session`` frame: the id, whether it was resumed, and the last N turns."""
+        binding = self.binding(connection_id)
+        history = self._memory.load(binding.session_id)
+        frame = session_frame(
+            binding.session_id,
+            resumed=bool(history.turns),
+            history=[HistoryTurn(turn=t.turn, user=t.user, assistant=t.assistant, at=t.at) for t in history.turns],
+            memory_mode=history.mode,
+        )
+        self._sender.send(connection_id, frame)
+        return frame

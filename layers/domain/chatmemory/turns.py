@@ -1,0 +1,37 @@
+"""The unit of memory: one turn, the user's message and the assistant's reply."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+TurnStatus = Literal["pending", "complete", "failed", "interrupted"]
+
+
+class Turn(BaseModel):
+    session_id: str
+    turn: int
+    user: str
+    assistant: str | None = None
+    status: TurnStatus = "pending"
+    at: int  # epoch seconds the user's message was accepted
+    expires_at: int  # epoch seconds; invisible from then on
+    principal: str | None = None
+    client_message_id: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def answered(self) -> bool:
+        return self.status == "complete" and self.assistant is not None
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def is_contiguous(turns: list[Turn]) -> bool:
+    """True when the turns are consecutive and ascending (a window with no hole)."""
+    return all(b.turn == a.turn + 1 for a, b in zip(turns, turns[1:], strict=False))

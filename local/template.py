@@ -1,0 +1,131 @@
+"""Read ``template.yaml``: the functions, WebSocket routes and tables it declares.
+
+The local stack and the tests take everything from here, so nothing restates the template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short-form tags (!Ref, !Sub, ...) kept as plain dicts."""
+
+
+def _tag(loader: _CfnLoader, suffix: str, node: yaml.Node) -> Any:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+        if suffix == "GetAtt" and isinstance(value, str):
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return {name: value}
+
+
+_CfnLoader.add_multi_constructor("!", _tag)
+
+
+@dataclass(frozen=True)
+class Function:
+    logical_id: str
+    code_uri: Path
+    handler: str
+    environment: dict[str, Any]
+
+    @property
+    def module_file(self) -> Path:
+        return self.code_uri / (self.handler.rsplit(".", 1)[0].replace(".", "/") + ".py")
+
+    @property
+    def function_name(self) -> str:
+        return self.handler.rsplit(".", 1)[1]
+
+
+@dataclass(frozen=True)
+class Template:
+    raw: dict[str, Any]
+
+    @property
+    def resources(self) -> dict[str, Any]:
+        return dict(self.raw["Resources"])
+
+    def of_type(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {name: res for name, res in self.resources.items() if res["Type"] == kind}
+
+    def functions(self) -> dict[str, Function]:
+        glob_env = self.raw.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+        out = {}
+        for name, res in self.of_type("AWS::Serverless::Function").items():
+            props = res["Properties"]
+            env = {**glob_env, **props.get("Environment", {}).get("Variables", {})}
+            out[name] = Function(name, ROOT / props["CodeUri"], props["Handler"], env)
+        return out
+
+    def route_selection_expression(self) -> str:
+        (api,) = self.of_type("AWS::ApiGatewayV2::Api").values()
+        return str(api["Properties"]["RouteSelectionExpression"])
+
+    def routes(self) -> dict[str, Function]:
+        """Route key -> the function its integration invokes."""
+        functions = self.functions()
+        integrations = self.of_type("AWS::ApiGatewayV2::Integration")
+        out = {}
+        for res in self.of_type("AWS::ApiGatewayV2::Route").values():
+            props = res["Properties"]
+            target = props["Target"]["Fn::Sub"].split("${", 1)[1].rstrip("}")
+            uri = integrations[target]["Properties"]["IntegrationUri"]["Fn::Sub"]
+            function_id = uri.split("functions/${", 1)[1].split(".Arn}", 1)[0]
+            out[str(props["RouteKey"])] = functions[function_id]
+        return out
+
+    def table_definitions(self) -> dict[str, dict[str, Any]]:
+        """Logical id -> the CreateTable arguments of each DynamoDB table (without a name)."""
+        out = {}
+        for name, res in self.of_type("AWS::DynamoDB::Table").items():
+            props = res["Properties"]
+            out[name] = {
+                "KeySchema": props["KeySchema"],
+                "AttributeDefinitions": props["AttributeDefinitions"],
+                "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
+                "ttl_attribute": props.get("TimeToLiveSpecification", {}).get("AttributeName"),
+            }
+        return out
+
+
+@lru_cache(maxsize=1)
+def load_template(path: Path = TEMPLATE) -> Template:
+    with path.open() as handle:
+        return Template(yaml.load(handle, Loader=_CfnLoader))  # noqa: S506 - a SafeLoader subclass
+
+
+def create_tables(dynamodb: Any, names: dict[str, str]) -> None:
+    """Create the template's tables (logical id -> table name) on a DynamoDB endpoint."""
+    client = dynamodb.meta.client
+    existing = set(client.list_tables()["TableNames"])
+    for logical_id, spec in load_template().table_definitions().items():
+        name = names[logical_id]
+        if name in existing:
+            continue
+        client.create_table(
+            TableName=name,
+            KeySchema=spec["KeySchema"],
+            AttributeDefinitions=spec["AttributeDefinitions"],
+            BillingMode=spec["BillingMode"],
+        )
+        client.get_waiter("table_exists").wait(TableName=name)
+        if spec["ttl_attribute"]:
+            client.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": spec["ttl_attribute"]},
+            )

@@ -1,0 +1,90 @@
+"""Shared fixtures: fake AWS credentials once, moto (in-process) for DynamoDB and the
+@connections API, and the real Redis at ``REDIS_URL`` (default 127.0.0.1:6379, database 15)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+import redis
+from moto import mock_aws
+
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "ChatMemoryTests",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+    }
+)
+
+from chatmemory.config import Settings  # noqa: E402
+from chatmemory.services import Services, use_services  # noqa: E402
+from local.template import create_tables  # noqa: E402
+from tests.support.frames import ENDPOINT  # noqa: E402
+
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TABLE_NAMES = {"ChatSessionsTable": "ChatSessions", "ConnectionsTable": "ChatConnections"}
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail(f"these tests need a real Redis at {TEST_REDIS_URL} (see README)")
+    client.flushdb()
+    yield TEST_REDIS_URL
+    client.flushdb()
+
+
+@pytest.fixture
+def aws() -> Iterator[Any]:
+    """moto in-process, with the template's tables."""
+    with mock_aws():
+        dynamodb = boto3.resource("dynamodb", region_name="us-east-1")
+        create_tables(dynamodb, TABLE_NAMES)
+        yield dynamodb
+
+
+def make_settings(redis_url: str | None, **overrides: Any) -> Settings:
+    env: dict[str, Any] = {
+        "memory": {"history_turns": 10},
+        "cache": {"redis_url": redis_url},
+        "llm": {"provider": "offline", "offline_delay_seconds": 0},
+        "breaker": {"fail_max": 2, "reset_timeout_seconds": 0.5},
+        "stream": {"flush_chars": 40, "flush_interval_seconds": 0.05},
+    }
+    for group, values in overrides.items():
+        env.setdefault(group, {}).update(values)
+    return Settings(**env)
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return make_settings(redis_url)
+
+
+@pytest.fixture
+def services(aws: Any, settings: Settings) -> Iterator[Services]:
+    """The real service graph on moto and real Redis, installed for the handlers."""
+    from chatmemory.llm.anthropic_model import build_chat_model
+    from chatmemory.services import redis_client
+
+    built = Services(settings, aws, redis_client(settings), build_chat_model(settings.llm, None))
+    use_services(built)
+    yield built
+    use_services(None)
+
+
+@pytest.fixture
+def endpoint() -> str:
+    return ENDPOINT

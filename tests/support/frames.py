@@ -1,0 +1,33 @@
+"""Reading the frames that moto's @connections API recorded for a connection."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
+from moto.core import DEFAULT_ACCOUNT_ID
+
+DOMAIN = "abc123def4.execute-api.us-east-1.amazonaws.com"
+STAGE = "prod"
+ENDPOINT = f"https://{DOMAIN}/{STAGE}"
+
+
+def frames_sent(connection_id: str) -> list[dict[str, Any]]:
+    """Every frame posted to the connection, in order (moto concatenates the posts)."""
+    backend = apigatewaymanagementapi_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+    data = backend.connections[connection_id].data.decode() if connection_id in backend.connections else ""
+    decoder, frames, pos = json.JSONDecoder(), [], 0
+    while pos < len(data):
+        frame, pos = decoder.raw_decode(data, pos)
+        frames.append(frame)
+    return frames
+
+
+def clear_frames(connection_id: str) -> None:
+    backend = apigatewaymanagementapi_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+    backend.connections.pop(connection_id, None)
+
+
+def reply_text(frames: list[dict[str, Any]]) -> str:
+    return "".join(f["text"] for f in frames if f["type"] == "delta")
