@@ -23,9 +23,13 @@ if TYPE_CHECKING:
 CONNECTION_TTL_SECONDS = 2 * 3600
 
 
+class BindingUnavailable(Exception):
+    """Neither DynamoDB nor Redis answered: the connection's session cannot be known now."""
+
+
 class Binding(BaseModel):
     connection_id: str
-    session_id: str
+    session_id: str | None  # None: memory unreachable, the session cannot be known now
     principal: str
     connected_at: int
 
@@ -48,13 +52,14 @@ class ConnectionRegistry:
             raise ConnectionError("no store accepted the connection binding")
 
     def lookup(self, connection_id: str) -> Binding | None:
+        """The binding, ``None`` if there is none; ``BindingUnavailable`` if no store answered."""
         raw: list[bytes | None] = []
         if self._try_redis(lambda r: raw.append(r.get(binding_key(connection_id)))) and raw[0]:
             return Binding.model_validate_json(raw[0])
         items: list[dict[str, object]] = []
         if self._try_dynamodb(lambda: items.extend(self._get_item(connection_id))):
             return Binding.model_validate(items[0]) if items else None
-        return None
+        raise BindingUnavailable(connection_id)
 
     def unbind(self, connection_id: str) -> None:
         self._try_redis(lambda r: r.delete(binding_key(connection_id)))

@@ -71,7 +71,10 @@ class Conversation:
         """Answer one message. Raises ``ChatError`` subclasses for the caller to turn into an
         ``error`` frame; the user's message is stored before the model is called."""
         text = validate_message(message, self._settings.memory.max_message_chars)
-        started = self._memory.begin_turn(binding.session_id, binding.principal, text, client_message_id)
+        if binding.session_id is None:
+            started = self._memory.stateless_turn(text)
+        else:
+            started = self._memory.begin_turn(binding.session_id, binding.principal, text, client_message_id)
         mode = started.history.mode
         metrics.add_metric(name=f"MemoryMode_{mode}", unit=MetricUnit.Count, value=1)
         if mode in NOTICES:

@@ -69,6 +69,13 @@ class NoSession(ChatError):
         super().__init__("This connection has no conversation. Reconnect to start one.")
 
 
+class MemoryUnavailable(ChatError):
+    code = ErrorCode.INTERNAL
+
+    def __init__(self) -> None:
+        super().__init__("I can't reach the conversation history right now. Please try again in a moment.")
+
+
 class LlmUnavailable(ChatError):
     code = ErrorCode.LLM_UNAVAILABLE
 

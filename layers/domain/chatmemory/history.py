@@ -112,6 +112,11 @@ class SessionMemory:
                 return StartedTurn(turn, History(kept, mode, history.source), persisted=False)
         raise Busy()
 
+    def stateless_turn(self, message: str) -> StartedTurn:
+        """A turn for a connection whose session cannot be known: answered, not stored."""
+        turn = self._new_turn("unknown", 1, None, message, None)
+        return StartedTurn(turn, History([], "stateless", "none"), persisted=False)
+
     def finish_turn(self, started: StartedTurn, reply: str, status: TurnStatus, usage: Usage) -> bool:
         """Store the reply on the turn item, then write the finished turn through to Redis.
 

@@ -6,8 +6,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from chatmemory.connections import Binding, ConnectionRegistry
-from chatmemory.errors import NoSession
+from chatmemory.connections import Binding, BindingUnavailable, ConnectionRegistry
+from chatmemory.errors import MemoryUnavailable, NoSession
 from chatmemory.history import SessionMemory
 from chatmemory.protocol import HistoryTurn, session_frame
 from chatmemory.sender import FrameSender
@@ -54,7 +54,12 @@ class SessionService:
         self._registry.unbind(connection_id)
 
     def binding(self, connection_id: str) -> Binding:
-        binding = self._registry.lookup(connection_id)
+        """The connection's binding. While memory is unreachable the session is unknown
+        (``session_id`` None): the conversation then answers statelessly rather than not at all."""
+        try:
+            binding = self._registry.lookup(connection_id)
+        except BindingUnavailable:
+            return Binding(connection_id=connection_id, session_id=None, principal="unknown", connected_at=0)
         if binding is None:
             raise NoSession()
         return binding
@@ -62,6 +67,8 @@ class SessionService:
     def send_session(self, connection_id: str) -> dict[str, Any]:
         """Send the ``session`` frame: the id, whether it was resumed, and the last N turns."""
         binding = self.binding(connection_id)
+        if binding.session_id is None:
+            raise MemoryUnavailable()
         history = self._memory.load(binding.session_id)
         frame = session_frame(
             binding.session_id,

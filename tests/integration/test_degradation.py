@@ -1,0 +1,176 @@
+"""Memory degrades, the user is still answered: breakers over a real redis-server and a
+moto DynamoDB server over HTTP that the tests stop and restart."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pybreaker
+import pytest
+
+from chatmemory.services import Services, use_services
+from local.template import create_tables
+from tests.conftest import TABLE_NAMES, make_settings
+from tests.support.frames import reply_text
+from tests.support.gateway import Client
+from tests.support.processes import MotoHttpServer, RedisProcess
+
+RESET_TIMEOUT = 0.5
+
+
+@dataclass
+class Live:
+    services: Services
+    redis: RedisProcess
+    dynamodb: MotoHttpServer
+
+    def client(self) -> Client:
+        client = Client(f"conn-{uuid.uuid4().hex[:12]}")
+        assert client.connect() == {"statusCode": 200}
+        return client
+
+    def wait_for_reset(self) -> None:
+        time.sleep(RESET_TIMEOUT + 0.1)
+
+
+@pytest.fixture
+def live() -> Iterator[Live]:
+    with RedisProcess() as redis_proc, MotoHttpServer() as dynamodb, MotoHttpServer() as connections:
+        create_tables(boto3.resource("dynamodb", endpoint_url=dynamodb.url, region_name="us-east-1"), TABLE_NAMES)
+        settings = make_settings(
+            redis_proc.url,
+            storage={"dynamodb_endpoint_url": dynamodb.url, "connect_timeout_seconds": 0.3, "read_timeout_seconds": 0.5},
+            stream={"connections_endpoint_url": connections.url},
+            breaker={"fail_max": 2, "reset_timeout_seconds": RESET_TIMEOUT},
+        )
+        services = Services.from_settings(settings)
+        use_services(services)
+        yield Live(services, redis_proc, dynamodb)
+        use_services(None)
+
+
+def kinds(frames: list[dict[str, Any]]) -> list[str]:
+    return [f["type"] for f in frames]
+
+
+def done_of(frames: list[dict[str, Any]]) -> dict[str, Any]:
+    assert frames and frames[-1]["type"] == "done", frames
+    return frames[-1]
+
+
+def test_redis_stopped_mid_conversation_changes_nothing_the_user_sees(live: Live) -> None:
+    client = live.client()
+    client.say("My name is Ada")
+
+    # When Redis dies
+    live.redis.kill()
+    answers = [client.say(f"question {i}") for i in range(3)]
+
+    # Then every answer is full, from DynamoDB, without a notice, and remembers the first turn
+    for frames in answers:
+        assert "notice" not in kinds(frames)
+        assert done_of(frames)["memoryMode"] == "full"
+        assert '"My name is Ada"' in reply_text(frames)
+    # and the breaker is open, so no turn waits on the dead Redis
+    assert live.services.breakers.redis.current_state == pybreaker.STATE_OPEN
+    started = time.monotonic()
+    client.say("fast?")
+    assert live.services.breakers.redis.current_state == pybreaker.STATE_OPEN
+    open_turn = time.monotonic() - started
+
+    # When Redis is back, after the reset timeout the half-open probe closes the breaker
+    live.redis.start()
+    live.wait_for_reset()
+    frames = client.say("and now?")
+    assert done_of(frames)["memoryMode"] == "full"
+    assert "I see 5 earlier turns" in reply_text(frames)
+    assert live.services.breakers.redis.current_state == pybreaker.STATE_CLOSED
+    # a turn with the breaker open never paid a Redis timeout
+    assert open_turn < live.services.settings.cache.socket_timeout_seconds * 4
+
+
+def test_dynamodb_failing_gives_cache_only_answers_with_a_notice(live: Live) -> None:
+    client = live.client()
+    client.say("My name is Ada")
+    client.say("I like green tea")
+
+    live.dynamodb.stop()
+    frames = client.say("What do I like?")
+
+    assert kinds(frames)[0] == "notice"
+    assert frames[0]["code"] == "memory_degraded"
+    assert done_of(frames)["memoryMode"] == "cache_only"
+    text = reply_text(frames)
+    assert "I see 2 earlier turns" in text and '"I like green tea"' in text
+
+    # Full memory comes back when DynamoDB does
+    live.dynamodb.start()
+    live.wait_for_reset()
+    frames = client.say("Still there?")
+    assert "notice" not in kinds(frames)
+    assert done_of(frames)["memoryMode"] == "full"
+    assert "I see 2 earlier turns" in reply_text(frames)  # the cache-only turn was not stored
+
+
+def test_both_failing_gives_stateless_answers_with_a_notice(live: Live) -> None:
+    client = live.client()
+    client.say("My name is Ada")
+
+    live.redis.kill()
+    live.dynamodb.stop()
+    frames = client.say("What is my name?")
+
+    assert frames[0]["type"] == "notice" and frames[0]["code"] == "memory_unavailable"
+    assert done_of(frames)["memoryMode"] == "stateless"
+    assert "no earlier turns" in reply_text(frames)
+
+    # and both back: full memory again, the stateless turn was not stored
+    live.redis.start()
+    live.dynamodb.start()
+    live.wait_for_reset()
+    frames = client.say("Hello again")
+    assert done_of(frames)["memoryMode"] == "full"
+    assert "I see 1 earlier turn" in reply_text(frames)
+
+
+def test_a_stalled_redis_costs_a_timeout_until_the_breaker_opens(live: Live) -> None:
+    client = live.client()
+    client.say("first")
+
+    live.redis.stall()
+    try:
+        for i in range(3):
+            frames = client.say(f"stalled {i}")
+            assert done_of(frames)["memoryMode"] == "full"
+        assert live.services.breakers.redis.current_state == pybreaker.STATE_OPEN
+        started = time.monotonic()
+        frames = client.say("breaker open")
+        assert time.monotonic() - started < live.services.settings.cache.socket_timeout_seconds
+        assert "I see 4 earlier turns" in reply_text(frames)
+    finally:
+        live.redis.resume()
+
+
+def test_a_cache_that_missed_a_write_is_never_served(live: Live) -> None:
+    """Redis fails between the DynamoDB write and the cache write; when it is back, the
+    stale entry (missing that turn) is dropped before anyone reads it."""
+    client = live.client()
+    client.say("one")
+    client.say("two")  # cached: [1, 2]
+
+    live.redis.stall()
+    try:
+        client.say("three")  # stored in DynamoDB; the cache write times out
+    finally:
+        live.redis.resume()
+    live.wait_for_reset()
+
+    (session,) = [f for f in client.send({"action": "getSession"}) if f["type"] == "session"]
+    assert [t["user"] for t in session["history"]] == ["one", "two", "three"]
+    frames = client.say("four")
+    assert "I see 3 earlier turns" in reply_text(frames)
