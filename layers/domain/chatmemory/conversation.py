@@ -114,10 +114,10 @@ class Conversation:
                     parts.append(chunk)
                     batcher.add(chunk)
                 batcher.flush()
-        except LlmUnavailable:
+        except LlmUnavailable as exc:
             # The user's message stays stored; a half reply is kept only as "failed".
             self._memory.finish_turn(started, "".join(parts), "failed", Usage())
-            raise
+            raise LlmUnavailable(exc.detail, saved=started.persisted) from exc
         except ClientGone:
             # Leaving the stream's context closed the model request: nobody pays for tokens
             # nobody reads. What was said is kept, marked as interrupted, not complete.

@@ -79,11 +79,12 @@ class MemoryUnavailable(ChatError):
 class LlmUnavailable(ChatError):
     code = ErrorCode.LLM_UNAVAILABLE
 
-    def __init__(self, detail: str = "") -> None:
+    def __init__(self, detail: str = "", saved: bool = True) -> None:
+        self.detail = detail
         super().__init__(
             "The assistant could not answer right now"
             + (f" ({detail})" if detail else "")
-            + ". Your message is saved; please try again in a moment."
+            + (". Your message is saved; please try again in a moment." if saved else ". Please try again in a moment.")
         )
 
 

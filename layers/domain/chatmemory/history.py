@@ -93,8 +93,9 @@ class SessionMemory:
         dropped, the history re-read from DynamoDB and the allocation tried once more.
         """
         history = self.load(session_id)
+        number = history.last_turn_number + 1
         for attempt in range(2):
-            turn = self._new_turn(session_id, history.last_turn_number + 1, principal, message, client_message_id)
+            turn = self._new_turn(session_id, number, principal, message, client_message_id)
             try:
                 self.breakers.dynamodb.call(self.store.put_user_message, turn)
                 return StartedTurn(turn, history, persisted=True)
@@ -105,6 +106,8 @@ class SessionMemory:
                 if reloaded is None:
                     break
                 history = reloaded
+                # Expired items still hold their numbers until DynamoDB deletes them.
+                number = max(history.last_turn_number, self._last_stored_number(session_id)) + 1
             except DYNAMODB_FAULTS as exc:
                 logger.warning("could not store the user's message", extra={"error": type(exc).__name__})
                 mode: MemoryMode = "cache_only" if history.source == "cache" else "stateless"
@@ -163,6 +166,12 @@ class SessionMemory:
             principal=principal,
             client_message_id=client_message_id,
         )
+
+    def _last_stored_number(self, session_id: str) -> int:
+        try:
+            return self.breakers.dynamodb.call(self.store.last_turn_number, session_id)
+        except DYNAMODB_FAULTS:
+            return 0
 
     def _store_read(self, session_id: str, now: int) -> list[Turn] | None:
         try:

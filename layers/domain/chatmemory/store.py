@@ -61,6 +61,18 @@ class TurnStore:
             ConditionExpression=Attr("turn_number").exists(),
         )
 
+    def last_turn_number(self, session_id: str) -> int:
+        """The highest turn number stored, expired or not (0 for none): the next free number."""
+        response = self._table.query(
+            KeyConditionExpression=Key("session_id").eq(session_id),
+            ProjectionExpression="turn_number",
+            ScanIndexForward=False,
+            Limit=1,
+            ConsistentRead=True,
+        )
+        items = response["Items"]
+        return int(items[0]["turn_number"]) if items else 0  # type: ignore[arg-type]
+
     def latest_turns(self, session_id: str, limit: int, now: int) -> list[Turn]:
         """The last ``limit`` turns, oldest first, without items whose TTL has passed.
 

@@ -4,12 +4,18 @@ It is an HTTP transport for the SDK's own client, so requests are built, sent an
 stream parsed by exactly the code that talks to Claude. Its replies make memory visible:
 how many earlier turns it received, whether a summary or facts came with them, and the
 earlier user messages it can see, shortened.
+
+It can be told to misbehave, for demonstrations and fault tests, by a directive in the
+user's message: ``[offline:429]`` (rate limited), ``[offline:529]`` (overloaded),
+``[offline:cut]`` (the stream breaks midway), ``[offline:slow=SECONDS]`` (pause between
+chunks).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +25,8 @@ import httpx2
 
 QUOTE_CHARS = 60
 CHUNK_WORDS = 3
+DIRECTIVE = re.compile(r"\[offline:(429|529|cut|slow=\d+(?:\.\d+)?)\]")
+STATUS_ERRORS = {"429": (429, "rate_limit_error"), "529": (529, "overloaded_error")}
 
 
 def estimate_tokens(text: str) -> int:
@@ -60,8 +68,9 @@ def _sse(event: str, data: dict[str, Any]) -> bytes:
 
 
 class _ReplyStream(httpx2.SyncByteStream):
-    def __init__(self, model: str, reply: str, input_tokens: int, delay: float) -> None:
+    def __init__(self, model: str, reply: str, input_tokens: int, delay: float, cut: bool) -> None:
         self._model, self._reply, self._input_tokens, self._delay = model, reply, input_tokens, delay
+        self._cut = cut
 
     def __iter__(self) -> Iterator[bytes]:
         message = {
@@ -79,6 +88,8 @@ class _ReplyStream(httpx2.SyncByteStream):
                                            "content_block": {"type": "text", "text": ""}})
         words = self._reply.split(" ")
         for start in range(0, len(words), CHUNK_WORDS):
+            if self._cut and start >= len(words) // 2:
+                raise httpx2.RemoteProtocolError("peer closed connection without sending complete message body")
             piece = " ".join(words[start : start + CHUNK_WORDS])
             if start + CHUNK_WORDS < len(words):
                 piece += " "
@@ -112,6 +123,12 @@ class OfflineMessagesApi(httpx2.BaseTransport):
             return _error(400, "invalid_request_error", "malformed Messages API request")
         if not messages or messages[-1].get("role") != "user":
             return _error(400, "invalid_request_error", "the last message must come from the user")
+        directive = DIRECTIVE.search(_text_of(messages[-1]["content"]))
+        command = directive.group(1) if directive else ""
+        if command in STATUS_ERRORS:
+            status, kind = STATUS_ERRORS[command]
+            return _error(status, kind, f"offline model told to answer {status}")
+        delay = float(command.removeprefix("slow=")) if command.startswith("slow=") else self._delay
         reply = compose_reply(system_text, messages)
         prompt_text = system_text + "".join(_text_of(m["content"]) for m in messages)
         input_tokens = estimate_tokens(prompt_text)
@@ -119,7 +136,7 @@ class OfflineMessagesApi(httpx2.BaseTransport):
             return httpx2.Response(
                 200,
                 headers={"content-type": "text/event-stream"},
-                stream=_ReplyStream(model, reply, input_tokens, self._delay),
+                stream=_ReplyStream(model, reply, input_tokens, delay, cut=command == "cut"),
             )
         return httpx2.Response(200, json={
             "id": f"msg_offline_{uuid.uuid4().hex[:16]}", "type": "message", "role": "assistant",

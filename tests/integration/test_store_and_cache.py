@@ -1,0 +1,135 @@
+"""TurnStore on moto DynamoDB and TurnCache on real Redis, one behaviour at a time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from chatmemory.cache import TurnCache, turns_key
+from chatmemory.errors import Busy, TurnConflict
+from chatmemory.services import Services
+from chatmemory.store import TurnStore
+from chatmemory.turns import Turn, Usage
+
+NOW = int(time.time())
+
+
+def turn(n: int, session: str = "s-1", expires_at: int = NOW + 3600, status: str = "complete") -> Turn:
+    return Turn(
+        session_id=session, turn=n, user=f"u{n}", assistant=f"a{n}", status=status, at=NOW, expires_at=expires_at
+    )
+
+
+def test_a_taken_turn_number_is_a_conflict_and_nothing_is_overwritten(aws: Any) -> None:
+    store = TurnStore(aws.Table("ChatSessions"))
+    store.put_user_message(turn(1).model_copy(update={"user": "original"}))
+
+    with pytest.raises(TurnConflict):
+        store.put_user_message(turn(1).model_copy(update={"user": "intruder"}))
+
+    (kept,) = store.latest_turns("s-1", 10, NOW)
+    assert kept.user == "original"
+
+
+def test_expired_items_are_invisible_before_dynamodb_deletes_them(aws: Any) -> None:
+    store = TurnStore(aws.Table("ChatSessions"))
+    store.put_user_message(turn(1, expires_at=NOW - 10))
+    store.put_user_message(turn(2, expires_at=NOW - 1))
+    store.put_user_message(turn(3, expires_at=NOW + 100))
+
+    assert [t.turn for t in store.latest_turns("s-1", 10, NOW)] == [3]
+
+
+def test_latest_turns_is_the_last_n_in_order(aws: Any) -> None:
+    store = TurnStore(aws.Table("ChatSessions"))
+    for n in range(1, 8):
+        store.put_user_message(turn(n))
+    store.finish_turn("s-1", 7, "reply 7", "complete", Usage(input_tokens=5, output_tokens=6), NOW + 3600)
+
+    window = store.latest_turns("s-1", 3, NOW)
+    assert [t.turn for t in window] == [5, 6, 7]
+    assert window[-1].assistant == "reply 7" and window[-1].output_tokens == 6
+
+
+def test_cache_serves_contiguous_windows_only(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    cache = TurnCache(client, window=3, ttl_seconds=60)
+    cache.fill("s-1", [turn(1), turn(2)])
+    assert [t.turn for t in cache.window("s-1", NOW) or []] == [1, 2]
+
+    # a turn appended out of order leaves a hole: the entry is dropped, not served
+    cache.append("s-1", turn(4), first_turn=False)
+    assert cache.window("s-1", NOW) is None
+    assert client.exists(turns_key("s-1")) == 0
+
+
+def test_append_never_creates_a_partial_window(redis_url: str) -> None:
+    cache = TurnCache(redis.Redis.from_url(redis_url), window=3, ttl_seconds=60)
+    cache.append("s-2", turn(5, "s-2"), first_turn=False)
+    assert cache.window("s-2", NOW) is None  # a miss, so DynamoDB fills the real window
+    cache.append("s-3", turn(1, "s-3"), first_turn=True)
+    assert [t.turn for t in cache.window("s-3", NOW) or []] == [1]
+
+
+def test_cache_trims_to_the_window_and_expires(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    cache = TurnCache(client, window=3, ttl_seconds=60)
+    cache.append("s-4", turn(1, "s-4"), first_turn=True)
+    for n in range(2, 6):
+        cache.append("s-4", turn(n, "s-4"), first_turn=False)
+    assert [t.turn for t in cache.window("s-4", NOW) or []] == [3, 4, 5]
+    assert 0 < client.ttl(turns_key("s-4")) <= 60
+
+
+def test_a_stale_cache_is_detected_by_the_conditional_write(services: Services, aws: Any) -> None:
+    """The cache misses the last persisted turn: the allocation conflicts, the cache is
+    dropped, the history re-read, and the turn gets the next free number."""
+    memory = services.memory
+    first = memory.begin_turn("s-5", "p", "one", None)
+    memory.finish_turn(first, "reply one", "complete", Usage())
+    # another writer stores turn 2 behind the cache's back
+    TurnStore(aws.Table("ChatSessions")).put_user_message(turn(2, "s-5"))
+
+    started = memory.begin_turn("s-5", "p", "three", None)
+
+    assert started.turn.turn == 3 and started.persisted
+    assert [t.turn for t in started.history.turns] == [1, 2]
+
+
+def test_two_writers_racing_for_one_turn(services: Services, aws: Any) -> None:
+    memory = services.memory
+    a = memory.begin_turn("s-6", "p", "from tab A", None)
+    b = memory.begin_turn("s-6", "p", "from tab B", None)
+    assert (a.turn.turn, b.turn.turn) == (1, 2)
+    stored = TurnStore(aws.Table("ChatSessions")).latest_turns("s-6", 10, NOW)
+    assert [(t.turn, t.user) for t in stored] == [(1, "from tab A"), (2, "from tab B")]
+
+
+def test_concurrent_writers_get_distinct_turns_or_busy(services: Services, aws: Any) -> None:
+    """Six tabs send at the same moment: each gets its own turn number or ``busy``; nothing
+    is overwritten and the stored turns have no hole."""
+    barrier = threading.Barrier(6)
+    outcomes: list[int | str] = []
+
+    def send(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(services.memory.begin_turn("s-7", "p", f"tab {i}", None).turn.turn)
+        except Busy:
+            outcomes.append("busy")
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    numbers = sorted(o for o in outcomes if isinstance(o, int))
+    stored = TurnStore(aws.Table("ChatSessions")).latest_turns("s-7", 10, NOW)
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert [t.turn for t in stored] == numbers
+    assert len({t.user for t in stored}) == len(stored)
