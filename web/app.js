@@ -1,0 +1,598 @@
+// The chat page: one WebSocket to the chat backend (see docs/protocol.md), no framework.
+//
+// Configuration, first match wins:
+//   ?ws=wss://example.execute-api.eu-west-1.amazonaws.com/prod   (query parameter)
+//   window.CHAT_WS_URL = "wss://…"                               (set by a script before this one)
+//   ws(s)://<this host>/ws                                       (the local stack)
+
+const STORAGE = { session: "chatMemory.sessionId", token: "chatMemory.guestToken" };
+const BACKOFF = { firstMs: 500, maxMs: 15000, factor: 2 };
+const MEMORY_LABELS = {
+  cache_only: ["Memory: cache only", "The long-term store is unreachable: recent turns come from the cache and this turn may not be remembered."],
+  stateless: ["Memory: off", "Memory is unreachable: the assistant sees only your latest message and will not remember it."],
+};
+const STATE_LABELS = {
+  connecting: "Connecting…",
+  connected: "Connected",
+  reconnecting: "Reconnecting…",
+  offline: "Offline",
+};
+// Errors after which the message was not taken: it goes back into the composer.
+const REFUSED = new Set(["bad_request", "unknown_action", "empty_message", "message_too_large", "busy", "forbidden"]);
+const STICK_TO_BOTTOM_PX = 120;
+
+const $ = (selector) => document.querySelector(selector);
+const ui = {
+  conversation: $("#conversation"),
+  messages: $("#messages"),
+  welcome: $('[data-testid="welcome"]'),
+  form: $("#composer-form"),
+  composer: $("#composer"),
+  send: $('[data-testid="send"]'),
+  connection: $('[data-testid="connection-state"]'),
+  connectionLabel: $(".connection-label"),
+  memory: $('[data-testid="memory-mode"]'),
+  newChat: $('[data-testid="new-chat"]'),
+};
+
+// ---- configuration and storage -------------------------------------------------------------
+
+function endpoint() {
+  const fromQuery = new URLSearchParams(location.search).get("ws");
+  const configured = fromQuery || window.CHAT_WS_URL;
+  if (configured) {
+    const url = new URL(configured, location.href);
+    if (url.protocol === "http:") url.protocol = "ws:";
+    if (url.protocol === "https:") url.protocol = "wss:";
+    return url;
+  }
+  if (location.protocol === "http:" || location.protocol === "https:") {
+    return new URL(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`);
+  }
+  return new URL("ws://127.0.0.1:8080/ws");
+}
+
+const store = {
+  get(key) {
+    try { return localStorage.getItem(key); } catch { return null; }
+  },
+  set(key, value) {
+    try {
+      if (value == null || value === "") localStorage.removeItem(key);
+      else localStorage.setItem(key, value);
+    } catch { /* private mode: the session simply is not kept */ }
+  },
+};
+
+function socketUrl() {
+  const url = endpoint();
+  const session = store.get(STORAGE.session);
+  const token = store.get(STORAGE.token);
+  if (session) url.searchParams.set("session_id", session);
+  if (token) url.searchParams.set("token", token);
+  return url.toString();
+}
+
+function randomId() {
+  if (crypto.randomUUID) return `m-${crypto.randomUUID()}`;
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return `m-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+// ---- state ---------------------------------------------------------------------------------
+
+const state = {
+  socket: null,
+  connection: "connecting",
+  attempts: 0,
+  retryTimer: null,
+  retryAt: 0,
+  everConnected: false,
+  /** The reply being waited for: { user, bubble, text, turn, clientMessageId } or null. */
+  pending: null,
+  memoryMode: "full",
+};
+
+// ---- connection ----------------------------------------------------------------------------
+
+function setConnection(name, detail) {
+  state.connection = name;
+  ui.connection.dataset.state = name;
+  ui.connectionLabel.textContent = detail || STATE_LABELS[name];
+  ui.connection.title = name === "connected" ? "Connected to the chat server"
+    : name === "offline" ? "You are offline. The chat reconnects when the network is back."
+    : name === "reconnecting" ? "Connection lost. Click to retry now." : "Connecting to the chat server";
+  updateSendButton();
+}
+
+function connect() {
+  clearTimeout(state.retryTimer);
+  state.retryTimer = null;
+  if (state.socket) return;
+  if (navigator.onLine === false) {
+    setConnection("offline");
+    return;
+  }
+  setConnection(state.everConnected || state.attempts > 0 ? "reconnecting" : "connecting");
+  let socket;
+  try {
+    socket = new WebSocket(socketUrl());
+  } catch (err) {
+    showSystem("error", `The chat address is not valid (${err.message}). Check the ?ws= setting.`);
+    setConnection("offline", "Not configured");
+    return;
+  }
+  state.socket = socket;
+  socket.addEventListener("open", () => {
+    if (state.socket !== socket) return;
+    socket.send(JSON.stringify({ action: "getSession" }));
+  });
+  socket.addEventListener("message", (event) => {
+    if (state.socket !== socket) return;
+    let frame;
+    try {
+      frame = JSON.parse(event.data);
+    } catch {
+      return; // not ours to understand
+    }
+    if (frame && typeof frame === "object") handleFrame(frame);
+  });
+  socket.addEventListener("close", () => {
+    if (state.socket !== socket) return; // closed on purpose (new chat)
+    state.socket = null;
+    abandonPending("The connection dropped before the reply finished.");
+    scheduleReconnect();
+  });
+}
+
+function scheduleReconnect() {
+  if (navigator.onLine === false) {
+    setConnection("offline");
+    return;
+  }
+  const base = Math.min(BACKOFF.maxMs, BACKOFF.firstMs * BACKOFF.factor ** state.attempts);
+  const delay = Math.round(base * (0.75 + Math.random() * 0.5));
+  state.attempts += 1;
+  state.retryAt = Date.now() + delay;
+  setConnection("reconnecting", countdownLabel());
+  state.retryTimer = setTimeout(connect, delay);
+  tickCountdown();
+}
+
+function countdownLabel() {
+  const seconds = Math.ceil((state.retryAt - Date.now()) / 1000);
+  return seconds >= 2 ? `Reconnecting in ${seconds}s` : STATE_LABELS.reconnecting;
+}
+
+function tickCountdown() {
+  if (state.connection !== "reconnecting" || !state.retryTimer) return;
+  ui.connectionLabel.textContent = countdownLabel();
+  setTimeout(tickCountdown, 500);
+}
+
+function reconnectNow() {
+  if (state.socket) return;
+  state.attempts = 0;
+  connect();
+}
+
+function restart() {
+  const old = state.socket;
+  state.socket = null;
+  if (old) old.close(1000, "new chat");
+  state.attempts = 0;
+  connect();
+}
+
+window.addEventListener("online", reconnectNow);
+window.addEventListener("offline", () => {
+  if (!state.socket) {
+    clearTimeout(state.retryTimer);
+    state.retryTimer = null;
+    setConnection("offline");
+  }
+});
+ui.connection.addEventListener("click", () => {
+  if (state.connection === "reconnecting" || state.connection === "offline") reconnectNow();
+});
+
+// ---- frames --------------------------------------------------------------------------------
+
+function handleFrame(frame) {
+  switch (frame.type) {
+    case "session": return onSession(frame);
+    case "delta": return onDelta(frame);
+    case "done": return onDone(frame);
+    case "notice": return onNotice(frame);
+    case "error": return onError(frame);
+    default: return undefined; // frame types from newer servers are ignored
+  }
+}
+
+function onSession(frame) {
+  const previous = store.get(STORAGE.session);
+  if (typeof frame.sessionId === "string") store.set(STORAGE.session, frame.sessionId);
+  if (typeof frame.guestToken === "string") store.set(STORAGE.token, frame.guestToken);
+  state.attempts = 0;
+  state.everConnected = true;
+  setConnection("connected");
+  renderHistory(Array.isArray(frame.history) ? frame.history : []);
+  if (previous && frame.sessionId && previous !== frame.sessionId && !frame.resumed) {
+    showSystem("info", "Your earlier conversation has expired, so this is a fresh one.");
+  }
+  setMemoryMode(frame.memoryMode);
+}
+
+function onDelta(frame) {
+  if (typeof frame.text !== "string") return;
+  let reply = state.pending && (state.pending.turn == null || state.pending.turn === frame.turn) ? state.pending : null;
+  if (!reply) {
+    // A reply we did not ask for in this page (another tab of the same session, say).
+    reply = { bubble: addMessage("assistant", ""), text: "", turn: frame.turn };
+    state.pending = reply;
+  }
+  reply.turn = frame.turn;
+  reply.text += frame.text;
+  const bubble = reply.bubble;
+  bubble.dataset.turn = String(frame.turn);
+  bubble.dataset.status = "streaming";
+  const stick = nearBottom();
+  renderText(bubble.querySelector(".text"), reply.text);
+  if (stick) scrollToBottom();
+}
+
+function onDone(frame) {
+  const reply = state.pending;
+  if (reply) {
+    const bubble = reply.bubble;
+    bubble.dataset.status = "done";
+    bubble.setAttribute("aria-busy", "false");
+    if (!reply.text) renderText(bubble.querySelector(".text"), "(empty reply)");
+    if (frame.turn != null) bubble.dataset.turn = String(frame.turn);
+    if (reply.user && frame.turn != null) reply.user.dataset.turn = String(frame.turn);
+    state.pending = null;
+  }
+  setMemoryMode(frame.memoryMode);
+  updateSendButton();
+  if (document.activeElement === document.body || document.activeElement === ui.send) ui.composer.focus();
+}
+
+function onNotice(frame) {
+  const anchor = state.pending ? state.pending.bubble : null;
+  showSystem("notice", frame.message || "The assistant sent a notice.", anchor);
+  if (frame.code === "memory_degraded") setMemoryMode("cache_only");
+  if (frame.code === "memory_unavailable") setMemoryMode("stateless");
+}
+
+function onError(frame) {
+  const message = frame.message || "Something went wrong.";
+  const reply = state.pending;
+  if (reply && reply.user) {
+    if (REFUSED.has(frame.code) && !reply.text) {
+      // Nothing was taken: take the message back so it can be fixed and sent again.
+      reply.bubble.remove();
+      reply.user.remove();
+      if (!ui.composer.value.trim()) {
+        ui.composer.value = reply.message;
+        autosize();
+      }
+    } else {
+      markFailed(reply.bubble, reply.text);
+    }
+    state.pending = null;
+  }
+  showSystem("error", message, null, frame.requestId);
+  updateSendButton();
+  ui.composer.focus();
+}
+
+function abandonPending(why) {
+  const reply = state.pending;
+  if (!reply) return;
+  state.pending = null;
+  markFailed(reply.bubble, reply.text);
+  showSystem("error", why);
+}
+
+// ---- sending -------------------------------------------------------------------------------
+
+function canSend() {
+  return state.connection === "connected" && state.socket?.readyState === WebSocket.OPEN && !state.pending;
+}
+
+function updateSendButton() {
+  const busy = Boolean(state.pending);
+  ui.send.disabled = !canSend() || !ui.composer.value.trim();
+  ui.send.classList.toggle("is-busy", busy);
+  ui.send.setAttribute("aria-label", busy ? "Waiting for the reply" : "Send message");
+  ui.form.setAttribute("aria-busy", String(busy));
+}
+
+function sendMessage() {
+  const message = ui.composer.value;
+  if (!message.trim() || !canSend()) return;
+  const clientMessageId = randomId();
+  state.socket.send(JSON.stringify({ action: "sendMessage", message, clientMessageId }));
+  const user = addMessage("user", message, { at: Date.now() / 1000 });
+  user.dataset.clientMessageId = clientMessageId;
+  const bubble = addMessage("assistant", "", { status: "pending" });
+  state.pending = { user, bubble, text: "", turn: null, message, clientMessageId };
+  ui.composer.value = "";
+  autosize();
+  updateSendButton();
+  scrollToBottom();
+  ui.composer.focus();
+}
+
+ui.form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  sendMessage();
+});
+ui.composer.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    sendMessage();
+  }
+});
+ui.composer.addEventListener("input", () => {
+  autosize();
+  updateSendButton();
+});
+ui.newChat.addEventListener("click", () => {
+  store.set(STORAGE.session, null);
+  state.pending = null;
+  clearMessages();
+  setMemoryMode("full");
+  restart();
+  ui.composer.focus();
+});
+for (const chip of document.querySelectorAll(".suggestions .chip")) {
+  chip.addEventListener("click", () => {
+    ui.composer.value = chip.textContent.trim();
+    autosize();
+    updateSendButton();
+    ui.composer.focus();
+  });
+}
+
+function autosize() {
+  ui.composer.style.height = "auto";
+  ui.composer.style.height = `${Math.min(ui.composer.scrollHeight, Math.round(window.innerHeight * 0.4))}px`;
+}
+
+// ---- rendering -----------------------------------------------------------------------------
+
+function clearMessages() {
+  ui.messages.replaceChildren();
+  ui.welcome.hidden = false;
+}
+
+function renderHistory(history) {
+  const pending = state.pending;
+  clearMessages();
+  for (const turn of history) {
+    const at = typeof turn.at === "number" ? turn.at : null;
+    const user = addMessage("user", String(turn.user ?? ""), { at, turn: turn.turn });
+    user.dataset.history = "true";
+    if (typeof turn.assistant === "string") {
+      const bubble = addMessage("assistant", turn.assistant, { turn: turn.turn, status: "done" });
+      bubble.dataset.history = "true";
+    } else {
+      const bubble = addMessage("assistant", "", { turn: turn.turn });
+      bubble.dataset.history = "true";
+      markFailed(bubble, "");
+    }
+  }
+  if (pending) {
+    // Not expected (getSession is only sent right after connecting) but never lose a live reply.
+    ui.messages.append(pending.user, pending.bubble);
+  }
+  scrollToBottom();
+}
+
+function addMessage(role, text, { at = null, turn = null, status = null } = {}) {
+  ui.welcome.hidden = true;
+  const item = document.createElement("li");
+  item.className = `message message-${role}`;
+  item.dataset.testid = `message-${role}`;
+  if (turn != null) item.dataset.turn = String(turn);
+  const bubble = document.createElement("div");
+  bubble.className = "bubble";
+  const label = document.createElement("span");
+  label.className = "visually-hidden";
+  label.textContent = role === "user" ? "You said:" : "Assistant:";
+  const body = document.createElement("div");
+  body.className = "text";
+  bubble.append(label, body);
+  item.append(bubble);
+  if (role === "user") {
+    body.textContent = text;
+    if (at) item.append(timeElement(at));
+  } else if (status === "pending") {
+    item.dataset.status = "pending";
+    item.setAttribute("aria-busy", "true");
+    body.append(typingDots());
+  } else {
+    item.dataset.status = status || "done";
+    renderText(body, text);
+  }
+  ui.messages.append(item);
+  return item;
+}
+
+function markFailed(item, partialText) {
+  item.dataset.status = "failed";
+  item.setAttribute("aria-busy", "false");
+  const body = item.querySelector(".text");
+  if (partialText) renderText(body, partialText);
+  else body.replaceChildren();
+  const note = document.createElement("p");
+  note.className = "failed-note";
+  note.textContent = partialText ? "The reply was cut off." : "No reply: this turn failed.";
+  body.append(note);
+}
+
+function timeElement(at) {
+  const date = new Date(at * 1000);
+  const time = document.createElement("time");
+  time.className = "meta";
+  time.dateTime = date.toISOString();
+  const sameDay = date.toDateString() === new Date().toDateString();
+  time.textContent = sameDay
+    ? date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })
+    : date.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+  time.title = date.toLocaleString();
+  return time;
+}
+
+function typingDots() {
+  const dots = document.createElement("span");
+  dots.className = "typing";
+  dots.setAttribute("aria-label", "The assistant is thinking");
+  for (let i = 0; i < 3; i += 1) dots.append(document.createElement("span"));
+  return dots;
+}
+
+/** A notice, an error or a page message, inline in the conversation. */
+function showSystem(kind, message, before = null, requestId = null) {
+  ui.welcome.hidden = true;
+  const item = document.createElement("li");
+  item.className = `system system-${kind}`;
+  item.dataset.testid = kind;
+  item.setAttribute("role", kind === "error" ? "alert" : "status");
+  const icon = document.createElement("span");
+  icon.className = "system-icon";
+  icon.setAttribute("aria-hidden", "true");
+  icon.textContent = kind === "error" ? "!" : "i";
+  const text = document.createElement("span");
+  text.className = "system-text";
+  text.textContent = message;
+  item.append(icon, text);
+  if (requestId) item.title = `Request id: ${requestId}`;
+  const stick = nearBottom();
+  if (before && before.parentNode === ui.messages) ui.messages.insertBefore(item, before);
+  else ui.messages.append(item);
+  if (stick) scrollToBottom();
+  return item;
+}
+
+function setMemoryMode(mode) {
+  if (typeof mode !== "string") return;
+  state.memoryMode = mode;
+  const known = MEMORY_LABELS[mode];
+  ui.memory.hidden = mode === "full";
+  ui.memory.dataset.mode = mode;
+  ui.memory.textContent = known ? known[0] : `Memory: ${mode.replace(/_/g, " ")}`;
+  ui.memory.title = known ? known[1] : "";
+}
+
+// A small, safe Markdown subset for replies: code fences, lists, headings, **bold**, *italic*,
+// `code`. Everything is built as DOM nodes from text: nothing from the wire becomes HTML.
+function renderText(container, text) {
+  const nodes = [];
+  const parts = text.split(/^```[^\n]*\n?/m);
+  parts.forEach((part, index) => {
+    if (index % 2 === 1) {
+      const pre = document.createElement("pre");
+      const code = document.createElement("code");
+      code.textContent = part.replace(/\n$/, "");
+      pre.append(code);
+      nodes.push(pre);
+    } else {
+      nodes.push(...blocks(part));
+    }
+  });
+  container.replaceChildren(...nodes);
+}
+
+function blocks(text) {
+  const out = [];
+  let list = null;
+  let paragraph = [];
+  const flush = () => {
+    if (paragraph.length) {
+      const p = document.createElement("p");
+      paragraph.forEach((line, i) => {
+        if (i) p.append(document.createElement("br"));
+        p.append(...inline(line));
+      });
+      out.push(p);
+    }
+    paragraph = [];
+  };
+  for (const line of text.split("\n")) {
+    const bullet = /^\s*[-*•]\s+(.*)$/.exec(line);
+    const numbered = /^\s*(\d+)[.)]\s+(.*)$/.exec(line);
+    const heading = /^(#{1,4})\s+(.*)$/.exec(line);
+    if (bullet || numbered) {
+      flush();
+      const tag = bullet ? "ul" : "ol";
+      if (!list || list.tagName.toLowerCase() !== tag) {
+        list = document.createElement(tag);
+        if (numbered) list.start = Number(numbered[1]);
+        out.push(list);
+      }
+      const li = document.createElement("li");
+      li.append(...inline(bullet ? bullet[1] : numbered[2]));
+      list.append(li);
+      continue;
+    }
+    list = null;
+    if (heading) {
+      flush();
+      const h = document.createElement("p");
+      h.className = "heading";
+      h.append(...inline(heading[2]));
+      out.push(h);
+    } else if (!line.trim()) {
+      flush();
+    } else {
+      paragraph.push(line);
+    }
+  }
+  flush();
+  return out;
+}
+
+function inline(text) {
+  const nodes = [];
+  const pattern = /(`[^`\n]+`|\*\*[^*\n]+\*\*|(?<![\w*])\*[^*\s][^*\n]*\*(?![\w*]))/g;
+  let last = 0;
+  for (const match of text.matchAll(pattern)) {
+    if (match.index > last) nodes.push(document.createTextNode(text.slice(last, match.index)));
+    const token = match[0];
+    let el;
+    if (token.startsWith("`")) {
+      el = document.createElement("code");
+      el.textContent = token.slice(1, -1);
+    } else if (token.startsWith("**")) {
+      el = document.createElement("strong");
+      el.textContent = token.slice(2, -2);
+    } else {
+      el = document.createElement("em");
+      el.textContent = token.slice(1, -1);
+    }
+    nodes.push(el);
+    last = match.index + token.length;
+  }
+  if (last < text.length) nodes.push(document.createTextNode(text.slice(last)));
+  return nodes;
+}
+
+// ---- scrolling -----------------------------------------------------------------------------
+
+function nearBottom() {
+  const el = ui.conversation;
+  return el.scrollHeight - el.scrollTop - el.clientHeight < STICK_TO_BOTTOM_PX;
+}
+
+function scrollToBottom() {
+  ui.conversation.scrollTop = ui.conversation.scrollHeight;
+}
+
+
+// ---- start ---------------------------------------------------------------------------------
+
+updateSendButton();
+ui.composer.focus();
+connect();
