@@ -52,8 +52,13 @@ def connect_event(
 ) -> dict[str, Any]:
     headers = {"Host": domain_name, "Sec-WebSocket-Version": "13", **(headers or {})}
     context = _request_context(
-        "$connect", "CONNECT", connection_id, domain_name, stage,
-        connected_at_ms or int(time.time() * 1000), source_ip,
+        "$connect",
+        "CONNECT",
+        connection_id,
+        domain_name,
+        stage,
+        connected_at_ms or int(time.time() * 1000),
+        source_ip,
     )
     if authorizer is not None:
         context["authorizer"] = authorizer
@@ -81,8 +86,13 @@ def message_event(
     is_base64: bool = False,
 ) -> dict[str, Any]:
     context = _request_context(
-        route_key, "MESSAGE", connection_id, domain_name, stage,
-        connected_at_ms or int(time.time() * 1000), source_ip,
+        route_key,
+        "MESSAGE",
+        connection_id,
+        domain_name,
+        stage,
+        connected_at_ms or int(time.time() * 1000),
+        source_ip,
     )
     context["messageId"] = base64.b32encode(uuid.uuid4().bytes)[:16].decode()
     return {"requestContext": context, "body": body, "isBase64Encoded": is_base64}
@@ -99,8 +109,13 @@ def disconnect_event(
     source_ip: str = "127.0.0.1",
 ) -> dict[str, Any]:
     context = _request_context(
-        "$disconnect", "DISCONNECT", connection_id, domain_name, stage,
-        connected_at_ms or int(time.time() * 1000), source_ip,
+        "$disconnect",
+        "DISCONNECT",
+        connection_id,
+        domain_name,
+        stage,
+        connected_at_ms or int(time.time() * 1000),
+        source_ip,
     )
     context["disconnectStatusCode"] = status_code
     context["disconnectReason"] = reason

@@ -40,7 +40,9 @@ _handlers: dict[str, Handler] = {}
 def load_handler(function: Function) -> Handler:
     """Import the function's handler module from its CodeUri (once) and return the handler."""
     if function.logical_id not in _handlers:
-        spec = importlib.util.spec_from_file_location(f"functions.{function.logical_id}", function.module_file)
+        spec = importlib.util.spec_from_file_location(
+            f"functions.{function.logical_id}", function.module_file
+        )
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot load {function.module_file}")
         module = importlib.util.module_from_spec(spec)

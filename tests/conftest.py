@@ -25,10 +25,11 @@ os.environ.update(
     }
 )
 
-from chatmemory.config import Settings  # noqa: E402
-from chatmemory.services import Services, use_services  # noqa: E402
-from local.template import create_tables  # noqa: E402
-from tests.support.frames import ENDPOINT  # noqa: E402
+from chatmemory.config import Settings
+from chatmemory.services import Services, use_services
+
+from local.template import create_tables
+from tests.support.frames import ENDPOINT
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TABLE_NAMES = {"ChatSessionsTable": "ChatSessions", "ConnectionsTable": "ChatConnections"}

@@ -12,8 +12,8 @@ from typing import Any
 import boto3
 import pybreaker
 import pytest
-
 from chatmemory.services import Services, use_services
+
 from local.template import create_tables
 from tests.conftest import TABLE_NAMES, make_settings
 from tests.support.frames import reply_text
@@ -41,10 +41,16 @@ class Live:
 @pytest.fixture
 def live() -> Iterator[Live]:
     with RedisProcess() as redis_proc, MotoHttpServer() as dynamodb, MotoHttpServer() as connections:
-        create_tables(boto3.resource("dynamodb", endpoint_url=dynamodb.url, region_name="us-east-1"), TABLE_NAMES)
+        create_tables(
+            boto3.resource("dynamodb", endpoint_url=dynamodb.url, region_name="us-east-1"), TABLE_NAMES
+        )
         settings = make_settings(
             redis_proc.url,
-            storage={"dynamodb_endpoint_url": dynamodb.url, "connect_timeout_seconds": 0.3, "read_timeout_seconds": 0.5},
+            storage={
+                "dynamodb_endpoint_url": dynamodb.url,
+                "connect_timeout_seconds": 0.3,
+                "read_timeout_seconds": 0.5,
+            },
             stream={"connections_endpoint_url": connections.url},
             breaker={"fail_max": 2, "reset_timeout_seconds": RESET_TIMEOUT},
         )

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 from boto3.dynamodb.conditions import Key
-
 from chatmemory.services import Services
+
 from tests.support.frames import reply_text
 from tests.support.gateway import Client
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import redis
-
 from chatmemory.cache import TurnCache, turns_key
 from chatmemory.errors import Busy, TurnConflict
 from chatmemory.services import Services
@@ -20,7 +19,13 @@ NOW = int(time.time())
 
 def turn(n: int, session: str = "s-1", expires_at: int = NOW + 3600, status: str = "complete") -> Turn:
     return Turn(
-        session_id=session, turn=n, user=f"u{n}", assistant=f"a{n}", status=status, at=NOW, expires_at=expires_at
+        session_id=session,
+        turn=n,
+        user=f"u{n}",
+        assistant=f"a{n}",
+        status=status,
+        at=NOW,
+        expires_at=expires_at,
     )
 
 

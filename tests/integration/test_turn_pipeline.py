@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
-
 from chatmemory.cache import turns_key
 from chatmemory.services import Services
+
 from tests.support.frames import reply_text
 from tests.support.gateway import Client
 

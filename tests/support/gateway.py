@@ -33,7 +33,10 @@ class Client:
         except (ValueError, AttributeError):
             action = None
         route = action if action in self._routes else "$default"
-        invoke(self._routes[route], message_event(self.connection_id, route, text, domain_name=DOMAIN, stage=STAGE))
+        invoke(
+            self._routes[route],
+            message_event(self.connection_id, route, text, domain_name=DOMAIN, stage=STAGE),
+        )
         frames = frames_sent(self.connection_id)
         new, self._seen = frames[self._seen :], len(frames)
         return new
@@ -42,4 +45,6 @@ class Client:
         return self.send({"action": "sendMessage", "message": message})
 
     def disconnect(self) -> Any:
-        return invoke(self._routes["$disconnect"], disconnect_event(self.connection_id, domain_name=DOMAIN, stage=STAGE))
+        return invoke(
+            self._routes["$disconnect"], disconnect_event(self.connection_id, domain_name=DOMAIN, stage=STAGE)
+        )

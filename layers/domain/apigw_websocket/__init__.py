@@ -17,12 +17,11 @@ from aws_lambda_powertools.utilities.parser.models.apigw_websocket import (
     APIGatewayWebSocketConnectEventRequestContext,
     APIGatewayWebSocketEventRequestContextBase,
 )
-from pydantic import Field
-
 from chatmemory.errors import ChatError, ClientGone, InternalError
 from chatmemory.observability import logger
 from chatmemory.protocol import error_frame
 from chatmemory.sender import FrameSender
+from pydantic import Field
 
 # What a Lambda integration of a WebSocket route returns. For $connect, any other status
 # refuses the handshake.

@@ -21,7 +21,7 @@ def turns_key(session_id: str) -> str:
 
 
 class TurnCache:
-    def __init__(self, client: Redis, window: int, ttl_seconds: int) -> None:
+    def __init__(self, client: Redis[bytes], window: int, ttl_seconds: int) -> None:
         self._redis = client
         self._window = window
         self._ttl = ttl_seconds

@@ -39,14 +39,16 @@ def binding_key(connection_id: str) -> str:
 
 
 class ConnectionRegistry:
-    def __init__(self, table: Table, redis: Redis | None, breakers: Breakers) -> None:
+    def __init__(self, table: Table, redis: Redis[bytes] | None, breakers: Breakers) -> None:
         self._table, self._redis, self._breakers = table, redis, breakers
 
     def bind(self, binding: Binding) -> None:
         """Record the binding; raises if neither store took it (the connection is refused)."""
         stored = self._try_dynamodb(lambda: self._table.put_item(Item=_item(binding)))
         cached = self._try_redis(
-            lambda r: r.set(binding_key(binding.connection_id), binding.model_dump_json(), ex=CONNECTION_TTL_SECONDS)
+            lambda r: r.set(
+                binding_key(binding.connection_id), binding.model_dump_json(), ex=CONNECTION_TTL_SECONDS
+            )
         )
         if not (stored or cached):
             raise ConnectionError("no store accepted the connection binding")
@@ -77,7 +79,7 @@ class ConnectionRegistry:
             logger.warning("connections table unavailable", extra={"error": type(exc).__name__})
             return False
 
-    def _try_redis(self, op: Callable[[Redis], Any]) -> bool:
+    def _try_redis(self, op: Callable[[Redis[bytes]], Any]) -> bool:
         if self._redis is None:
             return False
         try:
@@ -88,5 +90,5 @@ class ConnectionRegistry:
             return False
 
 
-def _item(binding: Binding) -> dict[str, object]:
+def _item(binding: Binding) -> dict[str, Any]:
     return {**binding.model_dump(), "ttl": binding.connected_at + CONNECTION_TTL_SECONDS}

@@ -109,7 +109,9 @@ class Conversation:
                 for chunk in reply.chunks:
                     if not parts:
                         metrics.add_metric(
-                            name="FirstTokenLatency", unit=MetricUnit.Milliseconds, value=1000 * (self._clock() - began)
+                            name="FirstTokenLatency",
+                            unit=MetricUnit.Milliseconds,
+                            value=1000 * (self._clock() - began),
                         )
                     parts.append(chunk)
                     batcher.add(chunk)
@@ -124,5 +126,7 @@ class Conversation:
             logger.info("client gone mid-stream", extra={"turn": started.turn.turn})
             self._memory.finish_turn(started, "".join(parts), "interrupted", Usage())
             raise
-        metrics.add_metric(name="ModelLatency", unit=MetricUnit.Milliseconds, value=1000 * (self._clock() - began))
+        metrics.add_metric(
+            name="ModelLatency", unit=MetricUnit.Milliseconds, value=1000 * (self._clock() - began)
+        )
         return "".join(parts), reply.usage

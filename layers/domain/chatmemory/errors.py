@@ -84,7 +84,11 @@ class LlmUnavailable(ChatError):
         super().__init__(
             "The assistant could not answer right now"
             + (f" ({detail})" if detail else "")
-            + (". Your message is saved; please try again in a moment." if saved else ". Please try again in a moment.")
+            + (
+                ". Your message is saved; please try again in a moment."
+                if saved
+                else ". Please try again in a moment."
+            )
         )
 
 

@@ -143,7 +143,9 @@ class SessionMemory:
         except DYNAMODB_FAULTS as exc:
             logger.warning("could not store the reply", extra={"error": type(exc).__name__})
             return False
-        self._cache_write(turn.session_id, lambda c: c.append(turn.session_id, turn, first_turn=turn.turn == 1))
+        self._cache_write(
+            turn.session_id, lambda c: c.append(turn.session_id, turn, first_turn=turn.turn == 1)
+        )
         return True
 
     # ---- helpers -----------------------------------------------------------------------

@@ -54,9 +54,9 @@ def parse_client_frame(body: str | None) -> SendMessage | GetSession:
     try:
         raw = json.loads(body or "")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest("The message is not valid JSON. Send an object such as {\"action\": ...}.") from exc
+        raise BadRequest('The message is not valid JSON. Send an object such as {"action": ...}.') from exc
     if not isinstance(raw, dict):
-        raise BadRequest("The message must be a JSON object with an \"action\" field.")
+        raise BadRequest('The message must be a JSON object with an "action" field.')
     action = raw.get("action")
     if action not in KNOWN_ACTIONS:
         raise UnknownAction(action if isinstance(action, str) else None, sorted(KNOWN_ACTIONS))
@@ -65,7 +65,7 @@ def parse_client_frame(body: str | None) -> SendMessage | GetSession:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:]) or "frame"
-        raise BadRequest(f"Field \"{where}\" is invalid: {first['msg']}.") from exc
+        raise BadRequest(f'Field "{where}" is invalid: {first["msg"]}.') from exc
 
 
 # ---- server frames -------------------------------------------------------------------------

@@ -89,7 +89,9 @@ def _split_utf8(text: str, max_bytes: int) -> list[str]:
     """Split text into pieces of at most ``max_bytes`` UTF-8 bytes."""
     if len(text.encode()) <= max_bytes:
         return [text]
-    pieces, current, size = [], [], 0
+    pieces: list[str] = []
+    current: list[str] = []
+    size = 0
     for char in text:
         n = len(char.encode())
         if size + n > max_bytes:

@@ -48,7 +48,7 @@ def dynamodb_resource(settings: Settings) -> DynamoDBServiceResource:
     )
 
 
-def redis_client(settings: Settings) -> redis.Redis | None:
+def redis_client(settings: Settings) -> redis.Redis[bytes] | None:
     if not settings.cache.redis_url:
         return None
     return redis.Redis.from_url(
@@ -82,7 +82,7 @@ class Services:
         self,
         settings: Settings,
         dynamodb: DynamoDBServiceResource,
-        redis: redis.Redis | None,
+        redis: redis.Redis[bytes] | None,
         model: ChatModel,
         management_client_factory: Callable[[str], Any] | None = None,
         clock: Callable[[], float] = time.time,
@@ -100,7 +100,9 @@ class Services:
             settings=settings.memory,
             clock=clock,
         )
-        self.registry = ConnectionRegistry(dynamodb.Table(settings.storage.connections_table), redis, self.breakers)
+        self.registry = ConnectionRegistry(
+            dynamodb.Table(settings.storage.connections_table), redis, self.breakers
+        )
         self.model = model
         self.clock = clock
         self._management_client_factory = management_client_factory or (

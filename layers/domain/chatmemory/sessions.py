@@ -73,7 +73,9 @@ class SessionService:
         frame = session_frame(
             binding.session_id,
             resumed=bool(history.turns),
-            history=[HistoryTurn(turn=t.turn, user=t.user, assistant=t.assistant, at=t.at) for t in history.turns],
+            history=[
+                HistoryTurn(turn=t.turn, user=t.user, assistant=t.assistant, at=t.at) for t in history.turns
+            ],
             memory_mode=history.mode,
         )
         self._sender.send(connection_id, frame)

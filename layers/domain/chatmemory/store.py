@@ -49,7 +49,9 @@ class TurnStore:
     ) -> None:
         self._table.update_item(
             Key={"session_id": session_id, "turn_number": turn},
-            UpdateExpression="SET assistant_reply = :r, #s = :s, input_tokens = :i, output_tokens = :o, #t = :t",
+            UpdateExpression=(
+                "SET assistant_reply = :r, #s = :s, input_tokens = :i, output_tokens = :o, #t = :t"
+            ),
             ExpressionAttributeNames={"#s": "status", "#t": "ttl"},
             ExpressionAttributeValues={
                 ":r": reply,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 from pydantic import BaseModel
@@ -34,4 +35,4 @@ class Usage(BaseModel):
 
 def is_contiguous(turns: list[Turn]) -> bool:
     """True when the turns are consecutive and ascending (a window with no hole)."""
-    return all(b.turn == a.turn + 1 for a, b in zip(turns, turns[1:], strict=False))
+    return all(b.turn == a.turn + 1 for a, b in itertools.pairwise(turns))

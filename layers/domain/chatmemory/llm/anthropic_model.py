@@ -8,10 +8,12 @@ from contextlib import contextmanager
 
 import anthropic
 import httpx2
+from anthropic.lib.streaming import MessageStream
+from anthropic.types import AssistantMessageParam, MessageParam, UserMessageParam
 
 from chatmemory.config import LlmSettings
 from chatmemory.errors import LlmUnavailable
-from chatmemory.llm.base import Prompt, ReplyStream
+from chatmemory.llm.base import Message, Prompt, ReplyStream
 from chatmemory.turns import Usage
 
 # What the SDK raises when the model or the network to it fails, mid-stream included.
@@ -30,6 +32,12 @@ def _describe(exc: BaseException) -> str:
     return "the connection to the model failed"
 
 
+def _message_param(message: Message) -> MessageParam:
+    if message["role"] == "user":
+        return UserMessageParam(role="user", content=message["content"])
+    return AssistantMessageParam(role="assistant", content=message["content"])
+
+
 class AnthropicChatModel:
     def __init__(self, client: anthropic.Anthropic | anthropic.AnthropicBedrock, model: str) -> None:
         self._client = client
@@ -42,7 +50,7 @@ class AnthropicChatModel:
                 model=self._model,
                 max_tokens=prompt.max_tokens,
                 system=prompt.system,
-                messages=list(prompt.messages),
+                messages=[_message_param(m) for m in prompt.messages],
             )
             with manager as events:
                 reply = ReplyStream(chunks=iter(()))
@@ -52,7 +60,7 @@ class AnthropicChatModel:
             raise LlmUnavailable(_describe(exc)) from exc
 
     @staticmethod
-    def _chunks(events: anthropic.lib.streaming.MessageStream, reply: ReplyStream) -> Iterator[str]:
+    def _chunks(events: MessageStream, reply: ReplyStream) -> Iterator[str]:
         try:
             yield from events.text_stream
             final = events.get_final_message()

@@ -58,7 +58,9 @@ def compose_reply(system: str, messages: list[dict[str, Any]]) -> str:
     memory += f" ({' and '.join(extras) if extras else 'no summary, no facts'})."
     lines = [f"[offline model] {memory}"]
     if earlier_user:
-        lines.append("Earlier you said: " + "; ".join(f'{i}. "{_shorten(t)}"' for i, t in enumerate(earlier_user, 1)))
+        lines.append(
+            "Earlier you said: " + "; ".join(f'{i}. "{_shorten(t)}"' for i, t in enumerate(earlier_user, 1))
+        )
     lines.append(f'You just said: "{_shorten(said)}".')
     return "\n".join(lines)
 
@@ -73,7 +75,7 @@ class _ReplyStream(httpx2.SyncByteStream):
         self._cut = cut
 
     def __iter__(self) -> Iterator[bytes]:
-        message = {
+        message: dict[str, Any] = {
             "id": f"msg_offline_{uuid.uuid4().hex[:16]}",
             "type": "message",
             "role": "assistant",
@@ -84,23 +86,34 @@ class _ReplyStream(httpx2.SyncByteStream):
             "usage": {"input_tokens": self._input_tokens, "output_tokens": 0},
         }
         yield _sse("message_start", {"type": "message_start", "message": message})
-        yield _sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                           "content_block": {"type": "text", "text": ""}})
+        yield _sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        )
         words = self._reply.split(" ")
         for start in range(0, len(words), CHUNK_WORDS):
             if self._cut and start >= len(words) // 2:
-                raise httpx2.RemoteProtocolError("peer closed connection without sending complete message body")
+                raise httpx2.RemoteProtocolError(
+                    "peer closed connection without sending complete message body"
+                )
             piece = " ".join(words[start : start + CHUNK_WORDS])
             if start + CHUNK_WORDS < len(words):
                 piece += " "
             if self._delay:
                 time.sleep(self._delay)
-            yield _sse("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                               "delta": {"type": "text_delta", "text": piece}})
+            yield _sse(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
+            )
         yield _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
-        yield _sse("message_delta", {"type": "message_delta",
-                                     "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                     "usage": {"output_tokens": estimate_tokens(self._reply)}})
+        yield _sse(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": estimate_tokens(self._reply)},
+            },
+        )
         yield _sse("message_stop", {"type": "message_stop"})
 
 
@@ -112,7 +125,9 @@ class OfflineMessagesApi(httpx2.BaseTransport):
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         if request.method != "POST" or not request.url.path.endswith("/v1/messages"):
-            return _error(404, "not_found_error", f"{request.method} {request.url.path} is not served offline")
+            return _error(
+                404, "not_found_error", f"{request.method} {request.url.path} is not served offline"
+            )
         try:
             body = json.loads(request.read())
             messages = body["messages"]
@@ -138,12 +153,19 @@ class OfflineMessagesApi(httpx2.BaseTransport):
                 headers={"content-type": "text/event-stream"},
                 stream=_ReplyStream(model, reply, input_tokens, delay, cut=command == "cut"),
             )
-        return httpx2.Response(200, json={
-            "id": f"msg_offline_{uuid.uuid4().hex[:16]}", "type": "message", "role": "assistant",
-            "model": model, "content": [{"type": "text", "text": reply}], "stop_reason": "end_turn",
-            "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": estimate_tokens(reply)},
-        })
+        return httpx2.Response(
+            200,
+            json={
+                "id": f"msg_offline_{uuid.uuid4().hex[:16]}",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": reply}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": input_tokens, "output_tokens": estimate_tokens(reply)},
+            },
+        )
 
 
 def _error(status: int, kind: str, message: str) -> httpx2.Response:

@@ -1,0 +1,78 @@
+"""Client frames are parsed strictly; every refusal has a code and a sentence."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from chatmemory.errors import BadRequest, ChatError, UnknownAction
+from chatmemory.protocol import (
+    MAX_FRAME_BYTES,
+    GetSession,
+    SendMessage,
+    done_frame,
+    encode,
+    parse_client_frame,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+def test_send_message_with_client_message_id() -> None:
+    frame = parse_client_frame(
+        json.dumps({"action": "sendMessage", "message": "hi", "clientMessageId": "m-1"})
+    )
+    assert frame == SendMessage(action="sendMessage", message="hi", clientMessageId="m-1")
+
+
+def test_get_session() -> None:
+    assert isinstance(parse_client_frame('{"action": "getSession"}'), GetSession)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (None, BadRequest),
+        ("", BadRequest),
+        ("{", BadRequest),
+        ('"a string"', BadRequest),
+        ('{"action": 3}', UnknownAction),
+        ('{"action": "getSession", "sessionId": "x"}', BadRequest),
+        ('{"action": "sendMessage", "message": null}', BadRequest),
+        ('{"action": "sendMessage", "message": "hi", "clientMessageId": "has space"}', BadRequest),
+    ],
+)
+def test_refusals(body: str | None, error: type[ChatError]) -> None:
+    with pytest.raises(error) as raised:
+        parse_client_frame(body)
+    assert raised.value.message[0].isupper() and raised.value.message.endswith(".")
+
+
+@given(st.text(max_size=300))
+def test_any_text_parses_or_is_refused_cleanly(body: str) -> None:
+    with contextlib.suppress(ChatError):
+        parse_client_frame(body)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["action", "message", "clientMessageId", "x"]),
+        st.from_type(type(None)) | st.text() | st.integers() | st.booleans(),
+    )
+)
+def test_any_object_parses_or_is_refused_cleanly(raw: dict[str, object]) -> None:
+    with contextlib.suppress(ChatError):
+        parse_client_frame(json.dumps(raw))
+
+
+def test_frames_are_compact_utf8_json() -> None:
+    data = encode(done_frame(1, "full", False, 3, 4))
+    assert json.loads(data) == {
+        "type": "done",
+        "turn": 1,
+        "memoryMode": "full",
+        "truncated": False,
+        "usage": {"inputTokens": 3, "outputTokens": 4},
+    }
+    assert len(data) < MAX_FRAME_BYTES
