@@ -138,3 +138,41 @@ def test_concurrent_writers_get_distinct_turns_or_busy(services: Services, aws: 
     assert numbers == list(range(1, len(numbers) + 1))
     assert [t.turn for t in stored] == numbers
     assert len({t.user for t in stored}) == len(stored)
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_active_session_keeps_its_oldest_turns_past_the_ttl(aws: Any, redis_url: str) -> None:
+    """TTL 60 s: turns at t=0, 40, 80 and 120. Without sliding, turn 1 would have expired at
+    t=60 although the session was never idle for 60 s."""
+    from chatmemory.llm.anthropic_model import build_chat_model
+    from chatmemory.services import redis_client
+
+    from tests.conftest import make_settings
+
+    settings = make_settings(redis_url, memory={"session_ttl_seconds": 60})
+    clock = FakeClock(NOW)
+    services = Services(
+        settings, aws, redis_client(settings), build_chat_model(settings.llm, None), clock=clock
+    )
+    conversation = services.conversation("https://abc123def4.execute-api.us-east-1.amazonaws.com/prod")
+    from chatmemory.connections import Binding
+
+    binding = Binding(connection_id="c-ttl", session_id="s-ttl", principal="p", connected_at=int(NOW))
+    for t in (0, 40, 80, 120):
+        clock.now = NOW + t
+        conversation.send_message(binding, f"at {t}", None)
+
+    clock.now = NOW + 150
+    history = services.memory.load("s-ttl")
+    assert [t.user for t in history.turns] == ["at 0", "at 40", "at 80", "at 120"]
+
+    # and once the session is idle for a whole TTL, it is gone
+    clock.now = NOW + 120 + 61 + 60
+    assert services.memory.load("s-ttl").turns == []

@@ -90,6 +90,7 @@ class Conversation:
             binding.connection_id,
             done_frame(started.turn.turn, mode, False, usage.input_tokens, usage.output_tokens),
         )
+        self._memory.slide_expiry(started)  # after done: the user does not wait for it
         metrics.add_metric(name="InputTokens", unit=MetricUnit.Count, value=usage.input_tokens)
         metrics.add_metric(name="OutputTokens", unit=MetricUnit.Count, value=usage.output_tokens)
 

@@ -115,6 +115,23 @@ class SessionMemory:
                 return StartedTurn(turn, History(kept, mode, history.source), persisted=False)
         raise Busy()
 
+    def slide_expiry(self, started: StartedTurn) -> None:
+        """Keep a live session's older turns alive: once the oldest turn of the window is past
+        half its TTL, every turn's TTL moves to a full TTL from now (so this runs about twice
+        per TTL period of an active session, not on every turn), and the cache entry, whose
+        copies carry the old expiry, is dropped."""
+        turns = started.history.turns
+        if not started.persisted or not turns:
+            return
+        if turns[0].expires_at - self._now() > self.settings.session_ttl_seconds // 2:
+            return
+        try:
+            self.breakers.dynamodb.call(self.store.extend_expiry, started.turn.session_id, self._expiry())
+        except DYNAMODB_FAULTS as exc:
+            logger.warning("could not extend the session's expiry", extra={"error": type(exc).__name__})
+            return
+        self._cache_invalidate(started.turn.session_id)
+
     def stateless_turn(self, message: str) -> StartedTurn:
         """A turn for a connection whose session cannot be known: answered, not stored."""
         turn = self._new_turn("unknown", 1, None, message, None)

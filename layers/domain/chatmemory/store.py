@@ -75,6 +75,32 @@ class TurnStore:
         items = response["Items"]
         return int(items[0]["turn_number"]) if items else 0  # type: ignore[arg-type]
 
+    def extend_expiry(self, session_id: str, expires_at: int) -> int:
+        """Move the TTL of every turn of the session up to ``expires_at``; returns how many moved.
+
+        Turns expire one by one otherwise: a session in use for longer than its TTL would lose
+        its oldest turns while it is still alive.
+        """
+        moved = 0
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key("session_id").eq(session_id),
+            "FilterExpression": Attr("ttl").lt(expires_at),
+            "ProjectionExpression": "turn_number",
+        }
+        while True:
+            page = self._table.query(**query)
+            for item in page["Items"]:
+                self._table.update_item(
+                    Key={"session_id": session_id, "turn_number": item["turn_number"]},
+                    UpdateExpression="SET #t = :t",
+                    ExpressionAttributeNames={"#t": "ttl"},
+                    ExpressionAttributeValues={":t": expires_at},
+                )
+                moved += 1
+            if "LastEvaluatedKey" not in page:
+                return moved
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     def latest_turns(self, session_id: str, limit: int, now: int) -> list[Turn]:
         """The last ``limit`` turns, oldest first, without items whose TTL has passed.
 
