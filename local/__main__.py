@@ -1,0 +1,108 @@
+"""``python -m local``: the whole backend on this machine, on one port.
+
+Starts (or finds) DynamoDB and Redis, sets the environment the handlers read, then serves the
+chat page, the WebSocket API and its @connections API until Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+from aiohttp import web
+
+from local.gateway import Gateway, Limits
+from local.lambda_runtime import load_handler
+from local.stack import Dependencies
+from local.template import load_template
+
+# Local conveniences the caller's environment may override: no X-Ray daemon, no EMF noise.
+LOCAL_DEFAULTS = {"POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    limits = Limits()
+    parser = argparse.ArgumentParser(prog="python -m local", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    parser.add_argument("--stage", default="local", help="the stage name events carry")
+    parser.add_argument("--max-message-bytes", type=int, default=limits.max_message_bytes)
+    parser.add_argument("--max-frame-bytes", type=int, default=limits.max_frame_bytes)
+    parser.add_argument("--idle-seconds", type=float, default=limits.idle_seconds)
+    parser.add_argument("--max-connection-seconds", type=float, default=limits.max_connection_seconds)
+    parser.add_argument("--workers", type=int, default=32, help="concurrent handler invocations")
+    return parser.parse_args(argv)
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+async def serve(args: argparse.Namespace) -> None:
+    # The port must be known before the handlers' clients are built (CONNECTIONS_ENDPOINT_URL).
+    sock = _bind(args.host, args.port)
+    port = int(sock.getsockname()[1])
+    reachable = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    base = f"http://{reachable}:{port}"
+
+    deps = await Dependencies(say=say).start(os.environ)
+    try:
+        env = {**LOCAL_DEFAULTS, **deps.environment(base, os.environ)}
+        os.environ.pop("REDIS_URL", None)
+        os.environ.update(env)
+        template = load_template()
+        routes = template.routes()
+        for function in routes.values():
+            load_handler(function)
+        from chatmemory.services import get_services
+
+        services = get_services()  # built now, from this environment, and failing here if it must
+        say(f"Model:     {services.settings.llm.provider}")
+        gateway = Gateway(
+            routes,
+            template.route_selection_expression(),
+            limits=Limits(
+                args.max_message_bytes, args.max_frame_bytes, args.idle_seconds, args.max_connection_seconds
+            ),
+            stage=args.stage,
+            faults={"dynamodb": deps.proxy} if deps.proxy else {},
+            workers=args.workers,
+        )
+        runner = web.AppRunner(gateway.app(), handle_signals=False, access_log=None)
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        say(f"Chat page: {base}/")
+        say(f"WebSocket: ws://{reachable}:{port}/ws")
+        say("Press Ctrl-C to stop.")
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        say("Stopping...")
+        await gateway.close()
+        await runner.cleanup()
+    finally:
+        await deps.stop()
+    say("Stopped.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    asyncio.run(serve(parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""A local API Gateway for the template's WebSocket API, on aiohttp.
+
+One port serves the chat page (``web/``), the WebSocket (``/ws``), the ``@connections``
+management API the handlers post frames to, and the fault switch (``/_local/faults``). Each
+route invokes its Lambda handler in a worker thread, as API Gateway invokes Lambda: the event
+loop never waits on a handler, and messages of one connection may be handled concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from local import management
+from local.events import connect_event, disconnect_event, message_event
+from local.faults import FaultProxy
+from local.lambda_runtime import invoke as lambda_invoke
+from local.template import ROOT, Function
+
+Invoke = Callable[[Function, dict[str, Any]], Any]
+WEB_DIR = ROOT / "web"
+DEFAULT_ROUTE = "$default"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """API Gateway's WebSocket quotas; tests shrink them.
+
+    aiohttp hands over whole messages, never single frames, so an incoming message is checked
+    against ``max_message_bytes`` only: a client sending one frame larger than
+    ``max_frame_bytes`` (but under the message limit) is not closed here as API Gateway would.
+    The frame limit is enforced on what handlers post (413, as API Gateway answers).
+    """
+
+    max_message_bytes: int = 128 * 1024
+    max_frame_bytes: int = 32 * 1024
+    idle_seconds: float = 600.0
+    max_connection_seconds: float = 7200.0
+
+
+@dataclass
+class Connection:
+    id: str
+    ws: web.WebSocketResponse
+    connected_at: float
+    source_ip: str
+    user_agent: str
+    domain_name: str
+    last_active: float = field(default_factory=time.time)
+    # Set when the gateway closes the socket: the status code and reason $disconnect reports.
+    closed_by_gateway: tuple[int, str] | None = None
+
+    @property
+    def connected_at_ms(self) -> int:
+        return int(self.connected_at * 1000)
+
+    def touch(self) -> None:
+        self.last_active = time.time()
+
+
+def new_connection_id() -> str:
+    """API Gateway's shape: 16 base64 characters ending in '=' (URL-safe, it goes in paths)."""
+    return base64.urlsafe_b64encode(os.urandom(11)).decode()
+
+
+def select_route(expression: str, body: str, routes: Mapping[str, Any]) -> str:
+    """``$request.body.<path>`` applied to a JSON body; anything that does not name a route
+    goes to ``$default``, as in API Gateway."""
+    prefix = "$request.body."
+    if not expression.startswith(prefix):
+        raise ValueError(f"unsupported RouteSelectionExpression {expression!r}")
+    try:
+        value: Any = json.loads(body)
+    except ValueError:
+        return DEFAULT_ROUTE
+    for key in expression[len(prefix) :].split("."):
+        if not isinstance(value, dict):
+            return DEFAULT_ROUTE
+        value = value.get(key)
+    return value if isinstance(value, str) and value in routes else DEFAULT_ROUTE
+
+
+_CLOSE_NAMES = {
+    1000: "NORMAL_CLOSURE",
+    1001: "GOING_AWAY",
+    1002: "PROTOCOL_ERROR",
+    1003: "UNSUPPORTED_DATA",
+    1005: "NO_STATUS_CODE",
+    1006: "ABNORMAL_CLOSURE",
+    1007: "INVALID_PAYLOAD_DATA",
+    1008: "POLICY_VIOLATION",
+    1009: "MESSAGE_TOO_BIG",
+    1011: "INTERNAL_ERROR",
+}
+
+
+def client_close_reason(code: int, reason: str) -> str:
+    """How API Gateway words a close the client started, in ``disconnectReason``."""
+    text = f"Client-side close frame status code '{code}' ({_CLOSE_NAMES.get(code, 'UNKNOWN')})"
+    return f"{text} - custom reason: {reason}" if reason else text
+
+
+class Gateway:
+    def __init__(
+        self,
+        routes: Mapping[str, Function],
+        route_selection_expression: str = "$request.body.action",
+        *,
+        limits: Limits | None = None,
+        stage: str = "local",
+        web_dir: Path = WEB_DIR,
+        faults: Mapping[str, FaultProxy] | None = None,
+        invoke: Invoke | None = None,
+        workers: int = 32,
+    ) -> None:
+        self.routes = dict(routes)
+        self.expression = route_selection_expression
+        self.limits = limits or Limits()
+        self.stage = stage
+        self.web_dir = web_dir
+        self.faults = dict(faults or {})
+        self.connections: dict[str, Connection] = {}
+        self._invoke = invoke or lambda_invoke
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/ws", self._websocket)
+        management.add_routes(app, self)
+        app.router.add_get("/{path:.*}", self._static)
+        return app
+
+    async def close(self) -> None:
+        """Close every socket as API Gateway does on a deployment (1001), run their
+        $disconnect, let running handlers finish, then stop the workers."""
+        await asyncio.gather(
+            *(self.close_connection(c, 1001, "Going away") for c in list(self.connections.values()))
+        )
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    async def close_connection(self, conn: Connection, code: int, reason: str) -> None:
+        if conn.closed_by_gateway is None:
+            conn.closed_by_gateway = (code, reason)
+        await conn.ws.close(code=code, message=reason.encode())
+
+    async def invoke(self, route: str, event: dict[str, Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._invoke, self.routes[route], event)
+
+    # ---- the WebSocket ------------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=self.limits.max_message_bytes, timeout=2.0)
+        if not ws.can_prepare(request).ok:
+            return web.Response(status=426, text="This is a WebSocket endpoint.\n")
+        conn = Connection(
+            id=new_connection_id(),
+            ws=ws,
+            connected_at=time.time(),
+            source_ip=request.remote or "127.0.0.1",
+            user_agent=request.headers.get("User-Agent", ""),
+            domain_name=request.host,
+        )
+        if not await self._connect(conn, request):
+            return web.json_response({"message": "Forbidden"}, status=403)
+        await ws.prepare(request)
+        self.connections[conn.id] = conn
+        watchdog = asyncio.create_task(self._watch(conn))
+        close: tuple[int, str] = (1006, "Connection closed abnormally")
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg.type is WSMsgType.TEXT:
+                    self._spawn(self._message(conn, msg.data, is_base64=False))
+                elif msg.type is WSMsgType.BINARY:
+                    self._spawn(self._message(conn, base64.b64encode(msg.data).decode(), is_base64=True))
+                else:
+                    if msg.type is WSMsgType.CLOSE:
+                        close = (int(msg.data), client_close_reason(int(msg.data), msg.extra or ""))
+                    elif msg.type is WSMsgType.ERROR and ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
+                        conn.closed_by_gateway = (1009, "Message too big")
+                    break
+        finally:
+            self.connections.pop(conn.id, None)
+            watchdog.cancel()
+            await self._disconnect(conn, conn.closed_by_gateway or close)
+        return ws
+
+    async def _connect(self, conn: Connection, request: web.Request) -> bool:
+        if "$connect" not in self.routes:
+            return True
+        event = connect_event(
+            conn.id,
+            query=dict(request.query) or None,
+            headers=dict(request.headers),
+            domain_name=conn.domain_name,
+            stage=self.stage,
+            connected_at_ms=conn.connected_at_ms,
+            source_ip=conn.source_ip,
+        )
+        try:
+            result = await self.invoke("$connect", event)
+        except Exception as exc:
+            print(f"$connect failed: {exc!r}", flush=True)
+            return False
+        status = result.get("statusCode", 200) if isinstance(result, dict) else 200
+        return 200 <= int(status) < 300
+
+    async def _message(self, conn: Connection, body: str, *, is_base64: bool) -> None:
+        conn.touch()
+        route = DEFAULT_ROUTE if is_base64 else select_route(self.expression, body, self.routes)
+        event = message_event(
+            conn.id,
+            route,
+            body,
+            domain_name=conn.domain_name,
+            stage=self.stage,
+            connected_at_ms=conn.connected_at_ms,
+            source_ip=conn.source_ip,
+            is_base64=is_base64,
+        )
+        request_id = event["requestContext"]["requestId"]
+        if route not in self.routes:
+            await self._reply_error(conn, "Forbidden", request_id)
+            return
+        try:
+            await self.invoke(route, event)
+        except Exception as exc:
+            print(f"{route} failed: {exc!r}", flush=True)
+            await self._reply_error(conn, "Internal server error", request_id)
+
+    async def _reply_error(self, conn: Connection, message: str, request_id: str) -> None:
+        """What API Gateway itself sends when a route cannot be served."""
+        if not conn.ws.closed:
+            payload = {"message": message, "connectionId": conn.id, "requestId": request_id}
+            await conn.ws.send_str(json.dumps(payload))
+
+    async def _disconnect(self, conn: Connection, close: tuple[int, str]) -> None:
+        if "$disconnect" not in self.routes:
+            return
+        event = disconnect_event(
+            conn.id,
+            status_code=close[0],
+            reason=close[1],
+            domain_name=conn.domain_name,
+            stage=self.stage,
+            connected_at_ms=conn.connected_at_ms,
+            source_ip=conn.source_ip,
+        )
+        try:
+            await self.invoke("$disconnect", event)
+        except Exception as exc:
+            print(f"$disconnect failed: {exc!r}", flush=True)
+
+    async def _watch(self, conn: Connection) -> None:
+        """Close the socket after the idle timeout or the connection's maximum duration."""
+        limits = self.limits
+        while True:
+            now = time.time()
+            idle_left = conn.last_active + limits.idle_seconds - now
+            life_left = conn.connected_at + limits.max_connection_seconds - now
+            if min(idle_left, life_left) <= 0:
+                # In a task of its own: this watchdog is cancelled once the socket is closed.
+                self._spawn(self.close_connection(conn, 1001, "Going away"))
+                return
+            await asyncio.sleep(min(idle_left, life_left))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- the page -----------------------------------------------------------------------
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["path"] or "index.html"
+        root = self.web_dir.resolve()
+        path = (root / name).resolve()
+        if path.is_relative_to(root) and path.is_file():
+            return web.FileResponse(path)
+        if name == "index.html":
+            return web.Response(text="The chat page is not there yet: web/index.html is missing.\n")
+        raise web.HTTPNotFound()

@@ -1,0 +1,176 @@
+"""The local stack's dependencies: DynamoDB (moto, or a real endpoint), Redis (the one at
+REDIS_URL, a throwaway redis-server, or none) and the environment the handlers read.
+
+Everything here must be settled before a handler first calls ``get_services()``: the domain
+builds its clients once per process, from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import redis
+
+from local.faults import FaultProxy
+from local.template import Function, create_tables, load_template
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_OFFLINE_DELAY = "0.03"  # slow enough to see the reply stream in a browser
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+Say = Callable[[str], None]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5).ping())
+    except (redis.RedisError, ValueError):
+        return False
+
+
+def function_environment(functions: Mapping[str, Function]) -> dict[str, str]:
+    """The template's plain-string variables of every function.
+
+    CloudFormation intrinsics (``!Ref`` a table, ``!If``, ...) have no local meaning: the
+    variables that need one get a local value, the others are left to the domain's defaults.
+    All handlers share this process, hence one environment for all of them.
+    """
+    env: dict[str, str] = {}
+    for function in functions.values():
+        for name, value in function.environment.items():
+            if isinstance(value, str | int | float) and not isinstance(value, bool):
+                env.setdefault(name, str(value))
+    return env
+
+
+@dataclass
+class Dependencies:
+    """Starts what is missing, and stops what it started (in reverse order)."""
+
+    say: Say = print
+    dynamodb_url: str = ""
+    redis_url: str | None = None
+    proxy: FaultProxy | None = None
+    tables: dict[str, str] = field(default_factory=dict)
+    _stops: list[Callable[[], Any]] = field(default_factory=list)
+
+    async def start(self, environ: Mapping[str, str]) -> Dependencies:
+        for name, value in FAKE_AWS.items():
+            os.environ.setdefault(name, value)
+        self.tables = {
+            "ChatSessionsTable": environ.get("SESSIONS_TABLE", "ChatSessions"),
+            "ConnectionsTable": environ.get("CONNECTIONS_TABLE", "ChatConnections"),
+        }
+        self.dynamodb_url = environ.get("DYNAMODB_ENDPOINT_URL") or self._start_moto()
+        create_tables(
+            boto3.resource("dynamodb", endpoint_url=self.dynamodb_url, region_name=os.environ["AWS_REGION"]),
+            self.tables,
+        )
+        await self._start_proxy()
+        self.redis_url = self._redis(environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
+        return self
+
+    def handler_url(self) -> str:
+        """The DynamoDB endpoint the handlers use: through the fault proxy when there is one."""
+        return self.proxy.url if self.proxy else self.dynamodb_url
+
+    def environment(self, connections_url: str, environ: Mapping[str, str]) -> dict[str, str]:
+        """What the handlers read: the template's plain values unless the caller's environment
+        sets them, then the local endpoints (those must win, or the handlers would talk to
+        something else). REDIS_URL is absent when the cache is off."""
+        template = function_environment(load_template().routes())
+        env = {k: v for k, v in template.items() if k not in environ}
+        env.update({k: v for k, v in environ.items() if k != "REDIS_URL"})
+        env.setdefault("LLM__OFFLINE_DELAY_SECONDS", DEFAULT_OFFLINE_DELAY)
+        env.update(
+            SESSIONS_TABLE=self.tables["ChatSessionsTable"],
+            CONNECTIONS_TABLE=self.tables["ConnectionsTable"],
+            DYNAMODB_ENDPOINT_URL=self.handler_url(),
+            CONNECTIONS_ENDPOINT_URL=connections_url,
+        )
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        return env
+
+    async def stop(self) -> None:
+        if self.proxy is not None:
+            await self.proxy.close()
+        while self._stops:
+            self._stops.pop()()
+
+    def _start_moto(self) -> str:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access line per DynamoDB call
+
+        port = free_port()
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        self._stops.append(server.stop)
+        url = f"http://127.0.0.1:{port}"
+        self.say(f"DynamoDB:  moto on {url} (in memory, gone on exit)")
+        return url
+
+    async def _start_proxy(self) -> None:
+        parts = urlsplit(self.dynamodb_url)
+        if parts.scheme != "http" or not parts.hostname:
+            self.say("Faults:    off (the DynamoDB endpoint is not plain HTTP)")
+            return
+        self.proxy = await FaultProxy(parts.hostname, parts.port or 80).start()
+        self.say(f"Faults:    DynamoDB through {self.proxy.url} (POST /_local/faults to stall it)")
+
+    def _redis(self, url: str) -> str | None:
+        if redis_answers(url):
+            self.say(f"Redis:     {url}")
+            return url
+        binary = shutil.which("redis-server")
+        if binary is None:
+            self.say(f"Redis:     nothing answers at {url} and no redis-server found: the cache is OFF")
+            return None
+        port = free_port()
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._stops.append(lambda: _stop_process(proc))
+        own = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and proc.poll() is None:
+            if redis_answers(own):
+                self.say(f"Redis:     started redis-server on {own} (stopped on exit)")
+                return own
+            time.sleep(0.05)
+        self.say("Redis:     redis-server did not start: the cache is OFF")
+        return None
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

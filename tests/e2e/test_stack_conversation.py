@@ -1,0 +1,112 @@
+"""A real conversation over a real WebSocket with ``python -m local``: moto DynamoDB behind the
+fault proxy, the real Redis, the offline model, the template's handlers."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from websockets.sync.client import ClientConnection, connect
+
+from tests.e2e.conftest import Stack
+
+TIMEOUT = 10.0
+
+
+def open_socket(stack: Stack, session_id: str | None = None) -> ClientConnection:
+    url = stack.ws_url + (f"?session_id={session_id}" if session_id else "")
+    return connect(url, open_timeout=TIMEOUT)
+
+
+def receive(ws: ClientConnection) -> dict[str, Any]:
+    frame: dict[str, Any] = json.loads(ws.recv(timeout=TIMEOUT))
+    return frame
+
+
+def session_of(ws: ClientConnection) -> dict[str, Any]:
+    ws.send(json.dumps({"action": "getSession"}))
+    frame = receive(ws)
+    assert frame["type"] == "session", frame
+    return frame
+
+
+def turn(ws: ClientConnection, message: str) -> list[dict[str, Any]]:
+    """Send a message; the frames of its answer, up to ``done`` (or an ``error``)."""
+    ws.send(json.dumps({"action": "sendMessage", "message": message}))
+    frames = [receive(ws)]
+    while frames[-1]["type"] not in ("done", "error"):
+        frames.append(receive(ws))
+    return frames
+
+
+def reply(frames: list[dict[str, Any]]) -> str:
+    return "".join(f["text"] for f in frames if f["type"] == "delta")
+
+
+def test_a_conversation_streams_and_remembers(stack: Stack) -> None:
+    with open_socket(stack) as ws:
+        session = session_of(ws)
+        assert session["resumed"] is False and session["history"] == []
+
+        first = turn(ws, "Recommend dark fantasy manga for beginners")
+        second = turn(ws, "What about the second one?")
+
+    for frames in (first, second):
+        assert [f["type"] for f in frames[:-1]] == ["delta"] * (len(frames) - 1) and len(frames) >= 2
+        assert frames[-1]["type"] == "done" and frames[-1]["memoryMode"] == "full"
+    assert (first[-1]["turn"], second[-1]["turn"]) == (1, 2)
+    assert "I see 1 earlier turn" in reply(second)
+    assert "Recommend dark fantasy manga for beginners" in reply(second)
+
+
+def test_frames_that_are_not_requests_get_errors(stack: Stack) -> None:
+    with open_socket(stack) as ws:
+        ws.send("this is not JSON")
+        not_json = receive(ws)
+        ws.send(json.dumps({"action": "dance"}))
+        unknown = receive(ws)
+
+    assert not_json["type"] == "error" and not_json["code"] == "bad_request"
+    assert unknown["type"] == "error" and unknown["code"] == "unknown_action"
+    assert not_json["requestId"] and unknown["requestId"]
+
+
+def test_a_new_connection_resumes_the_session(stack: Stack) -> None:
+    with open_socket(stack) as ws:
+        session_id = session_of(ws)["sessionId"]
+        turn(ws, "My name is Ada")
+
+    with open_socket(stack, session_id) as ws:
+        session = session_of(ws)
+        answer = turn(ws, "What is my name?")
+
+    assert session["sessionId"] == session_id and session["resumed"] is True
+    assert [t["user"] for t in session["history"]] == ["My name is Ada"]
+    assert "My name is Ada" in reply(answer)
+
+
+def test_a_stalled_table_degrades_to_the_cache_then_recovers(stack: Stack) -> None:
+    with open_socket(stack) as ws:
+        session_of(ws)
+        assert turn(ws, "My name is Ada")[-1]["memoryMode"] == "full"
+
+        stack.faults(dynamodb="stall")
+        try:
+            degraded = [turn(ws, f"question {i}") for i in range(2)]
+        finally:
+            stack.faults(dynamodb="pass")
+
+        for frames in degraded:
+            notices = [f for f in frames if f["type"] == "notice"]
+            assert notices and notices[0]["code"] == "memory_degraded", frames
+            assert frames[-1]["memoryMode"] == "cache_only"
+            assert "My name is Ada" in reply(frames)  # the cache still holds the first turn
+
+        # The breaker retries DynamoDB after its reset timeout (1 s here): full memory returns.
+        deadline = time.monotonic() + 10
+        while (answer := turn(ws, "Are you back?"))[-1]["memoryMode"] != "full":
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.2)
+        assert not [f for f in answer if f["type"] == "notice"]
+        assert stack.faults() == {"dynamodb": "pass"}
