@@ -22,6 +22,9 @@ class _StateListener(pybreaker.CircuitBreakerListener):
     ) -> None:
         old = old_state.name if old_state else None
         logger.warning("breaker state change", extra={"breaker": cb.name, "from": old, "to": new_state.name})
+        # e.g. RedisBreakerOpen, DynamodbBreakerHalfOpen; BreakerOpened sums the openings for alarms.
+        state = new_state.name.replace("-", " ").title().replace(" ", "")
+        metrics.add_metric(name=f"{str(cb.name).title()}Breaker{state}", unit=MetricUnit.Count, value=1)
         if new_state.name == pybreaker.STATE_OPEN:
             metrics.add_metric(name="BreakerOpened", unit=MetricUnit.Count, value=1)
 

@@ -13,7 +13,7 @@ from chatmemory.connections import Binding
 from chatmemory.errors import ClientGone, EmptyMessage, LlmUnavailable, MessageTooLarge
 from chatmemory.history import History, SessionMemory, StartedTurn
 from chatmemory.llm.base import ChatModel, Message, Prompt
-from chatmemory.observability import logger, metrics
+from chatmemory.observability import logger, metrics, tracer
 from chatmemory.protocol import NoticeCode, done_frame, notice_frame
 from chatmemory.sender import DeltaBatcher, FrameSender
 from chatmemory.turns import Usage
@@ -67,6 +67,7 @@ class Conversation:
         self._memory, self._model, self._sender = memory, model, sender
         self._settings, self._clock = settings, clock
 
+    @tracer.capture_method(capture_response=False)
     def send_message(self, binding: Binding, message: str, client_message_id: str | None) -> None:
         """Answer one message. Raises ``ChatError`` subclasses for the caller to turn into an
         ``error`` frame; the user's message is stored before the model is called."""

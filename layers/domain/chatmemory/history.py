@@ -23,7 +23,7 @@ from chatmemory.breakers import Breakers
 from chatmemory.cache import TurnCache
 from chatmemory.config import MemorySettings
 from chatmemory.errors import Busy, TurnConflict
-from chatmemory.observability import logger, metrics
+from chatmemory.observability import logger, metrics, tracer
 from chatmemory.protocol import MemoryMode
 from chatmemory.store import TurnStore
 from chatmemory.turns import Turn, TurnStatus, Usage
@@ -66,6 +66,7 @@ class SessionMemory:
 
     # ---- reads -------------------------------------------------------------------------
 
+    @tracer.capture_method(capture_response=False)
     def load(self, session_id: str) -> History:
         """The last N turns: cache, then DynamoDB (refilling the cache), then nothing."""
         cached = self._cache_read(session_id, self._now())
@@ -84,6 +85,7 @@ class SessionMemory:
 
     # ---- the turn ----------------------------------------------------------------------
 
+    @tracer.capture_method(capture_response=False)
     def begin_turn(
         self, session_id: str, principal: str | None, message: str, client_message_id: str | None
     ) -> StartedTurn:
@@ -137,6 +139,7 @@ class SessionMemory:
         turn = self._new_turn("unknown", 1, None, message, None)
         return StartedTurn(turn, History([], "stateless", "none"), persisted=False)
 
+    @tracer.capture_method(capture_response=False)
     def finish_turn(self, started: StartedTurn, reply: str, status: TurnStatus, usage: Usage) -> bool:
         """Store the reply on the turn item, then write the finished turn through to Redis.
 
