@@ -44,50 +44,49 @@ class ConnectionRegistry:
 
     def bind(self, binding: Binding) -> None:
         """Record the binding; raises if neither store took it (the connection is refused)."""
-        stored = self._try_dynamodb(lambda: self._table.put_item(Item=_item(binding)))
-        cached = self._try_redis(
-            lambda r: r.set(
-                binding_key(binding.connection_id), binding.model_dump_json(), ex=CONNECTION_TTL_SECONDS
-            )
-        )
-        if not (stored or cached):
+        key, data = binding_key(binding.connection_id), binding.model_dump_json()
+        stored = self._dynamodb(lambda: self._table.put_item(Item=_item(binding)))
+        cached = self._redis_call(lambda r: r.set(key, data, ex=CONNECTION_TTL_SECONDS))
+        if stored is _FAILED and cached is _FAILED:
             raise ConnectionError("no store accepted the connection binding")
 
     def lookup(self, connection_id: str) -> Binding | None:
         """The binding, ``None`` if there is none; ``BindingUnavailable`` if no store answered."""
-        raw: list[bytes | None] = []
-        if self._try_redis(lambda r: raw.append(r.get(binding_key(connection_id)))) and raw[0]:
-            return Binding.model_validate_json(raw[0])
-        items: list[dict[str, object]] = []
-        if self._try_dynamodb(lambda: items.extend(self._get_item(connection_id))):
-            return Binding.model_validate(items[0]) if items else None
-        raise BindingUnavailable(connection_id)
+        cached = self._redis_call(lambda r: r.get(binding_key(connection_id)))
+        if isinstance(cached, bytes):
+            return Binding.model_validate_json(cached)
+        item = self._dynamodb(
+            lambda: self._table.get_item(Key={"connection_id": connection_id}, ConsistentRead=True).get(
+                "Item"
+            )
+        )
+        if item is _FAILED:
+            raise BindingUnavailable(connection_id)
+        return Binding.model_validate(item) if item else None
 
     def unbind(self, connection_id: str) -> None:
-        self._try_redis(lambda r: r.delete(binding_key(connection_id)))
-        self._try_dynamodb(lambda: self._table.delete_item(Key={"connection_id": connection_id}))
+        self._redis_call(lambda r: r.delete(binding_key(connection_id)))
+        self._dynamodb(lambda: self._table.delete_item(Key={"connection_id": connection_id}))
 
-    def _get_item(self, connection_id: str) -> list[dict[str, object]]:
-        item = self._table.get_item(Key={"connection_id": connection_id}, ConsistentRead=True).get("Item")
-        return [dict(item)] if item else []
-
-    def _try_dynamodb(self, op: Callable[[], Any]) -> bool:
+    def _dynamodb(self, op: Callable[[], Any]) -> Any:
+        """The operation's result, or ``_FAILED`` when DynamoDB (or its breaker) refused."""
         try:
-            self._breakers.dynamodb.call(op)
-            return True
+            return self._breakers.dynamodb.call(op)
         except DYNAMODB_FAULTS as exc:
             logger.warning("connections table unavailable", extra={"error": type(exc).__name__})
-            return False
+            return _FAILED
 
-    def _try_redis(self, op: Callable[[Redis[bytes]], Any]) -> bool:
+    def _redis_call(self, op: Callable[[Redis[bytes]], Any]) -> Any:
         if self._redis is None:
-            return False
+            return _FAILED
         try:
-            self._breakers.redis.call(op, self._redis)
-            return True
+            return self._breakers.redis.call(op, self._redis)
         except REDIS_FAULTS as exc:
             logger.warning("Redis unavailable for bindings", extra={"error": type(exc).__name__})
-            return False
+            return _FAILED
+
+
+_FAILED = object()
 
 
 def _item(binding: Binding) -> dict[str, Any]:

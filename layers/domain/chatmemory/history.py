@@ -105,8 +105,8 @@ class SessionMemory:
                 logger.info("turn number taken, re-reading history", extra={"attempt": attempt})
                 self._cache_invalidate(session_id)
                 reloaded = self._reload_from_store(session_id)
-                if reloaded is None:
-                    break
+                if reloaded is None:  # DynamoDB failed right after: no history to trust
+                    return StartedTurn(turn, History([], "stateless", "none"), persisted=False)
                 history = reloaded
                 # Expired items still hold their numbers until DynamoDB deletes them.
                 number = max(history.last_turn_number, self._last_stored_number(session_id)) + 1
