@@ -8,8 +8,8 @@
 const STORAGE = { session: "chatMemory.sessionId", token: "chatMemory.guestToken" };
 const BACKOFF = { firstMs: 500, maxMs: 15000, factor: 2 };
 const MEMORY_LABELS = {
-  cache_only: ["Memory: cache only", "The long-term store is unreachable: recent turns come from the cache and this turn may not be remembered."],
-  stateless: ["Memory: off", "Memory is unreachable: the assistant sees only your latest message and will not remember it."],
+  cache_only: ["cache only", "The long-term store is unreachable: recent turns come from the cache and this turn may not be remembered."],
+  stateless: ["off", "Memory is unreachable: the assistant sees only your latest message and will not remember it."],
 };
 const STATE_LABELS = {
   connecting: "Connecting…",
@@ -20,6 +20,8 @@ const STATE_LABELS = {
 // Errors after which the message was not taken: it goes back into the composer.
 const REFUSED = new Set(["bad_request", "unknown_action", "empty_message", "message_too_large", "busy", "forbidden"]);
 const STICK_TO_BOTTOM_PX = 120;
+const AVATAR_SVG = '<svg viewBox="0 0 32 32" width="28" height="28"><rect width="32" height="32" rx="16" fill="currentColor"/>'
+  + '<path d="M9.5 12a3 3 0 0 1 3-3h7a3 3 0 0 1 3 3v4.5a3 3 0 0 1-3 3H15.5l-3.5 3v-3a3 3 0 0 1-2.5-3z" fill="#fff"/></svg>';
 
 const $ = (selector) => document.querySelector(selector);
 const ui = {
@@ -404,6 +406,13 @@ function addMessage(role, text, { at = null, turn = null, status = null } = {}) 
   const body = document.createElement("div");
   body.className = "text";
   bubble.append(label, body);
+  if (role === "assistant") {
+    const avatar = document.createElement("span");
+    avatar.className = "avatar";
+    avatar.setAttribute("aria-hidden", "true");
+    avatar.innerHTML = AVATAR_SVG; // a constant, never wire data
+    item.append(avatar);
+  }
   item.append(bubble);
   if (role === "user") {
     body.textContent = text;
@@ -482,7 +491,10 @@ function setMemoryMode(mode) {
   const known = MEMORY_LABELS[mode];
   ui.memory.hidden = mode === "full";
   ui.memory.dataset.mode = mode;
-  ui.memory.textContent = known ? known[0] : `Memory: ${mode.replace(/_/g, " ")}`;
+  const prefix = document.createElement("span");
+  prefix.className = "badge-prefix";
+  prefix.textContent = "Memory: ";
+  ui.memory.replaceChildren(prefix, known ? known[0] : mode.replace(/_/g, " "));
   ui.memory.title = known ? known[1] : "";
 }
 

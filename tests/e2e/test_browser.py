@@ -1,0 +1,273 @@
+"""The chat page in real headless Chromium against the real local stack.
+
+Chromium comes from the distribution (``apt-get install chromium``); Playwright drives it, no
+downloaded browsers. Without Chromium these tests fail, unless ``SKIP_BROWSER_TESTS=1``.
+``UPDATE_SCREENSHOT=1`` rewrites ``docs/screenshot.png`` (it is written anyway when missing).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+
+FIRST = "My name is Ada and I love sci-fi novels"
+SECOND = "Recommend a classic I have not read yet"
+THIRD = "What do you remember about me?"
+
+USER = '[data-testid="message-user"]'
+ASSISTANT = '[data-testid="message-assistant"]'
+COMPOSER = '[data-testid="composer"]'
+SEND = '[data-testid="send"]'
+CONNECTED = '[data-testid="connection-state"][data-state="connected"]'
+
+# Records every visible state of the newest assistant bubble, with the send button's state.
+WATCH_REPLIES = """() => {
+  window.__replyStates = [];
+  const list = document.querySelector('[data-testid="messages"]');
+  const record = () => {
+    const bubbles = list.querySelectorAll('[data-testid="message-assistant"]');
+    const last = bubbles[bubbles.length - 1];
+    if (!last) return;
+    window.__replyStates.push({
+      count: bubbles.length,
+      status: last.dataset.status,
+      text: last.querySelector('.text').textContent,
+      sendDisabled: document.querySelector('[data-testid="send"]').disabled,
+    });
+  };
+  new MutationObserver(record).observe(
+    list, {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
+def chromium_path() -> str | None:
+    for candidate in (os.environ.get("CHROMIUM_PATH"), "/usr/bin/chromium", shutil.which("chromium")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    executable = chromium_path()
+    if executable is None:
+        if os.environ.get("SKIP_BROWSER_TESTS") == "1":
+            pytest.skip("Chromium is not installed and SKIP_BROWSER_TESTS=1")
+        pytest.fail(
+            "The browser tests need Debian's Chromium: run `apt-get install chromium` "
+            "(or `make test`, which installs it), or set SKIP_BROWSER_TESTS=1 to skip them.",
+            pytrace=False,
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium: Any) -> Iterator[Any]:
+    context = chromium.new_context(viewport={"width": 1100, "height": 760}, color_scheme="light")
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def open_chat(page: Any, url: str) -> None:
+    page.goto(url)
+    page.wait_for_selector(CONNECTED)
+
+
+def wait_for_replies(page: Any, count: int) -> str:
+    """Wait until ``count`` assistant bubbles exist and the last one is finished; its text."""
+    page.wait_for_function(
+        """(count) => {
+          const bubbles = document.querySelectorAll('[data-testid="message-assistant"]');
+          return bubbles.length === count && bubbles[count - 1].dataset.status === 'done';
+        }""",
+        arg=count,
+    )
+    return str(page.locator(ASSISTANT).nth(count - 1).locator(".text").text_content())
+
+
+def test_conversation_streams_remembers_and_survives_a_reload(stack: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    open_chat(page, stack.http_url)
+    composer, send = page.locator(COMPOSER), page.locator(SEND)
+    expect(composer).to_be_focused()
+    expect(send).to_be_disabled()  # nothing typed yet
+
+    composer.fill(FIRST)
+    composer.press("Enter")
+    first = wait_for_replies(page, 1)
+    assert "I see no earlier turns" in first
+    expect(page.locator(USER).first.locator(".text")).to_have_text(FIRST)
+
+    page.evaluate(WATCH_REPLIES)
+    composer.fill(SECOND)
+    expect(send).to_be_enabled()
+    send.click()
+    expect(send).to_be_disabled()  # while the reply streams
+    second = wait_for_replies(page, 2)
+    assert "I see 1 earlier turn" in second
+    assert FIRST in second, "the reply should quote the earlier message"
+    expect(composer).to_be_focused()
+
+    states = page.evaluate("window.__replyStates")
+    streaming = [s for s in states if s["count"] == 2 and s["status"] == "streaming"]
+    partial = [s for s in streaming if 0 < len(s["text"]) < len(second) and second.startswith(s["text"])]
+    assert partial, f"never saw the reply part-way through streaming: {states}"
+    assert all(s["sendDisabled"] for s in streaming), "send must be disabled while the reply streams"
+    expect(composer).to_have_value("")
+
+    page.reload()
+    page.wait_for_selector(CONNECTED)
+    expect(page.locator(USER)).to_have_count(2)
+    expect(page.locator(ASSISTANT)).to_have_count(2)
+    expect(page.locator(USER).nth(0).locator(".text")).to_have_text(FIRST)
+    expect(page.locator(USER).nth(1).locator(".text")).to_have_text(SECOND)
+    expect(page.locator(ASSISTANT).nth(1)).to_contain_text("I see 1 earlier turn")
+
+    composer.fill(THIRD)
+    composer.press("Enter")
+    third = wait_for_replies(page, 3)
+    assert "I see 2 earlier turns" in third
+    assert FIRST in third
+    expect(page.locator('[data-testid="memory-mode"]')).to_be_hidden()  # memory is full
+    expect(page.locator('[data-testid="error"]')).to_have_count(0)
+
+    if not SCREENSHOT.exists() or os.environ.get("UPDATE_SCREENSHOT") == "1":
+        page.mouse.move(0, 0)
+        page.locator(COMPOSER).blur()
+        page.wait_for_timeout(300)  # let the entry animations settle
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT))
+
+
+def test_new_chat_starts_a_fresh_session(stack: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    open_chat(page, stack.http_url)
+    page.locator(COMPOSER).fill("Remember the word teapot")
+    page.locator(COMPOSER).press("Enter")
+    wait_for_replies(page, 1)
+    before = page.evaluate("localStorage.getItem('chatMemory.sessionId')")
+    assert before
+
+    page.locator('[data-testid="new-chat"]').click()
+    page.wait_for_selector(CONNECTED)
+    expect(page.locator(USER)).to_have_count(0)
+    page.locator(COMPOSER).fill("Do you know the word?")
+    page.locator(COMPOSER).press("Enter")
+    assert "I see no earlier turns" in wait_for_replies(page, 1)
+    after = page.evaluate("localStorage.getItem('chatMemory.sessionId')")
+    assert after and after != before
+
+
+def test_model_failure_is_shown_in_plain_words(stack: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    open_chat(page, stack.http_url)
+    page.locator(COMPOSER).fill("Tell me a story [offline:429]")
+    page.locator(COMPOSER).press("Enter")
+    error = page.locator('[data-testid="error"]')
+    expect(error).to_have_count(1)
+    assert re.search(r"[a-z]{3,} [a-z]{3,}", error.inner_text()), "the error should be in words"
+    expect(page.locator(ASSISTANT)).to_have_attribute("data-status", "failed")
+    expect(page.locator(SEND)).to_be_disabled()  # empty composer
+    page.locator(COMPOSER).fill("Try again")
+    expect(page.locator(SEND)).to_be_enabled()  # not stuck after an error
+
+
+def test_degraded_memory_is_shown_and_clears_when_it_recovers(stack: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    open_chat(page, stack.http_url)
+    composer, badge = page.locator(COMPOSER), page.locator('[data-testid="memory-mode"]')
+    composer.fill("Remember that my favourite colour is green")
+    composer.press("Enter")
+    wait_for_replies(page, 1)
+    expect(badge).to_be_hidden()
+
+    stack.faults(dynamodb="stall")
+    try:
+        composer.fill("What is my favourite colour?")
+        composer.press("Enter")
+        reply = wait_for_replies(page, 2)
+        assert "I see 1 earlier turn" in reply  # from the cache
+        notice = page.locator('[data-testid="notice"]')
+        expect(notice).to_have_count(1)
+        assert "memory" in notice.inner_text().lower()
+        expect(badge).to_be_visible()
+        expect(badge).to_have_text("Memory: cache only")
+        # The notice sits between the question and its reply.
+        order = page.evaluate(
+            """() => Array.from(document.querySelectorAll('[data-testid="messages"] > li'))
+                   .map((li) => li.dataset.testid)"""
+        )
+        assert order[-3:] == ["message-user", "notice", "message-assistant"], order
+    finally:
+        stack.faults(dynamodb="pass")
+
+    # Once the store answers again (its breaker retries after a moment) the badge goes away.
+    for attempt in range(6):
+        page.wait_for_timeout(600)
+        composer.fill(f"Are you back? ({attempt + 1})")
+        composer.press("Enter")
+        wait_for_replies(page, 3 + attempt)
+        if badge.is_hidden():
+            break
+    expect(badge).to_be_hidden()
+
+
+def test_phone_viewport(stack: Any, chromium: Any) -> None:
+    from playwright.sync_api import expect
+
+    context = chromium.new_context(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        open_chat(page, stack.http_url)
+        composer = page.locator(COMPOSER)
+        composer.fill("Hello from my phone, here is a fairly long message to wrap across lines")
+        page.locator(SEND).tap()
+        wait_for_replies(page, 1)
+        expect(composer).to_be_in_viewport(ratio=1)
+        expect(page.locator(SEND)).to_be_in_viewport(ratio=1)
+        expect(page.locator('[data-testid="new-chat"]')).to_be_in_viewport(ratio=1)
+        widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], f"horizontal scroll on a phone: {widths}"
+        box = page.locator(ASSISTANT).first.locator(".bubble").bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390
+    finally:
+        context.close()
