@@ -156,7 +156,9 @@ class Gateway:
             conn.closed_by_gateway = (code, reason)
         await conn.ws.close(code=code, message=reason.encode())
 
-    async def invoke(self, route: str, event: dict[str, Any]) -> Any:
+    async def invoke(self, route: str, event: dict[str, Any], conn: Connection) -> Any:
+        # local.events leaves the identity generic; API Gateway gives the client's user agent.
+        event["requestContext"]["identity"]["userAgent"] = conn.user_agent
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._invoke, self.routes[route], event)
 
@@ -190,7 +192,7 @@ class Gateway:
                 else:
                     if msg.type is WSMsgType.CLOSE:
                         close = (int(msg.data), client_close_reason(int(msg.data), msg.extra or ""))
-                    elif msg.type is WSMsgType.ERROR and ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
+                    elif getattr(msg.data, "code", None) == WSCloseCode.MESSAGE_TOO_BIG:
                         conn.closed_by_gateway = (1009, "Message too big")
                     break
         finally:
@@ -212,7 +214,7 @@ class Gateway:
             source_ip=conn.source_ip,
         )
         try:
-            result = await self.invoke("$connect", event)
+            result = await self.invoke("$connect", event, conn)
         except Exception as exc:
             print(f"$connect failed: {exc!r}", flush=True)
             return False
@@ -237,7 +239,7 @@ class Gateway:
             await self._reply_error(conn, "Forbidden", request_id)
             return
         try:
-            await self.invoke(route, event)
+            await self.invoke(route, event, conn)
         except Exception as exc:
             print(f"{route} failed: {exc!r}", flush=True)
             await self._reply_error(conn, "Internal server error", request_id)
@@ -261,7 +263,7 @@ class Gateway:
             source_ip=conn.source_ip,
         )
         try:
-            await self.invoke("$disconnect", event)
+            await self.invoke("$disconnect", event, conn)
         except Exception as exc:
             print(f"$disconnect failed: {exc!r}", flush=True)
 

@@ -105,7 +105,7 @@ def start_stack(extra_args: list[str] | None = None, extra_env: dict[str, str] |
         start_new_session=True,  # its own process group, stopped as one
     )
     output: list[str] = []
-    ready, found = threading.Event(), []
+    ready, found = threading.Event(), list[int]()
     reader = threading.Thread(target=_drain, args=(process, output, ready, found), daemon=True)
     reader.start()
     if not ready.wait(START_TIMEOUT) or not found:
