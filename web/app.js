@@ -27,6 +27,7 @@ const $ = (selector) => document.querySelector(selector);
 const ui = {
   conversation: $("#conversation"),
   messages: $("#messages"),
+  live: $("#live"),
   welcome: $('[data-testid="welcome"]'),
   form: $("#composer-form"),
   composer: $("#composer"),
@@ -188,11 +189,15 @@ function restart() {
 
 window.addEventListener("online", reconnectNow);
 window.addEventListener("offline", () => {
-  if (!state.socket) {
-    clearTimeout(state.retryTimer);
-    state.retryTimer = null;
-    setConnection("offline");
-  }
+  // The socket may look open for minutes after the network went away: drop it now and
+  // reconnect (and reload the session) when the browser is back online.
+  clearTimeout(state.retryTimer);
+  state.retryTimer = null;
+  const old = state.socket;
+  state.socket = null;
+  if (old) old.close(1000, "offline");
+  abandonPending("You went offline before the reply finished.");
+  setConnection("offline");
 });
 ui.connection.addEventListener("click", () => {
   if (state.connection === "reconnecting" || state.connection === "offline") reconnectNow();
@@ -241,6 +246,7 @@ function onDelta(frame) {
   const stick = nearBottom();
   renderText(bubble.querySelector(".text"), reply.text);
   if (stick) scrollToBottom();
+  announceReply(reply, false);
 }
 
 function onDone(frame) {
@@ -252,6 +258,7 @@ function onDone(frame) {
     if (!reply.text) renderText(bubble.querySelector(".text"), "(empty reply)");
     if (frame.turn != null) bubble.dataset.turn = String(frame.turn);
     if (reply.user && frame.turn != null) reply.user.dataset.turn = String(frame.turn);
+    announceReply(reply, true);
     state.pending = null;
   }
   setMemoryMode(frame.memoryMode);
@@ -262,6 +269,7 @@ function onDone(frame) {
 function onNotice(frame) {
   const anchor = state.pending ? state.pending.bubble : null;
   showSystem("notice", frame.message || "The assistant sent a notice.", anchor);
+  announce(frame.message || "");
   if (frame.code === "memory_degraded") setMemoryMode("cache_only");
   if (frame.code === "memory_unavailable") setMemoryMode("stateless");
 }
@@ -284,6 +292,7 @@ function onError(frame) {
     state.pending = null;
   }
   showSystem("error", message, null, frame.requestId);
+  announce(`Error: ${message}`);
   updateSendButton();
   ui.composer.focus();
 }
@@ -318,7 +327,7 @@ function sendMessage() {
   const user = addMessage("user", message, { at: Date.now() / 1000 });
   user.dataset.clientMessageId = clientMessageId;
   const bubble = addMessage("assistant", "", { status: "pending" });
-  state.pending = { user, bubble, text: "", turn: null, message, clientMessageId };
+  state.pending = { user, bubble, text: "", turn: null, message, clientMessageId, announced: 0 };
   ui.composer.value = "";
   autosize();
   updateSendButton();
@@ -591,6 +600,31 @@ function inline(text) {
   return nodes;
 }
 
+// ---- screen readers ------------------------------------------------------------------------
+
+function announce(text) {
+  if (!text.trim()) return;
+  const line = document.createElement("p");
+  line.textContent = text;
+  ui.live.append(line);
+  while (ui.live.childElementCount > 6) ui.live.firstElementChild.remove();
+}
+
+/** Speak the reply's complete sentences as they arrive, and the rest when it is done. */
+function announceReply(reply, finished) {
+  const rest = reply.text.slice(reply.announced || 0);
+  let end = rest.length;
+  if (!finished) {
+    const boundaries = [...rest.matchAll(/[.!?](?=\s)|\n/g)];
+    if (!boundaries.length) return;
+    const last = boundaries[boundaries.length - 1];
+    end = last.index + last[0].length;
+  }
+  const sentence = rest.slice(0, end);
+  reply.announced = (reply.announced || 0) + end;
+  announce(sentence);
+}
+
 // ---- scrolling -----------------------------------------------------------------------------
 
 function nearBottom() {
@@ -606,5 +640,6 @@ function scrollToBottom() {
 // ---- start ---------------------------------------------------------------------------------
 
 updateSendButton();
+if (store.get(STORAGE.session)) ui.welcome.hidden = true; // the history is on its way
 ui.composer.focus();
 connect();

@@ -147,6 +147,8 @@ def test_conversation_streams_remembers_and_survives_a_reload(stack: Any, page: 
     assert partial, f"never saw the reply part-way through streaming: {states}"
     assert all(s["sendDisabled"] for s in streaming), "send must be disabled while the reply streams"
     expect(composer).to_have_value("")
+    spoken = str(page.locator('[data-testid="live"]').text_content())
+    assert f'You just said: "{SECOND}".' in spoken, "the reply should reach the aria-live region"
 
     page.reload()
     page.wait_for_selector(CONNECTED)
@@ -190,6 +192,27 @@ def test_new_chat_starts_a_fresh_session(stack: Any, page: Any) -> None:
     assert "I see no earlier turns" in wait_for_replies(page, 1)
     after = page.evaluate("localStorage.getItem('chatMemory.sessionId')")
     assert after and after != before
+
+
+def test_goes_offline_and_reconnects_to_the_same_session(stack: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    open_chat(page, stack.http_url)
+    page.locator(COMPOSER).fill("Keep this in mind: the code word is heron")
+    page.locator(COMPOSER).press("Enter")
+    wait_for_replies(page, 1)
+    state = page.locator('[data-testid="connection-state"]')
+
+    page.context.set_offline(True)
+    expect(state).to_have_attribute("data-state", re.compile("offline|reconnecting"))
+    page.locator(COMPOSER).fill("Are you there?")
+    expect(page.locator(SEND)).to_be_disabled()  # nothing can be sent while disconnected
+
+    page.context.set_offline(False)
+    expect(state).to_have_attribute("data-state", "connected")
+    expect(page.locator(USER)).to_have_count(1)  # the history came back once, not twice
+    page.locator(SEND).click()
+    assert "I see 1 earlier turn" in wait_for_replies(page, 2)
 
 
 def test_model_failure_is_shown_in_plain_words(stack: Any, page: Any) -> None:
