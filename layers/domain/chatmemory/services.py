@@ -22,7 +22,6 @@ from chatmemory.config import Settings, get_settings
 from chatmemory.connections import ConnectionRegistry
 from chatmemory.conversation import Conversation
 from chatmemory.history import SessionMemory
-from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.llm.base import ChatModel
 from chatmemory.sender import ConnectionSender
 from chatmemory.sessions import SessionService
@@ -83,7 +82,7 @@ class Services:
         settings: Settings,
         dynamodb: DynamoDBServiceResource,
         redis: redis.Redis[bytes] | None,
-        model: ChatModel,
+        model: ChatModel | None = None,
         management_client_factory: Callable[[str], Any] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -103,7 +102,7 @@ class Services:
         self.registry = ConnectionRegistry(
             dynamodb.Table(settings.storage.connections_table), redis, self.breakers
         )
-        self.model = model
+        self._model = model
         self.clock = clock
         self._management_client_factory = management_client_factory or (
             lambda url: management_client(url, settings.aws_region)
@@ -116,7 +115,6 @@ class Services:
             settings,
             dynamodb_resource(settings),
             redis_client(settings),
-            build_chat_model(settings.llm, _api_key(settings)),
         )
 
     def sender(self, endpoint_url: str) -> ConnectionSender:
@@ -131,6 +129,15 @@ class Services:
 
     def conversation(self, endpoint_url: str) -> Conversation:
         return Conversation(self.memory, self.model, self.sender(endpoint_url), self.settings)
+
+    @property
+    def model(self) -> ChatModel:
+        """Built on first use: the routes that never call the model never import its SDK."""
+        if self._model is None:
+            from chatmemory.llm.anthropic_model import build_chat_model
+
+            self._model = build_chat_model(self.settings.llm, _api_key(self.settings))
+        return self._model
 
 
 _services: Services | None = None
