@@ -20,6 +20,7 @@ const STATE_LABELS = {
 // Errors after which the message was not taken: it goes back into the composer.
 const REFUSED = new Set(["bad_request", "unknown_action", "empty_message", "message_too_large", "busy", "forbidden"]);
 const STICK_TO_BOTTOM_PX = 120;
+const SESSION_TIMEOUT_MS = 15000; // an open socket that never answers getSession is retried
 const AVATAR_SVG = '<svg viewBox="0 0 32 32" width="28" height="28"><rect width="32" height="32" rx="16" fill="currentColor"/>'
   + '<path d="M9.5 12a3 3 0 0 1 3-3h7a3 3 0 0 1 3 3v4.5a3 3 0 0 1-3 3H15.5l-3.5 3v-3a3 3 0 0 1-2.5-3z" fill="#fff"/></svg>';
 
@@ -90,6 +91,7 @@ const state = {
   attempts: 0,
   retryTimer: null,
   retryAt: 0,
+  sessionTimer: null,
   everConnected: false,
   /** The reply being waited for: { user, bubble, text, turn, clientMessageId } or null. */
   pending: null,
@@ -129,6 +131,9 @@ function connect() {
   socket.addEventListener("open", () => {
     if (state.socket !== socket) return;
     socket.send(JSON.stringify({ action: "getSession" }));
+    state.sessionTimer = setTimeout(() => {
+      if (state.socket === socket && state.connection !== "connected") dropSocket();
+    }, SESSION_TIMEOUT_MS);
   });
   socket.addEventListener("message", (event) => {
     if (state.socket !== socket) return;
@@ -143,9 +148,20 @@ function connect() {
   socket.addEventListener("close", () => {
     if (state.socket !== socket) return; // closed on purpose (new chat)
     state.socket = null;
+    clearTimeout(state.sessionTimer);
     abandonPending("The connection dropped before the reply finished.");
     scheduleReconnect();
   });
+}
+
+/** Give up on the current socket and reconnect with backoff. */
+function dropSocket() {
+  const old = state.socket;
+  state.socket = null;
+  clearTimeout(state.sessionTimer);
+  if (old) old.close(1000, "retry");
+  abandonPending("The connection dropped before the reply finished.");
+  scheduleReconnect();
 }
 
 function scheduleReconnect() {
@@ -217,6 +233,7 @@ function handleFrame(frame) {
 }
 
 function onSession(frame) {
+  clearTimeout(state.sessionTimer);
   const previous = store.get(STORAGE.session);
   if (typeof frame.sessionId === "string") store.set(STORAGE.session, frame.sessionId);
   if (typeof frame.guestToken === "string") store.set(STORAGE.token, frame.guestToken);
@@ -276,6 +293,13 @@ function onNotice(frame) {
 
 function onError(frame) {
   const message = frame.message || "Something went wrong.";
+  if (state.connection !== "connected" && !state.pending) {
+    // getSession was refused: the session cannot be loaded on this connection.
+    showSystem("error", message, null, frame.requestId);
+    if (frame.code === "forbidden") store.set(STORAGE.session, null); // not ours: start afresh
+    dropSocket();
+    return;
+  }
   const reply = state.pending;
   if (reply && reply.user) {
     if (REFUSED.has(frame.code) && !reply.text) {

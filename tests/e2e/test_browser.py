@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,10 @@ WATCH_REPLIES = """() => {
 
 
 def chromium_path() -> str | None:
-    for candidate in (os.environ.get("CHROMIUM_PATH"), "/usr/bin/chromium", shutil.which("chromium")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None
+    """``CHROMIUM_PATH`` when set, else Debian's ``chromium``."""
+    configured = os.environ.get("CHROMIUM_PATH")
+    candidates = [configured] if configured else [shutil.which("chromium"), "/usr/bin/chromium"]
+    return next((c for c in candidates if c and Path(c).is_file()), None)
 
 
 @pytest.fixture(scope="module")
@@ -269,6 +270,24 @@ def test_degraded_memory_is_shown_and_clears_when_it_recovers(stack: Any, page: 
         if badge.is_hidden():
             break
     expect(badge).to_be_hidden()
+
+
+def test_websocket_url_can_be_configured(stack: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    state = page.locator('[data-testid="connection-state"]')
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"ws://127.0.0.1:{probe.getsockname()[1]}/ws"  # nothing listens there
+    # ?ws= wins over the page's own host.
+    page.goto(f"{stack.http_url}?ws={nowhere}")
+    expect(state).to_have_attribute("data-state", "reconnecting")
+    # window.CHAT_WS_URL (set by a script before app.js) is used when there is no ?ws=.
+    page.add_init_script(f"window.CHAT_WS_URL = {nowhere!r};")
+    page.goto(stack.http_url)
+    expect(state).to_have_attribute("data-state", "reconnecting")
+    page.goto(f"{stack.http_url}?ws={stack.ws_url}")
+    expect(state).to_have_attribute("data-state", "connected")
 
 
 def test_phone_viewport(stack: Any, chromium: Any) -> None:
