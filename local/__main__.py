@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import signal
 import socket
 import sys
+import warnings
 
 from aiohttp import web
 
@@ -22,6 +24,7 @@ from local.template import load_template
 
 # Local conveniences the caller's environment may override: no X-Ray daemon, no EMF noise.
 LOCAL_DEFAULTS = {"POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true"}
+warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,6 +53,11 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    # Installed first: Ctrl-C while starting still stops cleanly, once started.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     # The port must be known before the handlers' clients are built (CONNECTIONS_ENDPOINT_URL).
     sock = _bind(args.host, args.port)
     port = int(sock.getsockname()[1])
@@ -85,11 +93,6 @@ async def serve(args: argparse.Namespace) -> None:
         say(f"Chat page: {base}/")
         say(f"WebSocket: ws://{reachable}:{port}/ws")
         say("Press Ctrl-C to stop.")
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         say("Stopping...")
         await gateway.close()
@@ -100,7 +103,14 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    asyncio.run(serve(parse_args(argv)))
+    args = parse_args(argv)
+    try:
+        asyncio.run(serve(args))
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(f"Port {args.port} on {args.host} is taken: stop what uses it, or pick another (--port 0).")
+        return 1
     return 0
 
 

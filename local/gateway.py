@@ -30,6 +30,7 @@ from local.template import ROOT, Function
 Invoke = Callable[[Function, dict[str, Any]], Any]
 WEB_DIR = ROOT / "web"
 DEFAULT_ROUTE = "$default"
+_HOP_BY_HOP = {"connection", "upgrade"}
 
 
 @dataclass(frozen=True)
@@ -204,10 +205,20 @@ class Gateway:
     async def _connect(self, conn: Connection, request: web.Request) -> bool:
         if "$connect" not in self.routes:
             return True
+        # As API Gateway passes them: without hop-by-hop headers, with the X-Forwarded-* it adds.
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        headers.update(
+            {
+                "X-Forwarded-For": conn.source_ip,
+                "X-Forwarded-Port": str(sockname[1]) if sockname else "80",
+                "X-Forwarded-Proto": request.scheme,
+            }
+        )
         event = connect_event(
             conn.id,
             query=dict(request.query) or None,
-            headers=dict(request.headers),
+            headers=headers,
             domain_name=conn.domain_name,
             stage=self.stage,
             connected_at_ms=conn.connected_at_ms,

@@ -26,6 +26,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from local.faults import FaultProxy
 from local.gateway import Gateway, Limits, select_route
+from local.stack import Dependencies
 from local.template import ROOT, Function, load_template
 
 TIMEOUT = 5.0
@@ -170,6 +171,7 @@ def test_events_are_what_powertools_parses(gateway: Running, lambdas: Lambdas) -
     )
     assert on_connect.query_string_parameters == {"session_id": "abc"}
     assert on_connect.headers["User-Agent"] == on_connect.request_context.identity.user_agent == "tests/1.0"
+    assert on_connect.headers["X-Forwarded-For"] == "127.0.0.1" and "Upgrade" not in on_connect.headers
     assert on_connect.request_context.event_type == "CONNECT"
     assert (
         on_message.request_context.route_key == "sendMessage"
@@ -350,10 +352,14 @@ def test_a_frame_over_32_kb_is_payload_too_large(serve: Callable[..., Running], 
 
 async def _echo_server() -> asyncio.Server:
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(1024):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
+        try:
+            while data := await reader.read(1024):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass  # the proxy dropped us
+        finally:
+            writer.close()
 
     return await asyncio.start_server(echo, "127.0.0.1", 0)
 
@@ -389,6 +395,7 @@ def test_the_fault_proxy_passes_stalls_and_refuses() -> None:
         finally:
             await proxy.close()
             server.close()
+            await server.wait_closed()
 
     asyncio.run(scenario())
 
@@ -415,3 +422,32 @@ def test_the_fault_switch_over_http(serve: Callable[..., Running]) -> None:
     assert post({"redis": "stall"})[0] == 400
     with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
         assert json.loads(response.read()) == {"dynamodb": "stall"}
+
+
+# ---- the handlers' environment -------------------------------------------------------------
+
+
+def test_the_handlers_environment() -> None:
+    deps = Dependencies(
+        dynamodb_url="http://127.0.0.1:4566",
+        tables={"ChatSessionsTable": "ChatSessions", "ConnectionsTable": "ChatConnections"},
+    )
+    caller = {
+        "POWERTOOLS_LOG_LEVEL": "DEBUG",
+        "REDIS_URL": "redis://elsewhere:6379/0",
+        "DYNAMODB_ENDPOINT_URL": "x",
+    }
+
+    env = deps.environment("http://127.0.0.1:8080", caller)
+
+    assert env["POWERTOOLS_SERVICE_NAME"] == "chat-memory"  # a plain value of the template
+    assert env["POWERTOOLS_LOG_LEVEL"] == "DEBUG"  # the caller's environment wins over it
+    assert "LLM__PROVIDER" not in env and "LLM__API_KEY_SECRET_NAME" not in env  # intrinsics: left out
+    assert "REDIS_URL" not in env  # the cache is off: no URL for the handlers
+    assert env["SESSIONS_TABLE"] == "ChatSessions" and env["CONNECTIONS_TABLE"] == "ChatConnections"
+    assert env["DYNAMODB_ENDPOINT_URL"] == "http://127.0.0.1:4566"  # local endpoints win
+    assert env["CONNECTIONS_ENDPOINT_URL"] == "http://127.0.0.1:8080"
+    assert float(env["LLM__OFFLINE_DELAY_SECONDS"]) > 0
+
+    deps.redis_url = "redis://127.0.0.1:6379/0"
+    assert deps.environment("http://127.0.0.1:8080", caller)["REDIS_URL"] == "redis://127.0.0.1:6379/0"
