@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from aws_lambda_powertools.utilities.parser.models import (
     APIGatewayWebSocketConnectEventModel,
@@ -21,7 +21,7 @@ from chatmemory.errors import ChatError, ClientGone, InternalError
 from chatmemory.observability import logger
 from chatmemory.protocol import error_frame
 from chatmemory.sender import FrameSender
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 # What a Lambda integration of a WebSocket route returns. For $connect, any other status
 # refuses the handshake.
@@ -36,6 +36,16 @@ class ConnectRequestContext(APIGatewayWebSocketConnectEventRequestContext):
 class ConnectEvent(APIGatewayWebSocketConnectEventModel):
     query_string_parameters: dict[str, str] | None = Field(None, alias="queryStringParameters")
     request_context: ConnectRequestContext = Field(alias="requestContext")
+
+
+class ConnectAuthorizerEvent(BaseModel):
+    """What API Gateway sends a REQUEST authorizer on ``$connect`` (the parser has no model)."""
+
+    type: Literal["REQUEST"]
+    method_arn: str = Field(alias="methodArn")
+    headers: dict[str, str] | None = None
+    query_string_parameters: dict[str, str] | None = Field(None, alias="queryStringParameters")
+    request_context: APIGatewayWebSocketConnectEventRequestContext = Field(alias="requestContext")
 
 
 DisconnectEvent = APIGatewayWebSocketDisconnectEventModel

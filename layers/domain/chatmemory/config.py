@@ -60,6 +60,16 @@ class StreamSettings(BaseModel):
     connections_endpoint_url: str | None = Field(None, description="override of the @connections API")
 
 
+class IdentitySettings(BaseModel):
+    guests_enabled: bool = True
+    guest_token_key: str | None = Field(None, description="HS256 key for guest tokens (local)")
+    guest_token_secret_name: str | None = Field(None, description="Secrets Manager name of that key")
+    guest_token_ttl_seconds: int = Field(30 * 86_400, ge=60)
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_jwks_url: str | None = Field(None, description="default: <issuer>/.well-known/jwks.json")
+
+
 class Settings(BaseSettings):
     """Environment variables use a double underscore between group and field.
 
@@ -75,6 +85,7 @@ class Settings(BaseSettings):
     breaker: BreakerSettings = BreakerSettings()
     llm: LlmSettings = LlmSettings()
     stream: StreamSettings = StreamSettings()
+    identity: IdentitySettings = IdentitySettings()
     aws_region: str = Field("us-east-1", validation_alias="AWS_REGION")
 
     # Conventional names, folded into their groups below.

@@ -1,0 +1,115 @@
+"""Who is connecting: an OIDC/Cognito user (a JWT verified against the issuer's JWKS), a
+guest holding a token this backend issued, or a new guest.
+
+Principals are namespaced (``user:<sub>``, ``guest:<id>``) so a guest id can never pose as
+a user's subject.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jwt
+
+GUEST_ISSUER = "chat-memory:guest"
+_GUEST_ALGORITHM = "HS256"
+_USER_ALGORITHMS = ["RS256", "ES256"]
+
+
+class Unauthorized(Exception):
+    """The token is missing, malformed, expired, forged or for someone else."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    principal: str
+    new_guest_token: str | None = None  # set when this connection minted a guest
+
+    @property
+    def is_guest(self) -> bool:
+        return self.principal.startswith("guest:")
+
+
+class GuestTokens:
+    """Guest tokens: JWTs signed with the backend's own key (HS256)."""
+
+    def __init__(self, key: str, ttl_seconds: int, clock: Callable[[], float] = time.time) -> None:
+        if len(key) < 32:
+            raise ValueError("the guest token key must be at least 32 characters")
+        self._key, self._ttl, self._clock = key, ttl_seconds, clock
+
+    def issue(self, principal: str) -> str:
+        now = int(self._clock())
+        claims = {"iss": GUEST_ISSUER, "sub": principal, "iat": now, "exp": now + self._ttl}
+        return jwt.encode(claims, self._key, algorithm=_GUEST_ALGORITHM)
+
+    def verify(self, token: str) -> str:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[_GUEST_ALGORITHM],
+                issuer=GUEST_ISSUER,
+                options={"require": ["exp", "iat", "sub", "iss"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"guest token refused: {type(exc).__name__}") from exc
+        principal = str(claims["sub"])
+        if not principal.startswith("guest:"):
+            raise Unauthorized("guest token for a non-guest principal")
+        return principal
+
+
+class UserTokens:
+    """OIDC/Cognito ID or access tokens, verified against the issuer's JWKS (keys cached by
+    ``PyJWKClient``): signature, issuer, audience and expiry."""
+
+    def __init__(self, issuer: str, audience: str, jwks: jwt.PyJWKClient) -> None:
+        self._issuer, self._audience, self._jwks = issuer, audience, jwks
+
+    def verify(self, token: str) -> str:
+        try:
+            key = self._jwks.get_signing_key_from_jwt(token)
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=_USER_ALGORITHMS,
+                issuer=self._issuer,
+                audience=self._audience,
+                options={"require": ["exp", "iat", "sub", "iss"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"user token refused: {type(exc).__name__}") from exc
+        return f"user:{claims['sub']}"
+
+
+class Authenticator:
+    def __init__(self, guests: GuestTokens | None, users: UserTokens | None, guests_enabled: bool) -> None:
+        self._guests, self._users, self._guests_enabled = guests, users, guests_enabled
+
+    def authenticate(self, token: str | None) -> Identity:
+        if not token:
+            if not (self._guests_enabled and self._guests):
+                raise Unauthorized("a token is required")
+            principal = f"guest:{uuid.uuid4()}"
+            return Identity(principal, new_guest_token=self._guests.issue(principal))
+        try:
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        except jwt.PyJWTError as exc:
+            raise Unauthorized("malformed token") from exc
+        if issuer == GUEST_ISSUER:
+            if not (self._guests_enabled and self._guests):
+                raise Unauthorized("guests are not enabled")
+            return Identity(self._guests.verify(token))
+        if self._users is None:
+            raise Unauthorized("no identity provider is configured")
+        return Identity(self._users.verify(token))
+
+    def guest_token(self, principal: str) -> str | None:
+        """A fresh token for a guest principal, so a page can resume as that guest later."""
+        if self._guests is None or not principal.startswith("guest:"):
+            return None
+        return self._guests.issue(principal)

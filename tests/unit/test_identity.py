@@ -1,0 +1,120 @@
+"""Identity at $connect: JWTs against a JWKS served over HTTP, guest tokens, new guests."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from chatmemory.identity import Authenticator, GuestTokens, Unauthorized, UserTokens
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+ISSUER = "https://idp.example.test/pool"
+AUDIENCE = "chat-client"
+GUEST_KEY = "k" * 40
+
+
+class Issuer:
+    """An identity provider of our own: an RSA key pair and its JWKS over HTTP."""
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
+        self.jwks = {"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}
+
+    def token(self, **overrides: Any) -> str:
+        now = int(time.time())
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 300, **overrides}
+        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "k1"})
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Issuer:
+    return Issuer()
+
+
+@pytest.fixture(scope="module")
+def jwks_url(issuer: Issuer) -> Iterator[str]:
+    body = json.dumps(issuer.jwks).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json"
+    server.shutdown()
+
+
+@pytest.fixture
+def authenticator(jwks_url: str) -> Authenticator:
+    users = UserTokens(ISSUER, AUDIENCE, jwt.PyJWKClient(jwks_url))
+    return Authenticator(GuestTokens(GUEST_KEY, 3600), users, guests_enabled=True)
+
+
+def test_a_valid_user_token_gives_the_user_principal(authenticator: Authenticator, issuer: Issuer) -> None:
+    identity = authenticator.authenticate(issuer.token())
+    assert identity.principal == "user:alice" and identity.new_guest_token is None
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": int(time.time()) - 10},
+        {"aud": "another-app"},
+        {"iss": "https://evil.example.test"},
+    ],
+    ids=["expired", "wrong-audience", "wrong-issuer"],
+)
+def test_bad_user_tokens_are_refused(
+    authenticator: Authenticator, issuer: Issuer, claims: dict[str, Any]
+) -> None:
+    with pytest.raises(Unauthorized):
+        authenticator.authenticate(issuer.token(**claims))
+
+
+def test_a_forged_signature_is_refused(authenticator: Authenticator) -> None:
+    forger = Issuer()  # a different key with the same kid
+    with pytest.raises(Unauthorized):
+        authenticator.authenticate(forger.token())
+
+
+def test_no_token_makes_a_new_guest_whose_token_resumes_it(authenticator: Authenticator) -> None:
+    first = authenticator.authenticate(None)
+    assert first.is_guest and first.new_guest_token
+    again = authenticator.authenticate(first.new_guest_token)
+    assert again.principal == first.principal and again.new_guest_token is None
+
+
+def test_guest_tokens_signed_with_another_key_or_expired_are_refused(authenticator: Authenticator) -> None:
+    forged = GuestTokens("x" * 40, 3600).issue("guest:someone")
+    expired = GuestTokens(GUEST_KEY, 3600, clock=lambda: time.time() - 7200).issue("guest:someone")
+    for token in (forged, expired, "not-a-jwt"):
+        with pytest.raises(Unauthorized):
+            authenticator.authenticate(token)
+
+
+def test_a_guest_token_cannot_claim_a_user_principal(authenticator: Authenticator) -> None:
+    token = GuestTokens(GUEST_KEY, 3600).issue("user:alice")
+    with pytest.raises(Unauthorized):
+        authenticator.authenticate(token)
+
+
+def test_without_guests_a_token_is_required() -> None:
+    closed = Authenticator(GuestTokens(GUEST_KEY, 3600), None, guests_enabled=False)
+    with pytest.raises(Unauthorized):
+        closed.authenticate(None)
+    with pytest.raises(Unauthorized):
+        closed.authenticate(GuestTokens(GUEST_KEY, 3600).issue("guest:g"))
