@@ -24,6 +24,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from local import management
 from local.events import connect_event, disconnect_event, message_event
 from local.faults import FaultProxy
+from local.frames import FrameSizeGuard
 from local.lambda_runtime import invoke as lambda_invoke
 from local.template import ROOT, Function
 
@@ -37,10 +38,9 @@ _HOP_BY_HOP = {"connection", "upgrade"}
 class Limits:
     """API Gateway's WebSocket quotas; tests shrink them.
 
-    aiohttp hands over whole messages, never single frames, so an incoming message is checked
-    against ``max_message_bytes`` only: a client sending one frame larger than
-    ``max_frame_bytes`` (but under the message limit) is not closed here as API Gateway would.
-    The frame limit is enforced on what handlers post (413, as API Gateway answers).
+    Incoming: a frame over ``max_frame_bytes`` (``local.frames``) or a message over
+    ``max_message_bytes`` (aiohttp, across fragments) closes the socket with 1009. Outgoing: a
+    post over ``max_frame_bytes`` is refused with 413. Idle means no data message either way.
     """
 
     max_message_bytes: int = 128 * 1024
@@ -166,7 +166,10 @@ class Gateway:
     # ---- the WebSocket ------------------------------------------------------------------
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=self.limits.max_message_bytes, timeout=2.0)
+        # No permessage-deflate: API Gateway does not negotiate it, and limits count wire bytes.
+        # aiohttp refuses a message of exactly max_msg_size bytes; API Gateway's limit is inclusive.
+        max_msg_size = self.limits.max_message_bytes + 1
+        ws = web.WebSocketResponse(max_msg_size=max_msg_size, timeout=2.0, compress=False)
         if not ws.can_prepare(request).ok:
             return web.Response(status=426, text="This is a WebSocket endpoint.\n")
         conn = Connection(
@@ -180,6 +183,7 @@ class Gateway:
         if not await self._connect(conn, request):
             return web.json_response({"message": "Forbidden"}, status=403)
         await ws.prepare(request)
+        self._guard_frames(request, conn)
         self.connections[conn.id] = conn
         watchdog = asyncio.create_task(self._watch(conn))
         close: tuple[int, str] = (1006, "Connection closed abnormally")
@@ -201,6 +205,25 @@ class Gateway:
             watchdog.cancel()
             await self._disconnect(conn, conn.closed_by_gateway or close)
         return ws
+
+    def _guard_frames(self, request: web.Request, conn: Connection) -> None:
+        """Put the frame limit in front of the parser aiohttp installed on upgrade.
+
+        Done right after ``prepare()``, before this task yields: no client frame can have
+        reached the parser yet (clients send after the 101, which ``prepare()`` just wrote).
+        aiohttp keeps the parser in a private slot; without it only messages are limited.
+        """
+
+        def too_big() -> None:
+            self._spawn(self.close_connection(conn, 1009, "Message too big"))
+
+        parser = getattr(request.protocol, "_payload_parser", None)
+        if parser is None:
+            print("warning: this aiohttp hides its WebSocket parser: frame sizes are not checked", flush=True)
+            return
+        setattr(  # noqa: B010 - a private slot, see above
+            request.protocol, "_payload_parser", FrameSizeGuard(parser, self.limits.max_frame_bytes, too_big)
+        )
 
     async def _connect(self, conn: Connection, request: web.Request) -> bool:
         if "$connect" not in self.routes:

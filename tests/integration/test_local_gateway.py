@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from local.faults import FaultProxy
+from local.frames import FrameSizeGuard
 from local.gateway import Gateway, Limits, select_route
 from local.stack import Dependencies
 from local.template import ROOT, Function, load_template
@@ -258,16 +259,31 @@ def test_a_failing_handler_gets_api_gateways_error_frame(gateway: Running, lambd
 # ---- limits ------------------------------------------------------------------------------
 
 
-def test_a_message_over_the_limit_closes_with_1009(serve: Callable[..., Running], lambdas: Lambdas) -> None:
-    gateway = serve(Limits(max_message_bytes=1024))
+def test_frames_within_the_limits_are_delivered(serve: Callable[..., Running], lambdas: Lambdas) -> None:
+    gateway = serve(Limits(max_frame_bytes=100, max_message_bytes=1000))
+    with connected(gateway, lambdas) as (ws, _):
+        ws.send("x" * 100)  # one frame, at the frame limit
+        assert lambdas.wait_for("$default")["body"] == "x" * 100
+        ws.send(["y" * 100] * 10)  # ten frames of one message, at the message limit
+        assert lambdas.wait_for("$default")["body"] == "y" * 1000
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param("x" * 101, id="a frame over 32 KB"),
+        pytest.param(["y" * 100] * 11, id="a message over 128 KB"),
+    ],
+)
+def test_too_big_closes_with_1009(serve: Callable[..., Running], lambdas: Lambdas, message: Any) -> None:
+    gateway = serve(Limits(max_frame_bytes=100, max_message_bytes=1000))
     with connected(gateway, lambdas) as (ws, connection_id), pytest.raises(ConnectionClosed) as closed:
-        ws.send("x" * 1024)  # at the limit: delivered
-        assert lambdas.wait_for("$default")["body"] == "x" * 1024
-        ws.send("x" * 1025)
+        ws.send(message)
         ws.recv(timeout=TIMEOUT)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
     disconnect = lambdas.wait_for("$disconnect", connection_id)["requestContext"]
-    assert disconnect["disconnectStatusCode"] == 1009
+    assert (disconnect["disconnectStatusCode"], disconnect["disconnectReason"]) == (1009, "Message too big")
+    assert not [e for e in lambdas.events if e["requestContext"]["routeKey"] == "$default"]
 
 
 @pytest.mark.parametrize(
@@ -451,3 +467,30 @@ def test_the_handlers_environment() -> None:
 
     deps.redis_url = "redis://127.0.0.1:6379/0"
     assert deps.environment("http://127.0.0.1:8080", caller)["REDIS_URL"] == "redis://127.0.0.1:6379/0"
+
+
+def _frame(payload: bytes, opcode: int = 0x1, fin: bool = True) -> bytes:
+    """A masked client frame (the mask is zero, so the payload reads as it is)."""
+    n = len(payload)
+    length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    return bytes([(0x80 if fin else 0) | opcode]) + length + b"\0\0\0\0" + payload
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4096], ids=["byte by byte", "3 bytes", "whole"])
+def test_the_frame_guard_reads_headers_across_chunks(chunk: int) -> None:
+    class Parser:
+        fed = b""
+
+        def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+            self.fed += data
+            return False, b""
+
+    parser, tripped = Parser(), []
+    guard = FrameSizeGuard(parser, 200, lambda: tripped.append(True))
+    small, medium, big, close = _frame(b"a" * 5), _frame(b"b" * 200), _frame(b"c" * 201), _frame(b"", 0x8)
+    stream = small + medium + big + close
+    for i in range(0, len(stream), chunk):
+        guard.feed_data(stream[i : i + chunk])
+
+    assert parser.fed == small + medium + close  # the oversize frame is dropped, the rest passes
+    assert tripped == [True]
