@@ -1,0 +1,55 @@
+"""The benchmark runs end to end at the smallest sizes and writes its report (a few seconds).
+
+LangChain and matplotlib are bench-only: without them the peers are reported as unavailable
+and no plot is drawn, and the run still has to succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_bench_smoke(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--lengths",
+            "2,4",
+            "--reps",
+            "3",
+            "--warmup",
+            "1",
+            "--cold-runs",
+            "0",
+            "--no-plots",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {(r["side"], r["operation"], r["length"]): r for r in results["per_turn"]}
+    for length in (2, 4):
+        hit = rows[("project", "cache_hit", length)]
+        assert hit["samples"] == 3 and hit["median_ms"] > 0
+        assert hit["round_trips"] == {"redis": 2, "dynamodb": 2}
+        assert rows[("project", "cache_miss", length)]["round_trips"] == {"redis": 3, "dynamodb": 3}
+        assert rows[("project", "stateless", length)]["round_trips"] == {"redis": 0, "dynamodb": 0}
+        assert rows[("floor", "cache_hit", length)]["ratio_to_floor"] == 1.0
+    assert "| length | side |" in (tmp_path / "results.md").read_text()
