@@ -134,6 +134,7 @@ class Gateway:
         self._invoke = invoke or lambda_invoke
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sockets: set[asyncio.Task[Any]] = set()  # the request handlers of open WebSockets
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -148,6 +149,8 @@ class Gateway:
         await asyncio.gather(
             *(self.close_connection(c, 1001, "Going away") for c in list(self.connections.values()))
         )
+        if self._sockets:  # each runs its $disconnect as it ends
+            await asyncio.wait(list(self._sockets), timeout=10)
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -185,6 +188,10 @@ class Gateway:
         await ws.prepare(request)
         self._guard_frames(request, conn)
         self.connections[conn.id] = conn
+        this = asyncio.current_task()
+        if this is not None:
+            self._sockets.add(this)
+            this.add_done_callback(self._sockets.discard)
         watchdog = asyncio.create_task(self._watch(conn))
         close: tuple[int, str] = (1006, "Connection closed abnormally")
         try:
