@@ -59,7 +59,8 @@ def function_environment(functions: Mapping[str, Function]) -> dict[str, str]:
     env: dict[str, str] = {}
     for function in functions.values():
         for name, value in function.environment.items():
-            if isinstance(value, str | int | float) and not isinstance(value, bool):
+            # An empty value declares a variable for other tools (sam local --env-vars): unset here.
+            if isinstance(value, str | int | float) and not isinstance(value, bool) and str(value) != "":
                 env.setdefault(name, str(value))
     return env
 

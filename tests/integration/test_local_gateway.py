@@ -460,6 +460,7 @@ def test_the_handlers_environment() -> None:
     assert env["POWERTOOLS_SERVICE_NAME"] == "chat-memory"  # a plain value of the template
     assert env["POWERTOOLS_LOG_LEVEL"] == "DEBUG"  # the caller's environment wins over it
     assert "LLM__PROVIDER" not in env and "LLM__API_KEY_SECRET_NAME" not in env  # intrinsics: left out
+    assert all(value != "" for value in env.values())
     assert "REDIS_URL" not in env  # the cache is off: no URL for the handlers
     assert env["SESSIONS_TABLE"] == "ChatSessions" and env["CONNECTIONS_TABLE"] == "ChatConnections"
     assert env["DYNAMODB_ENDPOINT_URL"] == "http://127.0.0.1:4566"  # local endpoints win
