@@ -24,6 +24,9 @@ from local.template import load_template
 
 # Local conveniences the caller's environment may override: no X-Ray daemon, no EMF noise.
 LOCAL_DEFAULTS = {"POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true"}
+# Guest tokens are signed with this development key unless one is given (on AWS the key comes
+# from Secrets Manager). Tokens then survive a restart, like the sessions they resume.
+LOCAL_GUEST_KEY = "local-development-only-guest-token-signing-key"
 warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 
@@ -67,11 +70,15 @@ async def serve(args: argparse.Namespace) -> None:
     deps = await Dependencies(say=say).start(os.environ)
     try:
         env = {**LOCAL_DEFAULTS, **deps.environment(base, os.environ)}
+        env.setdefault(
+            "IDENTITY__GUEST_TOKEN_KEY", os.environ.get("IDENTITY__GUEST_TOKEN_KEY", LOCAL_GUEST_KEY)
+        )
         os.environ.pop("REDIS_URL", None)
         os.environ.update(env)
         template = load_template()
         routes = template.routes()
-        for function in routes.values():
+        authorizer = template.connect_authorizer()
+        for function in [*routes.values(), *([authorizer.function] if authorizer else [])]:
             load_handler(function)
         from chatmemory.services import get_services
 
@@ -86,6 +93,7 @@ async def serve(args: argparse.Namespace) -> None:
             stage=args.stage,
             faults={"dynamodb": deps.proxy} if deps.proxy else {},
             workers=args.workers,
+            authorizer=authorizer,
         )
         runner = web.AppRunner(gateway.app(), handle_signals=False, access_log=None)
         await runner.setup()

@@ -74,6 +74,26 @@ def connect_event(
     return event
 
 
+def authorizer_event(
+    connect: dict[str, Any], api_id: str = API_ID, region: str = "us-east-1"
+) -> dict[str, Any]:
+    """The REQUEST authorizer's input for a ``$connect`` event."""
+    context = connect["requestContext"]
+    method_arn = f"arn:aws:execute-api:{region}:123456789012:{api_id}/{context['stage']}/$connect"
+    event = {
+        "type": "REQUEST",
+        "methodArn": method_arn,
+        "headers": connect["headers"],
+        "multiValueHeaders": connect["multiValueHeaders"],
+        "stageVariables": {},
+        "requestContext": context,
+    }
+    for key in ("queryStringParameters", "multiValueQueryStringParameters"):
+        if key in connect:
+            event[key] = connect[key]
+    return event
+
+
 def message_event(
     connection_id: str,
     route_key: str,

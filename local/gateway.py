@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fnmatch
 import json
 import os
 import time
@@ -22,11 +23,11 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from local import management
-from local.events import connect_event, disconnect_event, message_event
+from local.events import authorizer_event, connect_event, disconnect_event, message_event
 from local.faults import FaultProxy
 from local.frames import FrameSizeGuard
 from local.lambda_runtime import invoke as lambda_invoke
-from local.template import ROOT, Function
+from local.template import ROOT, Authorizer, Function
 
 Invoke = Callable[[Function, dict[str, Any]], Any]
 WEB_DIR = ROOT / "web"
@@ -105,6 +106,15 @@ _CLOSE_NAMES = {
 }
 
 
+_REFUSALS = {401: "Unauthorized", 403: "Forbidden", 500: "Internal server error"}
+
+
+def _arn_matches(resources: str | list[str], arn: str) -> bool:
+    """IAM-style match of a policy's Resource (``*`` wildcards) against the route's ARN."""
+    patterns = [resources] if isinstance(resources, str) else resources
+    return any(fnmatch.fnmatchcase(arn, pattern) for pattern in patterns)
+
+
 def client_close_reason(code: int, reason: str) -> str:
     """How API Gateway words a close the client started, in ``disconnectReason``."""
     text = f"Client-side close frame status code '{code}' ({_CLOSE_NAMES.get(code, 'UNKNOWN')})"
@@ -123,8 +133,10 @@ class Gateway:
         faults: Mapping[str, FaultProxy] | None = None,
         invoke: Invoke | None = None,
         workers: int = 32,
+        authorizer: Authorizer | None = None,
     ) -> None:
         self.routes = dict(routes)
+        self.authorizer = authorizer
         self.expression = route_selection_expression
         self.limits = limits or Limits()
         self.stage = stage
@@ -183,8 +195,9 @@ class Gateway:
             user_agent=request.headers.get("User-Agent", ""),
             domain_name=request.host,
         )
-        if not await self._connect(conn, request):
-            return web.json_response({"message": "Forbidden"}, status=403)
+        refused = await self._connect(conn, request)
+        if refused is not None:
+            return web.json_response({"message": _REFUSALS[refused]}, status=refused)
         await ws.prepare(request)
         self._guard_frames(request, conn)
         self.connections[conn.id] = conn
@@ -232,9 +245,10 @@ class Gateway:
             request.protocol, "_payload_parser", FrameSizeGuard(parser, self.limits.max_frame_bytes, too_big)
         )
 
-    async def _connect(self, conn: Connection, request: web.Request) -> bool:
+    async def _connect(self, conn: Connection, request: web.Request) -> int | None:
+        """Run the authorizer and $connect; ``None`` accepts, a status refuses the handshake."""
         if "$connect" not in self.routes:
-            return True
+            return None
         # As API Gateway passes them: without hop-by-hop headers, with the X-Forwarded-* it adds.
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
@@ -254,13 +268,46 @@ class Gateway:
             connected_at_ms=conn.connected_at_ms,
             source_ip=conn.source_ip,
         )
+        if self.authorizer is not None:
+            verdict = await self._authorize(event, conn)
+            if isinstance(verdict, int):
+                return verdict
+            event["requestContext"]["authorizer"] = verdict
         try:
             result = await self.invoke("$connect", event, conn)
         except Exception as exc:
             print(f"$connect failed: {exc!r}", flush=True)
-            return False
+            return 403
         status = result.get("statusCode", 200) if isinstance(result, dict) else 200
-        return 200 <= int(status) < 300
+        return None if 200 <= int(status) < 300 else 403
+
+    async def _authorize(self, connect: dict[str, Any], conn: Connection) -> dict[str, Any] | int:
+        """API Gateway's REQUEST authorizer: 401 when an identity source is missing (the
+        authorizer is not called), 403 on Deny, 500 when it fails; otherwise the
+        ``requestContext.authorizer`` the $connect handler sees."""
+        assert self.authorizer is not None
+        for source in self.authorizer.identity_sources:
+            kind, _, name = source.removeprefix("route.request.").partition(".")
+            values = connect.get("queryStringParameters") if kind == "querystring" else connect["headers"]
+            if not (values or {}).get(name):
+                return 401
+        event = authorizer_event(connect)
+        event["requestContext"]["identity"]["userAgent"] = conn.user_agent
+        loop = asyncio.get_running_loop()
+        try:
+            policy = await loop.run_in_executor(self._pool, self._invoke, self.authorizer.function, event)
+            statements = policy["policyDocument"]["Statement"]
+            allowed = any(
+                s["Effect"] == "Allow" and _arn_matches(s["Resource"], event["methodArn"]) for s in statements
+            ) and not any(
+                s["Effect"] == "Deny" and _arn_matches(s["Resource"], event["methodArn"]) for s in statements
+            )
+        except Exception as exc:
+            print(f"authorizer failed: {exc!r}", flush=True)
+            return 500
+        if not allowed:
+            return 403
+        return {"principalId": policy["principalId"], **policy.get("context", {}), "integrationLatency": 0}
 
     async def _message(self, conn: Connection, body: str, *, is_base64: bool) -> None:
         conn.touch()

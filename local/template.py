@@ -53,6 +53,12 @@ class Function:
 
 
 @dataclass(frozen=True)
+class Authorizer:
+    function: Function
+    identity_sources: tuple[str, ...]  # e.g. route.request.querystring.token
+
+
+@dataclass(frozen=True)
 class Template:
     raw: dict[str, Any]
 
@@ -88,6 +94,20 @@ class Template:
             function_id = uri.split("functions/${", 1)[1].split(".Arn}", 1)[0]
             out[str(props["RouteKey"])] = functions[function_id]
         return out
+
+    def connect_authorizer(self) -> Authorizer | None:
+        """The Lambda REQUEST authorizer of the ``$connect`` route, if it has one."""
+        functions = self.functions()
+        authorizers = self.of_type("AWS::ApiGatewayV2::Authorizer")
+        for res in self.of_type("AWS::ApiGatewayV2::Route").values():
+            props = res["Properties"]
+            if props["RouteKey"] != "$connect" or props.get("AuthorizationType") != "CUSTOM":
+                continue
+            authorizer = authorizers[props["AuthorizerId"]["Ref"]]["Properties"]
+            uri = authorizer["AuthorizerUri"]["Fn::Sub"]
+            function_id = uri.split("functions/${", 1)[1].split(".Arn}", 1)[0]
+            return Authorizer(functions[function_id], tuple(authorizer.get("IdentitySource", [])))
+        return None
 
     def table_definitions(self) -> dict[str, dict[str, Any]]:
         """Logical id -> the CreateTable arguments of each DynamoDB table (without a name)."""
