@@ -4,6 +4,7 @@ step with what the domain code reads and writes."""
 from __future__ import annotations
 
 import ast
+import tomllib
 from typing import Any
 
 import pytest
@@ -295,3 +296,32 @@ def test_outputs_give_the_urls_and_table_names(raw: dict[str, Any]) -> None:
     assert outputs["ConnectionsUrl"]["Value"]["Fn::Sub"].startswith("https://${WebSocketApi}.execute-api.")
     assert outputs["ChatSessionsTableName"]["Value"] == {"Ref": "ChatSessionsTable"}
     assert outputs["ConnectionsTableName"]["Value"] == {"Ref": "ConnectionsTable"}
+
+
+# ---- samconfig.toml -------------------------------------------------------------------------
+
+
+def test_samconfig_deploys_each_environment_with_known_parameters(raw: dict[str, Any]) -> None:
+    with (ROOT / "samconfig.toml").open("rb") as handle:
+        config = tomllib.load(handle)
+    assert {"default", "dev", "prod"} <= set(config)
+    stacks = set()
+    for env in ("default", "dev", "prod"):
+        glob = config[env]["global"]["parameters"]
+        deploy = config[env]["deploy"]["parameters"]
+        stacks.add(glob["stack_name"])
+        assert glob["region"] == "us-east-1"
+        assert deploy["resolve_s3"] is True and deploy["capabilities"] == "CAPABILITY_IAM"
+        overrides = dict(item.split("=", 1) for item in deploy["parameter_overrides"])
+        for name, value in overrides.items():
+            assert name in raw["Parameters"], f"{env}: {name} is not a template parameter"
+            allowed = raw["Parameters"][name].get("AllowedValues")
+            assert allowed is None or value in map(str, allowed), f"{env}: {name}={value}"
+        if overrides.get("LlmProvider", "offline") == "anthropic":
+            assert overrides.get("AnthropicApiKeySecretName"), env
+        assert config[env].get("local_invoke", {}).get("parameters", {}).get("env_vars") in (
+            None,
+            "events/env.json",
+        )
+    assert len(stacks) == 3
+    assert config["prod"]["deploy"]["parameters"]["confirm_changeset"] is True
