@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--lengths", default="10,100,1000", help="conversation lengths in turns")
-    p.add_argument("--reps", type=int, default=300, help="measured repetitions per side and length")
+    p.add_argument("--reps", type=int, default=250, help="measured repetitions per side and length")
     p.add_argument("--warmup", type=int, default=5, help="repetitions run first and not kept (at least 2)")
     p.add_argument("--message-chars", type=int, default=300, help="size of each message, each way")
     p.add_argument("--cold-runs", type=int, default=7, help="fresh interpreters per function (0: skip)")
@@ -31,6 +31,23 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=20261123)
     p.add_argument("--no-plots", action="store_true")
     return p.parse_args(argv)
+
+
+def _source() -> dict[str, Any]:
+    """Which code was measured: the commit, and whether the domain or the functions had
+    changes not committed yet (another engineer's work in progress, say)."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD") or os.environ.get("BENCH_SOURCE_COMMIT")
+    changes = git("status", "--porcelain", "--", "layers", "functions")
+    return {"commit": commit, "uncommitted_changes_in_domain": bool(changes) if changes is not None else None}
 
 
 def _say(message: str) -> None:
@@ -125,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
             }
         results: dict[str, Any] = {
             "command": command,
+            "source": _source(),
             "machine": machine(redis_server.version() if redis_server else None),
             "config": {
                 "lengths": lengths,
@@ -132,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
                 "warmup": max(2, args.warmup),
                 "message_chars": args.message_chars,
                 "window": 10,
+                "context_turns_loaded": world.context,
                 "seed": args.seed,
                 "redis": "private redis-server" if redis_server else "shared Redis",
                 "dynamodb": "moto server over HTTP, own process",

@@ -107,32 +107,41 @@ def measure(runs: int, redis_url: str, dynamodb_url: str, say: Any) -> list[dict
     return rows
 
 
-def import_profile(name: str, redis_url: str, dynamodb_url: str, top: int = 10) -> list[dict[str, Any]]:
+def import_profile(
+    name: str, redis_url: str, dynamodb_url: str, top: int = 10, runs: int = 3
+) -> list[dict[str, Any]]:
     """Where a cold start's import time goes (``python -X importtime``): self time summed by
-    top-level package, for the imports made after the probe starts its clock."""
-    out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "bench.coldstart", name],
-        env=_env(redis_url, dynamodb_url),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    by_package: dict[str, int] = defaultdict(int)
-    seen_probe = False
-    for line in out.stderr.splitlines():
-        if not line.startswith("import time:") or "|" not in line:
-            continue
-        parts = [p.strip() for p in line.split(":", 1)[1].split("|")]
-        if not parts[0].isdigit():
-            continue
-        module = parts[2].strip()
-        if module.startswith("local.template"):
-            seen_probe = True  # what the probe itself imports comes before
-            continue
-        if not seen_probe:
-            continue
-        by_package[module.split(".")[0]] += int(parts[0])
-    ranked = sorted(by_package.items(), key=lambda kv: -kv[1])[:top]
+    top-level package for the imports made after the probe starts its clock, median of
+    ``runs`` fresh interpreters."""
+    from bench.runner import percentile
+
+    per_run: list[dict[str, int]] = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "bench.coldstart", name],
+            env=_env(redis_url, dynamodb_url),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        by_package: dict[str, int] = defaultdict(int)
+        seen_probe = False
+        for line in out.stderr.splitlines():
+            if not line.startswith("import time:") or "|" not in line:
+                continue
+            parts = [p.strip() for p in line.split(":", 1)[1].split("|")]
+            if not parts[0].isdigit():
+                continue
+            module = parts[2].strip()
+            if module.startswith("local.template"):
+                seen_probe = True  # what the probe itself imports comes before
+                continue
+            if seen_probe:
+                by_package[module.split(".")[0]] += int(parts[0])
+        per_run.append(by_package)
+    packages = {pkg for run in per_run for pkg in run}
+    medians = {pkg: percentile([run.get(pkg, 0) for run in per_run], 50) for pkg in packages}
+    ranked = sorted(medians.items(), key=lambda kv: -kv[1])[:top]
     return [{"package": pkg, "self_ms": round(us / 1000, 1)} for pkg, us in ranked]
 
 

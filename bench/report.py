@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.runner import summary
+from bench.runner import percentile, summary
 from bench.sides import Case
 
 ORDER = [
@@ -64,6 +64,7 @@ def rows(cases: list[Case], round_trips: dict[tuple[str, str, int], dict[str, in
         own = stats.get(case.key)
         if own is not None:
             row.update(own)
+            row["client_cpu_median_ms"] = round(percentile(case.cpu_samples, 50), 4)
         project_key = (*PROJECT_OF.get(side_op, ("project", "cache_hit")), case.length)
         floor_key = (*FLOOR_OF[side_op], case.length) if side_op in FLOOR_OF else None
         project = stats.get(project_key)
@@ -161,6 +162,13 @@ def markdown(results: dict[str, Any]) -> str:
         "# Per-turn memory cost: this project, LangChain's chat histories, the naive blob",
         "",
         f"Command: `{results['command']}`  ",
+        f"Code measured: commit {str((results.get('source') or {}).get('commit'))[:10]}"
+        + (
+            " with uncommitted changes in the domain"
+            if (results.get("source") or {}).get("uncommitted_changes_in_domain")
+            else ""
+        )
+        + "  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['implementation']} {m['python']}, {m['os']}, "
         f"redis-server {m['redis_server']}, moto {m['packages'].get('moto')} over HTTP (own process)  ",
         f"Run: {cfg['reps']} measured repetitions (+{cfg['warmup']} warm-up) of every side at every length, "
@@ -172,25 +180,29 @@ def markdown(results: dict[str, Any]) -> str:
         "LangChain `history.messages` then `add_messages([user, assistant])`; for the naive blob "
         "`GET`, append, `SETEX`. The floor is the project's round trips made with raw clients and "
         "nothing else. Round trips: R = Redis commands or pipelines, D = DynamoDB requests "
-        "(counted on the wire during a warm-up turn). x project compares with the project's cache "
+        "(counted on the wire during a warm-up turn). Client CPU: the median CPU time of the "
+        "measuring process during the turn, the side's own work whatever the backend (moto and "
+        "redis-server run in processes of their own). x project compares with the project's cache "
         "hit at the same length (a cache miss with the project's miss); x floor with the floor of the "
         "same operation (peers: the cache-hit floor). moto's Query and item handling grow with "
         "partition and item size where DynamoDB's latency does not: read every figure against the "
         "floor beside it.",
         "",
-        "| length | side | median ms | p99 ms | round trips | x project | floor ms | x floor |",
-        "| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |",
+        "| length | side | median ms | p99 ms | client CPU ms | round trips | x project | floor ms "
+        "| x floor |",
+        "| ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for row in results["per_turn"]:
         if row.get("error"):
             lines.append(
-                f"| {row['length']} | {row['label']} | **breaks** | | {_trips(row['round_trips'])} | | "
+                f"| {row['length']} | {row['label']} | **breaks** | | | {_trips(row['round_trips'])} | | "
                 f"{_fmt(row['floor_median_ms'])} | |"
             )
             continue
         lines.append(
             f"| {row['length']} | {row['label']} | "
             f"{_fmt(row.get('median_ms'), 3)} | {_fmt(row.get('p99_ms'), 3)} | "
+            f"{_fmt(row.get('client_cpu_median_ms'), 3)} | "
             f"{_trips(row['round_trips'])} | {_fmt(row.get('ratio_to_project'))} | "
             f"{_fmt(row['floor_median_ms'], 3)} | {_fmt(row.get('ratio_to_floor'))} |"
         )

@@ -41,20 +41,19 @@ def counting_round_trips() -> Iterator[dict[str, int]]:
         botocore.httpsession.URLLib3Session.send = send_http  # type: ignore[method-assign]
 
 
-def _one(case: Case, counts: dict[str, int] | None = None) -> float | None:
-    """One measured turn in ms; ``None`` (and ``case.error``) if the side failed. With
+def _one(case: Case, counts: dict[str, int] | None = None) -> tuple[float, float] | None:
+    """One measured turn: wall ms and this process's CPU ms (the client side's own work; the
+    servers run in other processes). ``None`` (and ``case.error``) if the side failed. With
     ``counts``, the turn's round trips (not those of ``before``/``after``) are added to it."""
     case.before()
     try:
-        if counts is None:
+        with counting_round_trips() if counts is not None else contextlib.nullcontext() as counted:
+            cpu = time.process_time_ns()
             start = time.perf_counter_ns()
             result = case.turn()
             elapsed = (time.perf_counter_ns() - start) / 1e6
-        else:
-            with counting_round_trips() as counted:
-                start = time.perf_counter_ns()
-                result = case.turn()
-                elapsed = (time.perf_counter_ns() - start) / 1e6
+            cpu_ms = (time.process_time_ns() - cpu) / 1e6
+        if counts is not None and counted is not None:
             counts.update(counted)
     except BenchError:
         raise
@@ -62,7 +61,7 @@ def _one(case: Case, counts: dict[str, int] | None = None) -> float | None:
         case.error = f"turn: {type(exc).__name__}: {exc}"
         return None
     case.after(result)
-    return elapsed
+    return elapsed, cpu_ms
 
 
 RoundTrips = dict[tuple[str, str, int], dict[str, int]]
@@ -90,7 +89,8 @@ def run(cases: list[Case], reps: int, warmup: int, seed: int, say: Say) -> Round
                 else:
                     elapsed = _one(case)
                 if elapsed is not None and rep >= warmup:
-                    case.samples.append(elapsed)
+                    case.samples.append(elapsed[0])
+                    case.cpu_samples.append(elapsed[1])
         done = rep + 1
         if done in (warmup, warmup + reps) or done % max(1, (warmup + reps) // 10) == 0:
             say(f"  repetition {done}/{warmup + reps} ({time.monotonic() - began:.0f} s)")

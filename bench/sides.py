@@ -65,6 +65,7 @@ class Case:
     before: Callable[[], None] = lambda: None  # not timed
     after: Callable[[Any], None] = lambda result: None  # not timed: check, then restore
     samples: list[float] = field(default_factory=list)
+    cpu_samples: list[float] = field(default_factory=list)  # this process's CPU time, ms
     error: str | None = None
     note: str | None = None
 
@@ -101,6 +102,10 @@ class World:
         create_tables(self.resource, TABLE_NAMES)
         self._create_langchain_table()
         # Bookkeeping (seeding, restoring) goes through clients of its own.
+        # Turns a turn loads and caches: the window, or more where the domain's memory
+        # settings say so (``MemorySettings.context_turns``, when it exists).
+        memory = self.settings.memory
+        self.context = int(getattr(memory, "context_turns", memory.history_turns))
         self.admin_redis = redis.Redis.from_url(redis_url)
         # A plain client: a resource's own client serializes Python types on the way out.
         self.admin_ddb = boto3.client("dynamodb", endpoint_url=dynamodb_url, region_name="us-east-1")
@@ -175,7 +180,7 @@ class World:
                         "output_tokens": t.output_tokens,
                     }
                 )
-        window = [t.model_dump_json().encode() for t in turns[-WINDOW:]]
+        window = [t.model_dump_json().encode() for t in turns[-self.context :]]
         self.restore_window(session_id, window)
         return session_id, window
 
@@ -231,7 +236,7 @@ def project_case(world: World, length: int, operation: str) -> Case:
     def after(result: Any) -> None:
         started, stored = result
         got = (started.history.source, started.turn.turn, len(started.history.turns), stored)
-        want = (expected_source, length + 1, min(WINDOW, length), True)
+        want = (expected_source, length + 1, min(world.context, length), True)
         if got != want:
             raise BenchError(f"project {operation} at {length}: got {got}, want {want}")
         world.drop_turn(table, session_id, length + 1)
@@ -351,7 +356,7 @@ def floor_case(world: World, length: int, operation: str) -> Case:
                 ExpressionAttributeNames={"#t": "ttl"},
                 ExpressionAttributeValues={":s": {"S": session_id}, ":now": {"N": str(now)}},
                 ScanIndexForward=False,
-                Limit=WINDOW,
+                Limit=world.context,
                 ConsistentRead=True,
             )["Items"]
             with r.pipeline(transaction=True) as pipe:
@@ -373,7 +378,7 @@ def floor_case(world: World, length: int, operation: str) -> Case:
         )
         with r.pipeline(transaction=True) as pipe:
             pipe.rpushx(key, entry)
-            pipe.ltrim(key, -WINDOW, -1)
+            pipe.ltrim(key, -world.context, -1)
             pipe.expire(key, CACHE_TTL)
             pipe.execute()
         return cached
@@ -383,7 +388,7 @@ def floor_case(world: World, length: int, operation: str) -> Case:
             world.admin_redis.delete(key)
 
     def after(result: Any) -> None:
-        if len(result) != min(WINDOW, length):
+        if len(result) != min(world.context, length):
             raise BenchError(f"floor {operation} at {length} read {len(result)} turns")
         world.drop_turn(table, session_id, length + 1)
         world.restore_window(session_id, window)
