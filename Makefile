@@ -34,5 +34,9 @@ format: install ## Format and fix what ruff can
 	$(VENV)/ruff format .
 	$(VENV)/ruff check --fix .
 
+validate: ## sam validate --lint (SAM CLI in its own venv: it pins boto3/pydantic)
+	@test -x .tools/sam/bin/sam || (python3 -m venv .tools/sam && .tools/sam/bin/pip install -q aws-sam-cli)
+	SAM_CLI_TELEMETRY=0 .tools/sam/bin/sam validate --lint
+
 clean: ## Remove build and test leftovers
 	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache

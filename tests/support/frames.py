@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 from typing import Any
 
 from moto.apigatewaymanagementapi.models import apigatewaymanagementapi_backends
@@ -16,7 +17,9 @@ ENDPOINT = f"https://{DOMAIN}/{STAGE}"
 def frames_sent(connection_id: str) -> list[dict[str, Any]]:
     """Every frame posted to the connection, in order (moto concatenates the posts)."""
     backend = apigatewaymanagementapi_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
-    data = backend.connections[connection_id].data.decode() if connection_id in backend.connections else ""
+    # moto's HTTP server keeps the id as it came in the path, percent-encoded.
+    key = next((k for k in (connection_id, quote(connection_id, safe="")) if k in backend.connections), None)
+    data = backend.connections[key].data.decode() if key else ""
     decoder, frames, pos = json.JSONDecoder(), [], 0
     while pos < len(data):
         frame, pos = decoder.raw_decode(data, pos)
@@ -27,6 +30,7 @@ def frames_sent(connection_id: str) -> list[dict[str, Any]]:
 def clear_frames(connection_id: str) -> None:
     backend = apigatewaymanagementapi_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
     backend.connections.pop(connection_id, None)
+    backend.connections.pop(quote(connection_id, safe=""), None)
 
 
 def reply_text(frames: list[dict[str, Any]]) -> str:
