@@ -4,12 +4,16 @@ One list per session, oldest turn first, under a hash-tagged key so every comman
 lands on one cluster slot (ElastiCache Serverless runs in cluster mode). Entries are finished
 turns only. A list whose turn numbers are not consecutive is never served: it is dropped and
 the caller falls back to DynamoDB.
+
+A session's memory state (summary, facts, cursor, strategy) is one string beside the list,
+under the same hash tag, written through after DynamoDB accepted it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from chatmemory.memory.state import MemoryState
 from chatmemory.turns import Turn, is_contiguous
 
 if TYPE_CHECKING:
@@ -18,6 +22,10 @@ if TYPE_CHECKING:
 
 def turns_key(session_id: str) -> str:
     return f"chat:{{{session_id}}}:turns"
+
+
+def state_key(session_id: str) -> str:
+    return f"chat:{{{session_id}}}:memory"
 
 
 class TurnCache:
@@ -65,3 +73,13 @@ class TurnCache:
 
     def invalidate(self, session_id: str) -> None:
         self._redis.delete(turns_key(session_id))
+
+    def state(self, session_id: str) -> MemoryState | None:
+        raw = self._redis.get(state_key(session_id))
+        return MemoryState.model_validate_json(raw) if raw else None
+
+    def put_state(self, session_id: str, state: MemoryState) -> None:
+        self._redis.set(state_key(session_id), state.model_dump_json(), ex=self._ttl)
+
+    def invalidate_state(self, session_id: str) -> None:
+        self._redis.delete(state_key(session_id))

@@ -12,12 +12,34 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# How a session's memory becomes the model's context (``chatmemory.memory.strategies``).
+StrategyName = Literal["window", "token_budget", "summary", "facts", "hybrid"]
+
 
 class MemorySettings(BaseModel):
     history_turns: int = Field(10, ge=1, le=200, description="N: turns of history sent to the model")
     session_ttl_seconds: int = Field(86_400, ge=60, description="sliding expiry of a session")
     cache_ttl_seconds: int = Field(3_600, ge=10, description="expiry of a session's Redis entry")
     max_message_chars: int = Field(16_000, ge=1, le=100_000, description="largest accepted user message")
+    strategy: StrategyName = Field(
+        "hybrid", description="the deployment's strategy; a session may override it"
+    )
+    budget_tokens: int = Field(8_000, ge=256, description="input tokens a request may use, all included")
+    block_turns: int = Field(
+        10, ge=1, le=100, description="older turns leave the prompt (into the summary) this many at a time"
+    )
+    summary_max_tokens: int = Field(400, ge=50, le=4_000, description="length asked of the running summary")
+    max_facts: int = Field(40, ge=1, le=500, description="facts kept per session, the stalest dropped first")
+    chars_per_token: float = Field(3.5, gt=0, description="the token estimator's starting ratio")
+    summarize_function: str | None = Field(
+        None, description="Lambda run asynchronously for summaries and facts; unset: a thread in-process"
+    )
+
+    @property
+    def context_turns(self) -> int:
+        """Turns loaded (and cached) for a turn's context: the window, a block waiting to be
+        summarised, and a block of slack for a summary that is late."""
+        return self.history_turns + 2 * self.block_turns
 
 
 class StorageSettings(BaseModel):

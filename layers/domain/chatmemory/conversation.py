@@ -1,10 +1,12 @@
-"""One turn, start to finish: validate, persist the user's message, load memory, stream the
-model's reply to the client, store the reply, say ``done``."""
+"""One turn, start to finish: validate, persist the user's message, load memory, plan the
+context with the memory strategy, stream the model's reply to the client, store the reply,
+say ``done``, then ask for the summary and facts to catch up."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -13,6 +15,8 @@ from chatmemory.connections import Binding
 from chatmemory.errors import ClientGone, EmptyMessage, LlmUnavailable, MessageTooLarge
 from chatmemory.history import History, SessionMemory, StartedTurn
 from chatmemory.llm.base import ChatModel, Message, Prompt
+from chatmemory.memory.manager import MemoryManager, TurnContext
+from chatmemory.memory.tokens import TokenEstimator
 from chatmemory.observability import logger, metrics, tracer
 from chatmemory.protocol import NoticeCode, done_frame, notice_frame
 from chatmemory.sender import DeltaBatcher, FrameSender
@@ -34,6 +38,11 @@ NOT_STORED = (
     NoticeCode.NOT_REMEMBERED,
     "This reply could not be saved, so I may not remember it in our next turns.",
 )
+TRUNCATED = (
+    NoticeCode.MEMORY_TRUNCATED,
+    "Our conversation no longer fits in what I can read at once, so I am answering without some of "
+    "its older parts. If something from earlier matters, mention it again.",
+)
 
 
 def validate_message(message: str, max_chars: int) -> str:
@@ -45,7 +54,8 @@ def validate_message(message: str, max_chars: int) -> str:
 
 
 def build_prompt(system: str, history: History, message: str, max_tokens: int) -> Prompt:
-    """The answered turns of the window as alternating messages, then the new message."""
+    """The answered turns of the window as alternating messages, then the new message (no
+    strategy, no budget: the memory manager's plan is what turns use)."""
     messages: list[Message] = []
     for turn in history.turns:
         if turn.answered and turn.assistant:
@@ -63,15 +73,21 @@ class Conversation:
         sender: FrameSender,
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
+        manager: MemoryManager | None = None,
     ) -> None:
         self._memory, self._model, self._sender = memory, model, sender
         self._settings, self._clock = settings, clock
+        self._manager = manager or MemoryManager(
+            settings.memory, TokenEstimator(settings.memory.chars_per_token)
+        )
 
     @tracer.capture_method(capture_response=False)
     def send_message(self, binding: Binding, message: str, client_message_id: str | None) -> None:
         """Answer one message. Raises ``ChatError`` subclasses for the caller to turn into an
         ``error`` frame; the user's message is stored before the model is called."""
         text = validate_message(message, self._settings.memory.max_message_chars)
+        system = self._settings.llm.system_prompt
+        self._manager.check_message(system, text)
         if binding.session_id is None:
             started = self._memory.stateless_turn(text)
         else:
@@ -80,20 +96,40 @@ class Conversation:
         metrics.add_metric(name=f"MemoryMode_{mode}", unit=MetricUnit.Count, value=1)
         if mode in NOTICES:
             self._sender.send(binding.connection_id, notice_frame(*NOTICES[mode]))
-        prompt = build_prompt(
-            self._settings.llm.system_prompt, started.history, text, self._settings.llm.max_output_tokens
-        )
-        reply, usage = self._stream_reply(binding, started, prompt)
-        stored = self._memory.finish_turn(started, reply, "complete", usage)
+        context = self._manager.prepare(started, system, text, self._settings.llm.max_output_tokens)
+        if context.plan.truncated:
+            self._sender.send(binding.connection_id, notice_frame(*TRUNCATED))
+        reply, usage = self._stream_reply(binding, started, context.prompt)
+        user_tokens = self._manager.account(context, text, usage)
+        stored = self._memory.finish_turn(started, reply, "complete", usage, user_tokens)
         if started.persisted and not stored:
             self._sender.send(binding.connection_id, notice_frame(*NOT_STORED))
-        self._sender.send(
-            binding.connection_id,
-            done_frame(started.turn.turn, mode, False, usage.input_tokens, usage.output_tokens),
-        )
-        self._memory.slide_expiry(started)  # after done: the user does not wait for it
+        self._sender.send(binding.connection_id, self._done(started, context, usage))
+        # After done: the user waits for neither.
+        self._memory.slide_expiry(started)
+        self._manager.after_turn(started, context)
         metrics.add_metric(name="InputTokens", unit=MetricUnit.Count, value=usage.input_tokens)
         metrics.add_metric(name="OutputTokens", unit=MetricUnit.Count, value=usage.output_tokens)
+        metrics.add_metric(
+            name="CacheReadInputTokens", unit=MetricUnit.Count, value=usage.cache_read_input_tokens
+        )
+        metrics.add_metric(
+            name="CacheCreationInputTokens", unit=MetricUnit.Count, value=usage.cache_creation_input_tokens
+        )
+
+    @staticmethod
+    def _done(started: StartedTurn, context: TurnContext, usage: Usage) -> dict[str, Any]:
+        return done_frame(
+            started.turn.turn,
+            started.history.mode,
+            context.plan.truncated,
+            usage.input_tokens,
+            usage.output_tokens,
+            cache_read_input_tokens=usage.cache_read_input_tokens,
+            cache_creation_input_tokens=usage.cache_creation_input_tokens,
+            budget=context.plan.budget.frame(),
+            strategy=context.strategy.name,
+        )
 
     def _stream_reply(self, binding: Binding, started: StartedTurn, prompt: Prompt) -> tuple[str, Usage]:
         batcher = DeltaBatcher(

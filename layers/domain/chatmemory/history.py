@@ -67,8 +67,15 @@ class SessionMemory:
     # ---- reads -------------------------------------------------------------------------
 
     @tracer.capture_method(capture_response=False)
-    def load(self, session_id: str) -> History:
-        """The last N turns: cache, then DynamoDB (refilling the cache), then nothing."""
+    def load(self, session_id: str, context: bool = False) -> History:
+        """The last N turns, or with ``context`` every turn a memory strategy may use (see
+        ``MemorySettings.context_turns``): cache, then DynamoDB (refilling the cache), then nothing."""
+        history = self._load(session_id)
+        if not context:
+            history.turns = history.turns[-self.settings.history_turns :]
+        return history
+
+    def _load(self, session_id: str) -> History:
         cached = self._cache_read(session_id, self._now())
         if cached is not None:
             metrics.add_metric(name="CacheHit", unit=MetricUnit.Count, value=1)
@@ -94,7 +101,7 @@ class SessionMemory:
         The conditional put detects a concurrent writer or a stale cache: the cache is then
         dropped, the history re-read from DynamoDB and the allocation tried once more.
         """
-        history = self.load(session_id)
+        history = self.load(session_id, context=True)
         number = history.last_turn_number + 1
         for attempt in range(2):
             turn = self._new_turn(session_id, number, principal, message, client_message_id)
@@ -140,7 +147,9 @@ class SessionMemory:
         return StartedTurn(turn, History([], "stateless", "none"), persisted=False)
 
     @tracer.capture_method(capture_response=False)
-    def finish_turn(self, started: StartedTurn, reply: str, status: TurnStatus, usage: Usage) -> bool:
+    def finish_turn(
+        self, started: StartedTurn, reply: str, status: TurnStatus, usage: Usage, user_tokens: int = 0
+    ) -> bool:
         """Store the reply on the turn item, then write the finished turn through to Redis.
 
         Returns whether the reply is stored. The user's message is stored either way.
@@ -153,12 +162,22 @@ class SessionMemory:
                 "status": status,
                 "input_tokens": usage.input_tokens,
                 "output_tokens": usage.output_tokens,
+                "user_tokens": user_tokens,
+                "cache_read_tokens": usage.cache_read_input_tokens,
+                "cache_creation_tokens": usage.cache_creation_input_tokens,
                 "expires_at": self._expiry(),
             }
         )
         try:
             self.breakers.dynamodb.call(
-                self.store.finish_turn, turn.session_id, turn.turn, reply, status, usage, turn.expires_at
+                self.store.finish_turn,
+                turn.session_id,
+                turn.turn,
+                reply,
+                status,
+                usage,
+                turn.expires_at,
+                user_tokens,
             )
         except DYNAMODB_FAULTS as exc:
             logger.warning("could not store the reply", extra={"error": type(exc).__name__})
@@ -198,7 +217,7 @@ class SessionMemory:
     def _store_read(self, session_id: str, now: int) -> list[Turn] | None:
         try:
             return self.breakers.dynamodb.call(
-                self.store.latest_turns, session_id, self.settings.history_turns, now
+                self.store.latest_turns, session_id, self.settings.context_turns, now
             )
         except DYNAMODB_FAULTS as exc:
             logger.warning("DynamoDB read failed", extra={"error": type(exc).__name__})

@@ -25,6 +25,7 @@ class NoticeCode(StrEnum):
     MEMORY_DEGRADED = "memory_degraded"
     MEMORY_UNAVAILABLE = "memory_unavailable"
     NOT_REMEMBERED = "not_remembered"
+    MEMORY_TRUNCATED = "memory_truncated"
 
 
 ClientMessageId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:-]+$")]
@@ -95,15 +96,36 @@ def delta_frame(turn: int, text: str) -> dict[str, Any]:
 
 
 def done_frame(
-    turn: int, memory_mode: MemoryMode, truncated: bool, input_tokens: int, output_tokens: int
+    turn: int,
+    memory_mode: MemoryMode,
+    truncated: bool,
+    input_tokens: int,
+    output_tokens: int,
+    *,
+    cache_read_input_tokens: int | None = None,
+    cache_creation_input_tokens: int | None = None,
+    budget: dict[str, int] | None = None,
+    strategy: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    """``done``; the optional fields (prompt cache counts, the budget's split, the memory
+    strategy) are added when known."""
+    usage: dict[str, Any] = {"inputTokens": input_tokens, "outputTokens": output_tokens}
+    if cache_read_input_tokens is not None:
+        usage["cacheReadInputTokens"] = cache_read_input_tokens
+    if cache_creation_input_tokens is not None:
+        usage["cacheCreationInputTokens"] = cache_creation_input_tokens
+    if budget is not None:
+        usage["budget"] = budget
+    frame: dict[str, Any] = {
         "type": "done",
         "turn": turn,
         "memoryMode": memory_mode,
         "truncated": truncated,
-        "usage": {"inputTokens": input_tokens, "outputTokens": output_tokens},
+        "usage": usage,
     }
+    if strategy is not None:
+        frame["memoryStrategy"] = strategy
+    return frame
 
 
 def notice_frame(code: NoticeCode, message: str) -> dict[str, Any]:

@@ -23,6 +23,11 @@ from chatmemory.connections import ConnectionRegistry
 from chatmemory.conversation import Conversation
 from chatmemory.history import SessionMemory
 from chatmemory.llm.base import ChatModel
+from chatmemory.memory.manager import MemoryManager
+from chatmemory.memory.repository import MemoryStateRepository
+from chatmemory.memory.scheduler import LambdaScheduler, ThreadScheduler, UpdateScheduler
+from chatmemory.memory.tokens import TokenEstimator
+from chatmemory.memory.updater import MemoryUpdater
 from chatmemory.sender import ConnectionSender
 from chatmemory.sessions import SessionService
 from chatmemory.store import TurnStore
@@ -87,19 +92,28 @@ class Services:
         model: ChatModel | None = None,
         management_client_factory: Callable[[str], Any] | None = None,
         clock: Callable[[], float] = time.time,
+        scheduler_factory: Callable[[MemoryUpdater], UpdateScheduler] | None = None,
     ) -> None:
         self.settings = settings
         self.breakers = Breakers.from_settings(settings.breaker)
         self.redis = redis
         cache = None
         if redis is not None:
-            cache = TurnCache(redis, settings.memory.history_turns, settings.memory.cache_ttl_seconds)
+            cache = TurnCache(redis, settings.memory.context_turns, settings.memory.cache_ttl_seconds)
+        store = TurnStore(dynamodb.Table(settings.storage.sessions_table))
         self.memory = SessionMemory(
-            store=TurnStore(dynamodb.Table(settings.storage.sessions_table)),
-            cache=cache,
-            breakers=self.breakers,
-            settings=settings.memory,
-            clock=clock,
+            store=store, cache=cache, breakers=self.breakers, settings=settings.memory, clock=clock
+        )
+        self.memory_state = MemoryStateRepository(
+            store, cache, self.breakers, lambda: int(clock()) + settings.memory.session_ttl_seconds
+        )
+        self.updater = MemoryUpdater(self.memory_state, store, lambda: self.model, settings.memory)
+        self.scheduler = (scheduler_factory or self._default_scheduler)(self.updater)
+        self.memory_manager = MemoryManager(
+            settings.memory,
+            TokenEstimator(settings.memory.chars_per_token),
+            self.memory_state,
+            self.scheduler,
         )
         self.registry = ConnectionRegistry(
             dynamodb.Table(settings.storage.connections_table), redis, self.breakers
@@ -110,6 +124,20 @@ class Services:
             lambda url: management_client(url, settings.aws_region)
         )
         self._senders: dict[str, ConnectionSender] = {}
+
+    def _default_scheduler(self, updater: MemoryUpdater) -> UpdateScheduler:
+        """The summarize function when one is configured (AWS), else a thread of this process."""
+        function = self.settings.memory.summarize_function
+        if function:
+            client = boto3.client(
+                "lambda",
+                region_name=self.settings.aws_region,
+                config=Config(
+                    connect_timeout=1, read_timeout=3, retries={"max_attempts": 2, "mode": "standard"}
+                ),
+            )
+            return LambdaScheduler(client, function)
+        return ThreadScheduler(updater.update_quietly)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -130,7 +158,9 @@ class Services:
         return SessionService(self.registry, self.memory, self.sender(endpoint_url), self.clock)
 
     def conversation(self, endpoint_url: str) -> Conversation:
-        return Conversation(self.memory, self.model, self.sender(endpoint_url), self.settings)
+        return Conversation(
+            self.memory, self.model, self.sender(endpoint_url), self.settings, manager=self.memory_manager
+        )
 
     @property
     def model(self) -> ChatModel:

@@ -3,6 +3,10 @@
 Items: ``session_id`` (S, partition), ``turn_number`` (N, sort), ``ttl`` (N, epoch seconds).
 The user's message is written first, with a conditional put that allocates the turn number,
 and the reply is added to the same item when it is complete.
+
+``turn_number = 0`` is the session's meta item: its summary, facts, how far they reach and its
+strategy. Other attributes may live on it too, so it is only ever changed with UpdateItem, and
+every turn query starts at ``turn_number > 0``.
 """
 
 from __future__ import annotations
@@ -12,8 +16,13 @@ from typing import TYPE_CHECKING, Any
 from boto3.dynamodb.conditions import Attr, Key
 from botocore.exceptions import ClientError
 
+from chatmemory.config import StrategyName
 from chatmemory.errors import TurnConflict
+from chatmemory.memory.state import Fact, MemoryState
 from chatmemory.turns import Turn, TurnStatus, Usage
+
+META_TURN = 0
+_FIRST_TURN = Key("turn_number").gt(META_TURN)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table
@@ -45,12 +54,20 @@ class TurnStore:
             raise
 
     def finish_turn(
-        self, session_id: str, turn: int, reply: str, status: TurnStatus, usage: Usage, expires_at: int
+        self,
+        session_id: str,
+        turn: int,
+        reply: str,
+        status: TurnStatus,
+        usage: Usage,
+        expires_at: int,
+        user_tokens: int = 0,
     ) -> None:
         self._table.update_item(
             Key={"session_id": session_id, "turn_number": turn},
             UpdateExpression=(
-                "SET assistant_reply = :r, #s = :s, input_tokens = :i, output_tokens = :o, #t = :t"
+                "SET assistant_reply = :r, #s = :s, input_tokens = :i, output_tokens = :o, #t = :t,"
+                " user_tokens = :u, cache_read_tokens = :cr, cache_creation_tokens = :cc"
             ),
             ExpressionAttributeNames={"#s": "status", "#t": "ttl"},
             ExpressionAttributeValues={
@@ -59,6 +76,9 @@ class TurnStore:
                 ":i": usage.input_tokens,
                 ":o": usage.output_tokens,
                 ":t": expires_at,
+                ":u": user_tokens,
+                ":cr": usage.cache_read_input_tokens,
+                ":cc": usage.cache_creation_input_tokens,
             },
             ConditionExpression=Attr("turn_number").exists(),
         )
@@ -66,7 +86,7 @@ class TurnStore:
     def last_turn_number(self, session_id: str) -> int:
         """The highest turn number stored, expired or not (0 for none): the next free number."""
         response = self._table.query(
-            KeyConditionExpression=Key("session_id").eq(session_id),
+            KeyConditionExpression=Key("session_id").eq(session_id) & _FIRST_TURN,
             ProjectionExpression="turn_number",
             ScanIndexForward=False,
             Limit=1,
@@ -108,13 +128,85 @@ class TurnStore:
         with the turn number, so the filter only ever drops the oldest of the window.
         """
         response = self._table.query(
-            KeyConditionExpression=Key("session_id").eq(session_id),
+            KeyConditionExpression=Key("session_id").eq(session_id) & _FIRST_TURN,
             FilterExpression=Attr("ttl").gt(now),
             ScanIndexForward=False,
             Limit=limit,
             ConsistentRead=True,
         )
         return [_to_turn(item) for item in reversed(response["Items"])]
+
+    def turns_between(self, session_id: str, first: int, last: int) -> list[Turn]:
+        """Turns ``first..last`` (expired or not), oldest first: what a summary update reads."""
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key("session_id").eq(session_id)
+            & Key("turn_number").between(max(first, 1), last),
+            "ConsistentRead": True,
+        }
+        turns: list[Turn] = []
+        while True:
+            page = self._table.query(**query)
+            turns.extend(_to_turn(item) for item in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return turns
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    # ---- the meta item -----------------------------------------------------------------
+
+    def memory_state(self, session_id: str) -> MemoryState:
+        response = self._table.get_item(
+            Key={"session_id": session_id, "turn_number": META_TURN},
+            ProjectionExpression="#sm, summary_tokens, #f, summarized_through, #st",
+            ExpressionAttributeNames={"#sm": "summary", "#f": "facts", "#st": "strategy"},
+            ConsistentRead=True,
+        )
+        item: dict[str, Any] = dict(response.get("Item") or {})
+        return MemoryState(
+            summary=str(item.get("summary", "")),
+            summary_tokens=int(item.get("summary_tokens", 0)),
+            facts=[
+                Fact(key=str(f["key"]), value=str(f["value"]), turn=int(f["turn"]))
+                for f in item.get("facts", [])
+            ],
+            summarized_through=int(item.get("summarized_through", 0)),
+            strategy=item.get("strategy"),
+        )
+
+    def advance_memory(self, session_id: str, state: MemoryState, expires_at: int) -> bool:
+        """Store a summary and facts reaching ``state.summarized_through``, unless the stored ones
+        already reach that far: False then, and nothing changes (updates are idempotent)."""
+        try:
+            self._table.update_item(
+                Key={"session_id": session_id, "turn_number": META_TURN},
+                UpdateExpression=(
+                    "SET #sm = :s, summary_tokens = :st, #f = :f, summarized_through = :n, #t = :t"
+                ),
+                ConditionExpression=(
+                    Attr("summarized_through").not_exists()
+                    | Attr("summarized_through").lt(state.summarized_through)
+                ),
+                ExpressionAttributeNames={"#sm": "summary", "#f": "facts", "#t": "ttl"},
+                ExpressionAttributeValues={
+                    ":s": state.summary,
+                    ":st": state.summary_tokens,
+                    ":f": [f.model_dump() for f in state.facts],
+                    ":n": state.summarized_through,
+                    ":t": expires_at,
+                },
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def set_strategy(self, session_id: str, strategy: StrategyName, expires_at: int) -> None:
+        self._table.update_item(
+            Key={"session_id": session_id, "turn_number": META_TURN},
+            UpdateExpression="SET #st = :s, #t = if_not_exists(#t, :t)",
+            ExpressionAttributeNames={"#st": "strategy", "#t": "ttl"},
+            ExpressionAttributeValues={":s": strategy, ":t": expires_at},
+        )
 
 
 def _to_turn(item: dict[str, Any]) -> Turn:
@@ -130,4 +222,7 @@ def _to_turn(item: dict[str, Any]) -> Turn:
         client_message_id=item.get("client_message_id"),
         input_tokens=int(item.get("input_tokens", 0)),
         output_tokens=int(item.get("output_tokens", 0)),
+        user_tokens=int(item.get("user_tokens", 0)),
+        cache_read_tokens=int(item.get("cache_read_tokens", 0)),
+        cache_creation_tokens=int(item.get("cache_creation_tokens", 0)),
     )

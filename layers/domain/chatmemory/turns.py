@@ -21,7 +21,10 @@ class Turn(BaseModel):
     principal: str | None = None
     client_message_id: str | None = None
     input_tokens: int = 0
-    output_tokens: int = 0
+    output_tokens: int = 0  # the reply's tokens, as the model reported them
+    user_tokens: int = 0  # the message's tokens, calibrated against the model's input count
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
 
     @property
     def answered(self) -> bool:
@@ -29,8 +32,17 @@ class Turn(BaseModel):
 
 
 class Usage(BaseModel):
+    """The model's own count. ``input_tokens`` excludes what was read from or written to the
+    prompt cache; ``prompt_tokens`` is the whole prompt."""
+
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.input_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens
 
 
 def is_contiguous(turns: list[Turn]) -> bool:

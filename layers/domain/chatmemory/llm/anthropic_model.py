@@ -9,7 +9,13 @@ from contextlib import contextmanager
 import anthropic
 import httpx2
 from anthropic.lib.streaming import MessageStream
-from anthropic.types import AssistantMessageParam, MessageParam, UserMessageParam
+from anthropic.types import (
+    AssistantMessageParam,
+    CacheControlEphemeralParam,
+    MessageParam,
+    TextBlockParam,
+    UserMessageParam,
+)
 
 from chatmemory.config import LlmSettings
 from chatmemory.errors import LlmUnavailable
@@ -32,10 +38,26 @@ def _describe(exc: BaseException) -> str:
     return "the connection to the model failed"
 
 
-def _message_param(message: Message) -> MessageParam:
+def _message_param(message: Message, cached: bool = False) -> MessageParam:
+    content: str | list[TextBlockParam] = message["content"]
+    if cached:
+        content = [_cached_text(message["content"])]
     if message["role"] == "user":
-        return UserMessageParam(role="user", content=message["content"])
-    return AssistantMessageParam(role="assistant", content=message["content"])
+        return UserMessageParam(role="user", content=content)
+    return AssistantMessageParam(role="assistant", content=content)
+
+
+def _cached_text(text: str) -> TextBlockParam:
+    return TextBlockParam(type="text", text=text, cache_control=CacheControlEphemeralParam(type="ephemeral"))
+
+
+def _request(prompt: Prompt) -> tuple[str | list[TextBlockParam], list[MessageParam]]:
+    """System and messages, with the prompt cache's breakpoint where the prompt asks for it."""
+    system: str | list[TextBlockParam] = prompt.system
+    if prompt.cache_after == -1:
+        system = [_cached_text(prompt.system)]
+    messages = [_message_param(m, cached=i == prompt.cache_after) for i, m in enumerate(prompt.messages)]
+    return system, messages
 
 
 class AnthropicChatModel:
@@ -46,11 +68,9 @@ class AnthropicChatModel:
     @contextmanager
     def stream(self, prompt: Prompt) -> Iterator[ReplyStream]:
         try:
+            system, messages = _request(prompt)
             manager = self._client.messages.stream(
-                model=self._model,
-                max_tokens=prompt.max_tokens,
-                system=prompt.system,
-                messages=[_message_param(m) for m in prompt.messages],
+                model=self._model, max_tokens=prompt.max_tokens, system=system, messages=messages
             )
             with manager as events:
                 reply = ReplyStream(chunks=iter(()))
@@ -68,7 +88,12 @@ class AnthropicChatModel:
             raise LlmUnavailable(_describe(exc)) from exc
         if final.stop_reason not in ("end_turn", "max_tokens", "stop_sequence"):
             raise LlmUnavailable(f"the reply stopped early ({final.stop_reason})")
-        reply.usage = Usage(input_tokens=final.usage.input_tokens, output_tokens=final.usage.output_tokens)
+        reply.usage = Usage(
+            input_tokens=final.usage.input_tokens,
+            output_tokens=final.usage.output_tokens,
+            cache_read_input_tokens=final.usage.cache_read_input_tokens or 0,
+            cache_creation_input_tokens=final.usage.cache_creation_input_tokens or 0,
+        )
 
 
 def build_chat_model(settings: LlmSettings, api_key: str | None) -> AnthropicChatModel:

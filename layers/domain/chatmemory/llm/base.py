@@ -20,6 +20,9 @@ class Prompt:
     system: str
     messages: list[Message]
     max_tokens: int
+    # Mark the prompt cache's breakpoint after this message (-1: after the system prompt);
+    # ``None``: no breakpoint.
+    cache_after: int | None = None
 
 
 @dataclass

@@ -5,6 +5,12 @@ stream parsed by exactly the code that talks to Claude. Its replies make memory 
 how many earlier turns it received, whether a summary or facts came with them, and the
 earlier user messages it can see, shortened.
 
+It also does the memory tasks, recognised by their marker in the system prompt: it extends a
+summary with the user's first-person statements, and extracts facts from phrasings such as
+"my name is X", "I prefer X", "my deadline is X", "I decided X" (both deterministic). And it
+simulates Anthropic's prompt cache: a request whose prefix, up to a ``cache_control``
+breakpoint, matches one an earlier request marked reports it as ``cache_read_input_tokens``.
+
 It can be told to misbehave, for demonstrations and fault tests, by a directive in the
 user's message: ``[offline:429]`` (rate limited), ``[offline:529]`` (overloaded),
 ``[offline:cut]`` (the stream breaks midway), ``[offline:slow=SECONDS]`` (pause between
@@ -13,20 +19,38 @@ chunks).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 
+from chatmemory.memory.tasks import FACTS_TASK, SUMMARY_TASK
+
 QUOTE_CHARS = 60
 CHUNK_WORDS = 3
 DIRECTIVE = re.compile(r"\[offline:(429|529|cut|slow=\d+(?:\.\d+)?)\]")
 STATUS_ERRORS = {"429": (429, "rate_limit_error"), "529": (529, "overloaded_error")}
+CACHE_LOOKBACK_BLOCKS = 20  # how far before a breakpoint the API looks for an earlier one
+CACHE_ENTRIES = 10_000
+SUMMARY_LINES = 40  # an extractive summary keeps this many statements, the newest
+FIRST_PERSON = re.compile(r"\b(i|i'm|i've|i'd|my|we|our)\b", re.IGNORECASE)
+_CLAUSE = r"([^.!?;\n]{1,120})"
+FACT_PATTERNS: list[tuple[re.Pattern[str], str | None]] = [
+    (re.compile(r"\bmy name is " + _CLAUSE, re.IGNORECASE), "name"),
+    (re.compile(r"\bcall me " + _CLAUSE, re.IGNORECASE), "name"),
+    (re.compile(r"\bi (?:prefer|like|love) " + _CLAUSE, re.IGNORECASE), "preference"),
+    (re.compile(r"\bi(?:'ve| have)? decided (?:to |that |on )?" + _CLAUSE, re.IGNORECASE), "decision"),
+    (re.compile(r"\bmy ((?:[a-z]+ ){0,2}?[a-z]+) (?:is|are) " + _CLAUSE, re.IGNORECASE), None),
+]
+TURN_USER = re.compile(r"<user>(.*?)</user>", re.DOTALL)
 
 
 def estimate_tokens(text: str) -> int:
@@ -65,13 +89,102 @@ def compose_reply(system: str, messages: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def compose_task_reply(system: str, messages: list[dict[str, Any]]) -> str | None:
+    """The answer to a memory task, or ``None`` when the request is a chat turn."""
+    said = _text_of(messages[-1]["content"])
+    if SUMMARY_TASK in system:
+        return _summarize(said)
+    if FACTS_TASK in system:
+        return json.dumps(_extract_facts(said))
+    return None
+
+
+def _section(text: str, tag: str) -> str:
+    found = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.DOTALL)
+    return found.group(1).strip() if found else ""
+
+
+def _statements(text: str) -> list[str]:
+    """The user's sentences that say something about them (first person), in order."""
+    found = []
+    for user in TURN_USER.findall(text):
+        for sentence in re.split(r"(?<=[.!?])\s+", " ".join(user.split())):
+            if FIRST_PERSON.search(sentence):
+                found.append(sentence[:160])
+    return found
+
+
+def _summarize(request: str) -> str:
+    lines = [line for line in _section(request, "summary").splitlines() if line.strip()]
+    lines += [f"- The user said: {s}" for s in _statements(request)]
+    return "\n".join(lines[-SUMMARY_LINES:]) or "- Nothing of note was said yet."
+
+
+def _extract_facts(request: str) -> list[dict[str, str]]:
+    changes: dict[str, str] = {}
+    for user in TURN_USER.findall(request):
+        for pattern, key in FACT_PATTERNS:
+            for match in pattern.finditer(user):
+                value = match.group(match.lastindex or 1).strip(" ,")
+                name = key or match.group(1).lower()
+                changes[name] = value
+    return [{"key": k, "value": v} for k, v in changes.items()]
+
+
+class PromptCache:
+    """Anthropic's prompt cache, simulated: a request's blocks (system, then each message) up to
+    its ``cache_control`` breakpoint are written; a later request reads the longest earlier
+    entry that is a prefix of its own, looking back up to 20 blocks from its breakpoint."""
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def usage(self, system: Any, messages: list[dict[str, Any]]) -> tuple[int, int, int]:
+        """(input, cache read, cache creation) tokens of a request."""
+        blocks = [("system", _text_of(system) if not isinstance(system, str) else system)]
+        blocks += [(str(m["role"]), _text_of(m["content"])) for m in messages]
+        marked = [_marked(system)] + [_marked(m["content"]) for m in messages]
+        total = estimate_tokens("".join(text for _, text in blocks))
+        if not any(marked):
+            return total, 0, 0
+        breakpoint_at = max(i for i, m in enumerate(marked) if m)
+        digests, chars, digest = [], [], hashlib.sha256()
+        length = 0
+        for role, text in blocks[: breakpoint_at + 1]:
+            digest.update(f"{role}\x00{len(text)}\x00{text}".encode())
+            digests.append(digest.hexdigest())
+            length += len(text)
+            chars.append(length)
+        with self._lock:
+            hit = next(
+                (
+                    i
+                    for i in range(breakpoint_at, max(-1, breakpoint_at - CACHE_LOOKBACK_BLOCKS - 1), -1)
+                    if digests[i] in self._entries
+                ),
+                None,
+            )
+            self._entries[digests[breakpoint_at]] = None
+            self._entries.move_to_end(digests[breakpoint_at])
+            while len(self._entries) > CACHE_ENTRIES:
+                self._entries.popitem(last=False)
+        read = math.ceil(chars[hit] / 4) if hit is not None else 0
+        written = math.ceil(chars[breakpoint_at] / 4) - read
+        return max(0, total - read - written), read, written
+
+
+def _marked(content: Any) -> bool:
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("cache_control") for b in content)
+
+
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 class _ReplyStream(httpx2.SyncByteStream):
-    def __init__(self, model: str, reply: str, input_tokens: int, delay: float, cut: bool) -> None:
-        self._model, self._reply, self._input_tokens, self._delay = model, reply, input_tokens, delay
+    def __init__(self, model: str, reply: str, usage: dict[str, int], delay: float, cut: bool) -> None:
+        self._model, self._reply, self._usage, self._delay = model, reply, usage, delay
         self._cut = cut
 
     def __iter__(self) -> Iterator[bytes]:
@@ -83,7 +196,7 @@ class _ReplyStream(httpx2.SyncByteStream):
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": self._input_tokens, "output_tokens": 0},
+            "usage": {**self._usage, "output_tokens": 0},
         }
         yield _sse("message_start", {"type": "message_start", "message": message})
         yield _sse(
@@ -122,6 +235,7 @@ class OfflineMessagesApi(httpx2.BaseTransport):
 
     def __init__(self, delay_seconds: float = 0.0) -> None:
         self._delay = delay_seconds
+        self._cache = PromptCache()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         if request.method != "POST" or not request.url.path.endswith("/v1/messages"):
@@ -144,14 +258,18 @@ class OfflineMessagesApi(httpx2.BaseTransport):
             status, kind = STATUS_ERRORS[command]
             return _error(status, kind, f"offline model told to answer {status}")
         delay = float(command.removeprefix("slow=")) if command.startswith("slow=") else self._delay
-        reply = compose_reply(system_text, messages)
-        prompt_text = system_text + "".join(_text_of(m["content"]) for m in messages)
-        input_tokens = estimate_tokens(prompt_text)
+        reply = compose_task_reply(system_text, messages) or compose_reply(system_text, messages)
+        fresh, read, written = self._cache.usage(system, messages)
+        usage = {
+            "input_tokens": fresh,
+            "cache_read_input_tokens": read,
+            "cache_creation_input_tokens": written,
+        }
         if body.get("stream"):
             return httpx2.Response(
                 200,
                 headers={"content-type": "text/event-stream"},
-                stream=_ReplyStream(model, reply, input_tokens, delay, cut=command == "cut"),
+                stream=_ReplyStream(model, reply, usage, delay, cut=command == "cut"),
             )
         return httpx2.Response(
             200,
@@ -163,7 +281,7 @@ class OfflineMessagesApi(httpx2.BaseTransport):
                 "content": [{"type": "text", "text": reply}],
                 "stop_reason": "end_turn",
                 "stop_sequence": None,
-                "usage": {"input_tokens": input_tokens, "output_tokens": estimate_tokens(reply)},
+                "usage": {**usage, "output_tokens": estimate_tokens(reply)},
             },
         )
 

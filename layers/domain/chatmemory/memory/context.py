@@ -1,0 +1,147 @@
+"""Fitting what a strategy wants into the token budget, and the prompt that results.
+
+The prompt is ordered stable first: system prompt, summary, facts, then the turns, oldest
+first, then the new message. The cache breakpoint goes on the last block before the new
+message, so the next turn's request finds all of it in the model's prompt cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatmemory.config import MemorySettings
+from chatmemory.llm.base import Message, Prompt
+from chatmemory.memory.state import Fact, MemoryState, render_facts
+from chatmemory.memory.strategies import Strategy, Wants
+from chatmemory.memory.tokens import MESSAGE_OVERHEAD, TokenEstimator
+from chatmemory.turns import Turn
+
+# The summary and facts go into the system prompt; the offline model and the tests know them
+# by these tags.
+SUMMARY_INTRO = "\n\nWhat was said earlier in this conversation, summarised:\n<summary>\n{}\n</summary>"
+FACTS_INTRO = "\n\nWhat the user has told you about themselves and their work:\n<facts>\n{}\n</facts>"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Where a request's input tokens go (estimates and stored counts, before the call)."""
+
+    limit: int
+    system: int
+    summary: int
+    facts: int
+    history: int
+    message: int
+
+    @property
+    def total(self) -> int:
+        return self.system + self.summary + self.facts + self.history + self.message
+
+    def frame(self) -> dict[str, int]:
+        return {
+            "limit": self.limit,
+            "system": self.system,
+            "summary": self.summary,
+            "facts": self.facts,
+            "history": self.history,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class ContextPlan:
+    strategy: str
+    summary: str | None
+    facts: list[Fact]
+    turns: list[Turn]
+    budget: Budget
+    truncated: bool
+
+    def prompt(self, system: str, message: str, max_tokens: int) -> Prompt:
+        system_text = system_block(system, self.summary, self.facts)
+        messages: list[Message] = []
+        for turn in self.turns:
+            messages.append({"role": "user", "content": turn.user})
+            messages.append({"role": "assistant", "content": turn.assistant or ""})
+        breakpoint_at = len(messages) - 1  # the last turn's reply, or -1: the system prompt
+        messages.append({"role": "user", "content": message})
+        return Prompt(system=system_text, messages=messages, max_tokens=max_tokens, cache_after=breakpoint_at)
+
+
+def system_block(system: str, summary: str | None, facts: list[Fact]) -> str:
+    text = system
+    if summary:
+        text += SUMMARY_INTRO.format(summary)
+    if facts:
+        text += FACTS_INTRO.format(render_facts(facts))
+    return text
+
+
+def message_tokens(system: str, message: str, estimator: TokenEstimator) -> int:
+    """What the smallest possible request costs: the system prompt and the message alone."""
+    return estimator.estimate(system) + estimator.estimate(message) + MESSAGE_OVERHEAD
+
+
+def plan_context(
+    strategy: Strategy,
+    state: MemoryState,
+    turns: list[Turn],
+    system: str,
+    message: str,
+    settings: MemorySettings,
+    estimator: TokenEstimator,
+) -> ContextPlan:
+    """What goes into the request: the system prompt and the message always (the caller has
+    refused a message that cannot fit), then facts, then the summary, then as many of the
+    wanted turns as fit, dropped oldest first in whole blocks. ``truncated`` when anything
+    wanted is left out."""
+    wants: Wants = strategy.wants(state, turns, settings)
+    limit = settings.budget_tokens
+    system_tokens = estimator.estimate(system)
+    message_cost = estimator.estimate(message) + MESSAGE_OVERHEAD
+    room = limit - system_tokens - message_cost
+    truncated = wants.missing
+
+    facts: list[Fact] = state.facts if wants.facts else []
+    facts_tokens = estimator.estimate(FACTS_INTRO.format(render_facts(facts))) if facts else 0
+    if facts_tokens > room:
+        facts, facts_tokens, truncated = [], 0, True
+    room -= facts_tokens
+
+    summary = state.summary if wants.summary else None
+    summary_tokens = 0
+    if summary:
+        summary_tokens = estimator.estimate(SUMMARY_INTRO.format("")) + (
+            state.summary_tokens or estimator.estimate(summary)
+        )
+        if summary_tokens > room:
+            summary, summary_tokens, truncated = None, 0, True
+    room -= summary_tokens
+
+    kept = fit_turns(wants.turns, room, wants.anchor, settings.block_turns, estimator)
+    truncated = truncated or len(kept) < len(wants.turns)
+    budget = Budget(
+        limit=limit,
+        system=system_tokens,
+        summary=summary_tokens,
+        facts=facts_tokens,
+        history=sum(estimator.turn_tokens(t) for t in kept),
+        message=message_cost,
+    )
+    return ContextPlan(strategy.name, summary, facts, kept, budget, truncated)
+
+
+def fit_turns(
+    turns: list[Turn], room: int, anchor: int, block_turns: int, estimator: TokenEstimator
+) -> list[Turn]:
+    """The longest suffix of ``turns`` that fits ``room`` and starts on a block boundary (so
+    consecutive requests drop the same block and share their prefix); when not even the last
+    block fits, the longest suffix that does."""
+    room = max(room, 0)
+    costs = [estimator.turn_tokens(t) for t in turns]
+    suffix = [0] * (len(turns) + 1)
+    for i in range(len(turns) - 1, -1, -1):
+        suffix[i] = suffix[i + 1] + costs[i]
+    fitting = [i for i in range(len(turns) + 1) if suffix[i] <= room]
+    aligned = [i for i in fitting[:-1] if i == 0 or (turns[i].turn - anchor) % block_turns == 0]
+    return turns[aligned[0] if aligned else fitting[0] :]

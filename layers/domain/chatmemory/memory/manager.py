@@ -1,0 +1,101 @@
+"""Memory on the hot path of a turn: refuse a message the budget cannot hold, plan the context
+with the session's strategy, account for tokens, and ask for the summary to move on after."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from chatmemory.config import MemorySettings, StrategyName
+from chatmemory.errors import ChatError, ErrorCode
+from chatmemory.history import StartedTurn
+from chatmemory.llm.base import Prompt
+from chatmemory.memory.context import ContextPlan, message_tokens, plan_context
+from chatmemory.memory.repository import MemoryStateRepository
+from chatmemory.memory.scheduler import UpdateScheduler
+from chatmemory.memory.state import MemoryState
+from chatmemory.memory.strategies import Strategy, strategy_for, summary_target
+from chatmemory.memory.tokens import TokenEstimator
+from chatmemory.observability import metrics
+from chatmemory.turns import Usage
+
+
+class MessageOverBudget(ChatError):
+    code = ErrorCode.MESSAGE_TOO_LARGE
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"The message is about {tokens:,} tokens, more than the {limit:,} a request may use. "
+            "Please shorten it or split it into several messages."
+        )
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    strategy: Strategy
+    state: MemoryState
+    plan: ContextPlan
+    prompt: Prompt
+
+
+class MemoryManager:
+    def __init__(
+        self,
+        settings: MemorySettings,
+        estimator: TokenEstimator,
+        repository: MemoryStateRepository | None = None,
+        scheduler: UpdateScheduler | None = None,
+    ) -> None:
+        self._settings, self._estimator = settings, estimator
+        self._repository, self._scheduler = repository, scheduler
+
+    def check_message(self, system: str, message: str) -> None:
+        """Refuse, before anything is stored or sent, a message that cannot fit any request."""
+        needed = message_tokens(system, message, self._estimator)
+        if needed > self._settings.budget_tokens:
+            raise MessageOverBudget(needed - self._estimator.estimate(system), self._settings.budget_tokens)
+
+    def prepare(self, started: StartedTurn, system: str, message: str, max_tokens: int) -> TurnContext:
+        state = self._state(started)
+        strategy = strategy_for(state, self._settings)
+        plan = plan_context(
+            strategy, state, started.history.turns, system, message, self._settings, self._estimator
+        )
+        for part, tokens in plan.budget.frame().items():
+            if part != "limit":
+                metrics.add_metric(name=f"Budget{part.title()}Tokens", unit=MetricUnit.Count, value=tokens)
+        if plan.truncated:
+            metrics.add_metric(name="MemoryTruncated", unit=MetricUnit.Count, value=1)
+        return TurnContext(strategy, state, plan, plan.prompt(system, message, max_tokens))
+
+    def account(self, context: TurnContext, message: str, usage: Usage) -> int:
+        """Calibrate the estimator with the model's count, and return the message's tokens: its
+        estimate corrected by how this request's estimate compared with that count."""
+        budget = context.plan.budget
+        estimated = budget.total - budget.history  # the stored turns' part is the model's own count
+        reported = usage.prompt_tokens - budget.history
+        own = self._estimator.estimate(message)
+        if estimated <= 0 or reported <= 0:
+            return own
+        self._estimator.observe(estimated, reported)
+        return max(1, round(own * reported / estimated))
+
+    def after_turn(self, started: StartedTurn, context: TurnContext) -> None:
+        """Schedule a summary and facts update when the stored ones are a block behind; the
+        reply has been sent by now. An earlier failed update is retried the same way."""
+        if self._scheduler is None or not started.persisted or not context.strategy.cursor:
+            return
+        if summary_target(context.state.summarized_through, started.turn.turn, self._settings) is not None:
+            self._scheduler.schedule(started.turn.session_id)
+
+    def set_strategy(self, session_id: str, strategy: StrategyName) -> None:
+        """Give one session its own strategy (from its next turn), whatever the deployment's."""
+        if self._repository is None:
+            raise RuntimeError("no memory state store is configured")
+        self._repository.set_strategy(session_id, strategy)
+
+    def _state(self, started: StartedTurn) -> MemoryState:
+        if self._repository is None or started.history.mode == "stateless":
+            return MemoryState()
+        return self._repository.get(started.turn.session_id) or MemoryState()

@@ -1,0 +1,88 @@
+"""Running a memory update after a turn without the turn waiting for it.
+
+On AWS an asynchronous invocation of the summarize function; in tests and on the local stack a
+background thread of the process; in the evaluation harness right away, so it is repeatable.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aws_lambda_powertools.metrics import MetricUnit
+
+from chatmemory.observability import logger, metrics
+
+
+class UpdateScheduler(Protocol):
+    def schedule(self, session_id: str) -> None:
+        """Ask for the session's memory to be brought up to date; never raises."""
+        ...
+
+
+class InlineScheduler:
+    """Runs the update at once, in the caller's thread (after the turn's ``done``)."""
+
+    def __init__(self, run: Callable[[str], None]) -> None:
+        self._run = run
+
+    def schedule(self, session_id: str) -> None:
+        self._run(session_id)
+
+
+class ThreadScheduler:
+    """Runs each update in a daemon thread; at most one per session at a time (a request for a
+    session whose update is running is dropped: the next turn asks again if still needed)."""
+
+    def __init__(self, run: Callable[[str], None]) -> None:
+        self._run = run
+        self._lock = threading.Lock()
+        self._running: dict[str, threading.Thread] = {}
+
+    def schedule(self, session_id: str) -> None:
+        with self._lock:
+            if session_id in self._running:
+                return
+            thread = threading.Thread(
+                target=self._work, args=(session_id,), daemon=True, name="memory-update"
+            )
+            self._running[session_id] = thread
+        thread.start()
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Wait for the updates under way (tests, shutdown)."""
+        with self._lock:
+            threads = list(self._running.values())
+        for thread in threads:
+            thread.join(timeout)
+
+    def _work(self, session_id: str) -> None:
+        try:
+            self._run(session_id)
+        finally:
+            with self._lock:
+                self._running.pop(session_id, None)
+
+
+class LambdaScheduler:
+    """An asynchronous invocation (``InvocationType="Event"``) of the summarize function; Lambda
+    queues it, and the sending function returns without waiting."""
+
+    def __init__(self, client: Any, function_name: str) -> None:
+        self._client = client
+        self._function = function_name
+
+    def schedule(self, session_id: str) -> None:
+        try:
+            self._client.invoke(
+                FunctionName=self._function,
+                InvocationType="Event",
+                Payload=json.dumps({"sessionId": session_id}).encode(),
+            )
+        except Exception as exc:  # botocore's errors: the next turn asks again
+            logger.warning("could not schedule a memory update", extra={"error": type(exc).__name__})
+            metrics.add_metric(name="MemoryUpdateNotScheduled", unit=MetricUnit.Count, value=1)
+            return
+        metrics.add_metric(name="MemoryUpdateScheduled", unit=MetricUnit.Count, value=1)

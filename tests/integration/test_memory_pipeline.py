@@ -1,0 +1,220 @@
+"""Memory strategies through the real turn pipeline: moto DynamoDB, real Redis, the offline
+model through the SDK, and the updater in a background thread as on the local stack."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from boto3.dynamodb.conditions import Key
+from chatmemory.cache import state_key
+from chatmemory.connections import Binding
+from chatmemory.errors import ChatError, LlmUnavailable
+from chatmemory.llm.anthropic_model import build_chat_model
+from chatmemory.memory.scheduler import ThreadScheduler
+from chatmemory.memory.tasks import SUMMARY_TASK
+from chatmemory.protocol import encode
+from chatmemory.services import Services, redis_client
+from chatmemory.store import TurnStore
+
+from tests.conftest import make_settings
+from tests.support.frames import ENDPOINT, frames_sent, reply_text
+
+MEMORY = {"history_turns": 4, "block_turns": 3, "budget_tokens": 6_000}
+
+
+@pytest.fixture
+def small(aws: Any, redis_url: str) -> Iterator[Services]:
+    """Services with a small window (4) and block (3): the summary moves every 3 turns from turn 7."""
+    settings = make_settings(redis_url, memory=MEMORY)
+    yield Services(settings, aws, redis_client(settings), build_chat_model(settings.llm, None))
+
+
+class Chat:
+    def __init__(self, services: Services, session_id: str) -> None:
+        self.services = services
+        self.binding = Binding(
+            connection_id=f"c-{session_id}", session_id=session_id, principal="p", connected_at=0
+        )
+        self._seen = 0
+
+    def say(self, message: str) -> list[dict[str, Any]]:
+        self.services.conversation(ENDPOINT).send_message(self.binding, message, None)
+        frames = frames_sent(self.binding.connection_id)
+        new, self._seen = frames[self._seen :], len(frames)
+        return new
+
+    def settle(self) -> None:
+        scheduler = self.services.scheduler
+        assert isinstance(scheduler, ThreadScheduler)
+        scheduler.drain()
+
+
+def meta_items(aws: Any, session_id: str) -> list[dict[str, Any]]:
+    table = aws.Table("ChatSessions")
+    items = table.query(KeyConditionExpression=Key("session_id").eq(session_id))["Items"]
+    return [i for i in items if int(i["turn_number"]) == 0]
+
+
+def test_hybrid_summarises_off_the_hot_path_and_uses_summary_and_facts(small: Services, aws: Any) -> None:
+    chat = Chat(small, "s-hybrid")
+    chat.say("Hello! My name is Ada Lovelace.")
+    chat.say("I prefer green tea over coffee.")
+    for i in range(4):
+        chat.say(f"Question number {i} about the weather.")
+        chat.settle()
+    assert meta_items(aws, "s-hybrid") == []  # 6 turns: no block to summarise yet
+
+    chat.say("Question number 4 about rivers.")  # turn 7: turns 1-3 are due
+    chat.settle()
+    (meta,) = meta_items(aws, "s-hybrid")
+    assert int(meta["summarized_through"]) == 3
+    assert "Ada Lovelace" in meta["summary"]
+    assert {f["key"]: f["value"] for f in meta["facts"]} == {
+        "name": "Ada Lovelace",
+        "preference": "green tea over coffee",
+    }
+
+    frames = chat.say("What do you remember?")
+    done = frames[-1]
+    assert "(summary and facts)" in reply_text(frames)
+    assert "I see 4 earlier turns" in reply_text(frames)  # turns 4-7; 1-3 are summarised
+    assert done["memoryStrategy"] == "hybrid" and done["truncated"] is False
+    budget = done["usage"]["budget"]
+    assert budget["summary"] > 0 and budget["facts"] > 0 and budget["history"] > 0
+    assert sum(v for k, v in budget.items() if k != "limit") <= budget["limit"]
+    # and the state is cached beside the turns, under the session's hash tag
+    assert small.redis is not None and small.redis.exists(state_key("s-hybrid"))
+
+
+def test_the_meta_item_is_never_a_turn(small: Services, aws: Any) -> None:
+    chat = Chat(small, "s-meta")
+    small.memory_manager.set_strategy("s-meta", "window")
+    chat.say("one")
+    store = TurnStore(aws.Table("ChatSessions"))
+    assert [t.turn for t in store.latest_turns("s-meta", 10, 0)] == [1]
+    assert store.last_turn_number("s-meta") == 1
+    assert [t.turn for t in small.memory.load("s-meta").turns] == [1]
+
+
+def test_a_session_can_have_its_own_strategy(small: Services, aws: Any) -> None:
+    chat = Chat(small, "s-own")
+    small.memory_manager.set_strategy("s-own", "window")
+    for i in range(8):
+        frames = chat.say(f"message {i}")
+    chat.settle()
+    assert frames[-1]["memoryStrategy"] == "window"
+    assert "I see 4 earlier turns" in reply_text(frames)
+    (meta,) = meta_items(aws, "s-own")
+    assert meta["strategy"] == "window" and "summarized_through" not in meta  # window needs no summary
+    # a later update keeps the override: the item is only ever updated, never replaced
+    aws.Table("ChatSessions").update_item(
+        Key={"session_id": "s-own", "turn_number": 0},
+        UpdateExpression="SET #o = :o",
+        ExpressionAttributeNames={"#o": "owner"},
+        ExpressionAttributeValues={":o": "someone"},
+    )
+    small.memory_manager.set_strategy("s-own", "hybrid")
+    (meta,) = meta_items(aws, "s-own")
+    assert meta["owner"] == "someone" and meta["strategy"] == "hybrid"
+
+
+def test_a_message_larger_than_the_budget_is_refused_before_anything(aws: Any, redis_url: str) -> None:
+    settings = make_settings(redis_url, memory={**MEMORY, "budget_tokens": 300})
+    services = Services(settings, aws, redis_client(settings), build_chat_model(settings.llm, None))
+    chat = Chat(services, "s-big")
+    with pytest.raises(ChatError) as refused:
+        chat.say("word " * 400)
+    assert refused.value.code == "message_too_large"
+    assert aws.Table("ChatSessions").query(KeyConditionExpression=Key("session_id").eq("s-big"))["Count"] == 0
+    assert frames_sent(chat.binding.connection_id) == []
+
+
+def test_a_tight_budget_truncates_and_says_so(aws: Any, redis_url: str) -> None:
+    settings = make_settings(redis_url, memory={**MEMORY, "budget_tokens": 400, "strategy": "token_budget"})
+    services = Services(settings, aws, redis_client(settings), build_chat_model(settings.llm, None))
+    chat = Chat(services, "s-tight")
+    for i in range(8):
+        frames = chat.say(f"message {i} " + "padding " * 20)
+        done = frames[-1]
+        assert (
+            done["usage"]["inputTokens"]
+            + done["usage"]["cacheReadInputTokens"]
+            + done["usage"]["cacheCreationInputTokens"]
+            <= 400
+        )
+    assert done["truncated"] is True
+    notices = [f for f in frames if f["type"] == "notice"]
+    assert [n["code"] for n in notices] == ["memory_truncated"]
+    assert frames.index(notices[0]) < frames.index(next(f for f in frames if f["type"] == "delta"))
+    assert len(encode(done)) < 32 * 1024
+
+
+def test_consecutive_turns_read_their_prefix_from_the_prompt_cache(small: Services) -> None:
+    chat = Chat(small, "s-cache")
+    chat.say("first message")
+    done = chat.say("second message")[-1]
+    assert done["usage"]["cacheReadInputTokens"] > 0
+    assert done["usage"]["cacheReadInputTokens"] > done["usage"]["inputTokens"]
+
+
+class FailingTasks:
+    """The offline model, except that memory tasks fail while ``failing`` is set."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.failing = inner, True
+
+    def stream(self, prompt: Any) -> Any:
+        if self.failing and SUMMARY_TASK in prompt.system:
+            raise LlmUnavailable("the model is overloaded")
+        return self.inner.stream(prompt)
+
+
+def test_a_failed_update_leaves_the_turn_alone_and_is_retried_after_the_next(
+    aws: Any, redis_url: str
+) -> None:
+    settings = make_settings(redis_url, memory=MEMORY)
+    model = FailingTasks(build_chat_model(settings.llm, None))
+    services = Services(settings, aws, redis_client(settings), model)
+    chat = Chat(services, "s-retry")
+    for i in range(7):
+        frames = chat.say(f"My note {i} is short.")
+        chat.settle()
+    assert frames[-1]["type"] == "done"  # the turn that scheduled the failing update is whole
+    assert meta_items(aws, "s-retry") == []
+
+    model.failing = False
+    chat.say("and now?")  # still a block behind: scheduled again
+    chat.settle()
+    (meta,) = meta_items(aws, "s-retry")
+    assert int(meta["summarized_through"]) == 3
+
+
+def test_updates_are_idempotent(small: Services, aws: Any) -> None:
+    chat = Chat(small, "s-idem")
+    for i in range(7):
+        chat.say(f"I like number {i}")
+    chat.settle()
+    (before,) = meta_items(aws, "s-idem")
+    assert small.updater.update("s-idem") is False  # already there: nothing is written
+    (after,) = meta_items(aws, "s-idem")
+    assert after == before
+
+    # two updaters racing for the same block store one result
+    for i in range(7, 10):
+        Chat(small, "s-idem").services.memory.begin_turn("s-idem", "p", f"I like number {i}", None)
+    results: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(small.updater.update("s-idem"))) for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (raced,) = meta_items(aws, "s-idem")
+    assert int(raced["summarized_through"]) == 6
+    assert sorted(results) in ([False, True], [True, True])  # both may finish, only one wins the write
+    facts = raced["facts"]
+    assert len({f["key"] for f in facts}) == len(facts)  # updated, not duplicated
