@@ -67,6 +67,7 @@ class ChatClient:
         self._out, self._err = out, err
         self._timeout = timeout
         self.session_id: str | None = None
+        self.token: str | None = None
 
     async def _frame(self) -> dict[str, Any]:
         while True:
@@ -92,6 +93,7 @@ class ChatClient:
             frame = await self._frame()
             if frame.get("type") == "session":
                 self.session_id = str(frame.get("sessionId"))
+                self.token = frame.get("guestToken") or self.token
                 return frame
             if frame.get("type") == "error":
                 raise ConnectionFailed(f"the server refused getSession: {frame.get('message')}")
@@ -173,8 +175,12 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         async with websockets.connect(url, open_timeout=args.timeout, max_size=2**20) as socket:
             client = ChatClient(socket, out, err, timeout=args.timeout)
+            client.token = args.token
             session = await client.get_session()
             print(describe_session(session), file=err, flush=True)
+            if session.get("guestToken"):  # a new guest: say how to come back as the same guest
+                resume = f"--session {session.get('sessionId')} --token {session['guestToken']}"
+                print(f"Resume with: {resume}", file=err, flush=True)
             if args.message is not None:
                 reply = await client.send(args.message)
                 return EXIT_ERROR_FRAME if reply.error else EXIT_OK
@@ -196,7 +202,8 @@ async def interactive(client: ChatClient, session: dict[str, Any], out: TextIO, 
         line = await read_line("you> ")
         if line is None or line.strip() in {"/quit", "/exit"}:
             if client.session_id:
-                print(f"Resume with: --session {client.session_id}", file=err, flush=True)
+                token = f" --token {client.token}" if client.token else ""
+                print(f"Resume with: --session {client.session_id}{token}", file=err, flush=True)
             return status
         if not line.strip():
             continue
@@ -212,7 +219,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("url", help="the WebSocket URL, e.g. ws://127.0.0.1:8080/ws or wss://…/prod")
     parser.add_argument("--session", metavar="ID", help="resume this session (the id printed at start)")
     parser.add_argument("-m", "--message", help="send this one message, print the reply and exit")
-    parser.add_argument("--token", help=argparse.SUPPRESS)  # guest token, for servers that issue one
+    parser.add_argument("--token", help="your token: the guest token printed at start, or an OIDC token")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server (60)")
     return parser.parse_args(argv)
 

@@ -41,7 +41,7 @@ def lambda_handler(event: ConnectAuthorizerEvent, context: LambdaContext) -> dic
     response = APIGatewayAuthorizerResponseWebSocket.from_route_arn(
         event.method_arn, identity.principal, context=context_values
     )
-    response.allow_all_routes()
+    response.allow_route("$connect")  # the only route an authorizer guards on WebSocket APIs
     logger.info(
         "connection allowed", extra={"guest": identity.is_guest, "new_guest": bool(identity.new_guest_token)}
     )

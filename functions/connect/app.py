@@ -19,9 +19,16 @@ REFUSED: dict[str, Any] = {"statusCode": 500}
 def lambda_handler(event: ConnectEvent, context: LambdaContext) -> dict[str, Any]:
     ctx = event.request_context
     requested = (event.query_string_parameters or {}).get("session_id")
-    principal = str((ctx.authorizer or {}).get("principalId") or ANONYMOUS)
+    # The authorizer's verdict; without one (no authorizer configured) everyone is anonymous.
+    authorizer = ctx.authorizer or {}
+    principal = str(authorizer.get("principalId") or ANONYMOUS)
+    guest_token = authorizer.get("guestToken")
     try:
-        binding = get_services().sessions(endpoint_url(ctx)).connect(ctx.connection_id, requested, principal)
+        binding = (
+            get_services()
+            .sessions(endpoint_url(ctx))
+            .connect(ctx.connection_id, requested, principal, str(guest_token) if guest_token else None)
+        )
     except ConnectionError:
         logger.exception("connection refused: no store for the binding")
         return REFUSED

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
+from urllib.parse import urlencode
 
 from websockets.sync.client import ClientConnection, connect
 
@@ -14,9 +15,9 @@ from tests.e2e.conftest import Stack
 TIMEOUT = 10.0
 
 
-def open_socket(stack: Stack, session_id: str | None = None) -> ClientConnection:
-    url = stack.ws_url + (f"?session_id={session_id}" if session_id else "")
-    return connect(url, open_timeout=TIMEOUT)
+def open_socket(stack: Stack, session_id: str | None = None, token: str | None = None) -> ClientConnection:
+    query = urlencode({k: v for k, v in (("session_id", session_id), ("token", token)) if v})
+    return connect(stack.ws_url + (f"?{query}" if query else ""), open_timeout=TIMEOUT)
 
 
 def receive(ws: ClientConnection) -> dict[str, Any]:
@@ -74,10 +75,11 @@ def test_frames_that_are_not_requests_get_errors(stack: Stack) -> None:
 
 def test_a_new_connection_resumes_the_session(stack: Stack) -> None:
     with open_socket(stack) as ws:
-        session_id = session_of(ws)["sessionId"]
+        first = session_of(ws)
+        session_id, guest_token = first["sessionId"], first["guestToken"]
         turn(ws, "My name is Ada")
 
-    with open_socket(stack, session_id) as ws:
+    with open_socket(stack, session_id, guest_token) as ws:
         session = session_of(ws)
         answer = turn(ws, "What is my name?")
 

@@ -44,8 +44,10 @@ def test_one_message_then_resume_with_memory(stack: Any) -> None:
     assert 'You just said: "hello".' in first.stdout
     session_id, how = session_of(first)
     assert how == "new"
+    resume = re.search(r"Resume with: (--session \S+ --token \S+)", first.stderr)
+    assert resume, first.stderr  # a new guest is told how to come back as the same guest
 
-    second = run_client(stack.ws_url, "--session", session_id, "-m", "do you remember?")
+    second = run_client(stack.ws_url, *resume.group(1).split(), "-m", "do you remember?")
     assert second.returncode == 0, second.stderr
     assert session_of(second) == (session_id, "resumed")
     assert "I see 1 earlier turn" in second.stdout

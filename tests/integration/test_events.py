@@ -60,8 +60,11 @@ def posted(connection_id: str) -> list[dict[str, Any]]:
     return frames_sent(quote(connection_id, safe=""))
 
 
+AUTHORIZER_SAMPLE = EVENTS / "authorizer.json"  # the $connect authorizer's input, not a route event
+
+
 def samples() -> list[Path]:
-    return sorted(p for p in EVENTS.glob("*.json") if p != ENV_FILE)
+    return sorted(p for p in EVENTS.glob("*.json") if p not in (ENV_FILE, AUTHORIZER_SAMPLE))
 
 
 def load(name: str) -> dict[str, Any]:
@@ -174,8 +177,8 @@ class SamLocal:
         env["AWS_SAM_LOCAL"] = "true"
         return env
 
-    def invoke(self, event: dict[str, Any]) -> Any:
-        function = self.routes[event["requestContext"]["routeKey"]]
+    def invoke(self, event: dict[str, Any], function: Function | None = None) -> Any:
+        function = function or self.routes[event["requestContext"]["routeKey"]]
         saved = dict(os.environ)
         for name in [n for n in os.environ if SETTINGS_VARIABLE.match(n)]:
             del os.environ[name]
@@ -322,6 +325,26 @@ def test_the_samples_hold_a_conversation(sam_local: SamLocal, redis_url: str) ->
     assert cache.get(binding_key(connection_id)) is None
     assert sessions.query(KeyConditionExpression=Key("session_id").eq(session_id))["Count"] == 1
     clear_frames(quote(connection_id, safe=""))
+
+
+def test_the_authorizer_sample_makes_a_guest(sam_local: SamLocal) -> None:
+    """No ?token=: a new guest, allowed on this API's $connect, its token in the context."""
+    event = json.loads(AUTHORIZER_SAMPLE.read_text())
+    authorizer = load_template().connect_authorizer()
+    assert authorizer is not None
+
+    policy = sam_local.invoke(event, authorizer.function)
+
+    assert policy["principalId"].startswith("guest:")
+    (statement,) = policy["policyDocument"]["Statement"]
+    assert statement["Effect"] == "Allow" and statement["Resource"] == [event["methodArn"]]
+    assert policy["context"]["principal"] == policy["principalId"]
+    assert policy["context"]["guestToken"]
+
+    # the same sample with a forged token: denied
+    forged = {**event, "queryStringParameters": {**event["queryStringParameters"], "token": "forged"}}
+    denied = sam_local.invoke(forged, authorizer.function)
+    assert {s["Effect"] for s in denied["policyDocument"]["Statement"]} == {"Deny"}
 
 
 def test_the_environment_is_restored(sam_local: SamLocal) -> None:

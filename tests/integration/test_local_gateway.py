@@ -24,6 +24,7 @@ from botocore.config import Config
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from local.events import authorizer_event, connect_event
 from local.faults import FaultProxy
 from local.frames import FrameSizeGuard
 from local.gateway import Gateway, Limits, select_route
@@ -186,8 +187,21 @@ def test_events_are_what_powertools_parses(gateway: Running, lambdas: Lambdas) -
     assert connect_event["requestContext"]["identity"]["sourceIp"] == "127.0.0.1"
 
 
-# The API-Gateway-shaped events among events/*.json (env.json and the like are not events).
-SAMPLES = sorted(p for p in (ROOT / "events").glob("*.json") if "requestContext" in json.loads(p.read_text()))
+# The API-Gateway-shaped route events among events/*.json (env.json is not an event; the
+# authorizer's input is compared on its own below).
+SAMPLES = sorted(
+    p
+    for p in (ROOT / "events").glob("*.json")
+    if "requestContext" in (sample := json.loads(p.read_text())) and "methodArn" not in sample
+)
+
+
+def test_the_authorizer_event_has_the_keys_of_its_sample() -> None:
+    expected = json.loads((ROOT / "events" / "authorizer.json").read_text())
+    ours = authorizer_event(connect_event("abc=", query={"session_id": "s"}))
+    assert sorted(ours) == sorted(expected)
+    assert sorted(ours["requestContext"]) == sorted(expected["requestContext"])
+    assert ours["methodArn"].endswith("/local/$connect")
 
 
 @pytest.mark.skipif(not SAMPLES, reason="no events/*.json samples to compare with yet")

@@ -38,6 +38,7 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
     "DefaultFunction": {
         "@connections": {"execute-api:ManageConnections"},
     },
+    "AuthorizerFunction": {},  # reads only its signing key (see the secrets test)
 }
 CONNECTIONS_ARN = (
     "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:"
@@ -188,12 +189,31 @@ def test_no_statement_grants_every_resource(raw: dict[str, Any]) -> None:
                 assert resource != "*", f"{name}: {statement['Action']} on *"
 
 
-def test_only_send_message_reads_the_api_key_and_only_when_a_secret_is_named(raw: dict[str, Any]) -> None:
+def secret_readers(raw: dict[str, Any]) -> dict[str, tuple[str | None, dict[str, Any]]]:
     readers = {}
     for name, function in resources_of(raw, "AWS::Serverless::Function").items():
         for condition, statement in statements(function["Properties"]["Policies"]):
             if any(a.startswith("secretsmanager:") for a in as_list(statement["Action"])):
                 readers[name] = (condition, statement)
+    return readers
+
+
+def test_only_the_authorizer_reads_the_guest_token_key(raw: dict[str, Any]) -> None:
+    readers = {
+        name: s
+        for name, (_, s) in secret_readers(raw).items()
+        if s["Resource"] == {"Ref": "GuestTokenSecret"}
+    }
+    assert list(readers) == ["AuthorizerFunction"]
+    assert readers["AuthorizerFunction"]["Action"] == "secretsmanager:GetSecretValue"
+    route = raw["Resources"]["ConnectRoute"]["Properties"]
+    assert route["AuthorizationType"] == "CUSTOM" and route["AuthorizerId"] == {"Ref": "ConnectAuthorizer"}
+
+
+def test_only_send_message_reads_the_api_key_and_only_when_a_secret_is_named(raw: dict[str, Any]) -> None:
+    readers = {
+        n: r for n, r in secret_readers(raw).items() if r[1]["Resource"] != {"Ref": "GuestTokenSecret"}
+    }
     ((name, (condition, statement)),) = readers.items()
     assert name == "SendMessageFunction"  # the model client is built on first use, by a turn
     assert condition == "HasApiKeySecret"

@@ -32,6 +32,7 @@ class Binding(BaseModel):
     session_id: str | None  # None: memory unreachable, the session cannot be known now
     principal: str
     connected_at: int
+    guest_token: str | None = None  # minted for a new guest at $connect, handed over by getSession
 
 
 def binding_key(connection_id: str) -> str:

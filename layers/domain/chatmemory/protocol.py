@@ -80,15 +80,22 @@ class HistoryTurn(BaseModel):
 
 
 def session_frame(
-    session_id: str, resumed: bool, history: list[HistoryTurn], memory_mode: MemoryMode
+    session_id: str,
+    resumed: bool,
+    history: list[HistoryTurn],
+    memory_mode: MemoryMode,
+    guest_token: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    frame: dict[str, Any] = {
         "type": "session",
         "sessionId": session_id,
         "resumed": resumed,
         "history": [t.model_dump() for t in history],
         "memoryMode": memory_mode,
     }
+    if guest_token:
+        frame["guestToken"] = guest_token
+    return frame
 
 
 def delta_frame(turn: int, text: str) -> dict[str, Any]:
