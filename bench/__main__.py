@@ -30,6 +30,9 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", default=str(ROOT / "docs" / "bench"), help="where results go")
     p.add_argument("--seed", type=int, default=20261123)
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--report-only", action="store_true", help="re-render results.md and the plots from results.json"
+    )
     return p.parse_args(argv)
 
 
@@ -102,6 +105,14 @@ def _build_cases(world: Any, lengths: list[int], say: Any) -> tuple[list[Any], d
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
     argv = sys.argv[1:] if argv is None else argv
     args = _args(argv)
+    if args.report_only:
+        import json
+
+        from bench import report
+
+        stored = json.loads((Path(args.out) / "results.json").read_text())
+        _say(f"wrote {', '.join(report.write(stored, Path(args.out)))}")
+        return 0
     apply_env()
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*deprecated.*")

@@ -20,6 +20,7 @@ from typing import Any
 
 from bench.infra import MotoServer, RedisServer, apply_env
 
+ROOT = Path(__file__).resolve().parent.parent
 BUCKETS = [
     ("chatmemory", "/chatmemory/"),
     ("boto3 (resource, TypeSerializer, conditions)", "/boto3/"),
@@ -45,22 +46,27 @@ def bucket(filename: str, name: str) -> str:
     return "stdlib / other"
 
 
-def profile_case(case: Any, turns: int) -> tuple[pstats.Stats, float, float]:
-    for _ in range(5):  # warm up: connections, caches
-        case.before()
-        case.after(case.turn())
-    profiler = cProfile.Profile()
-    wall = cpu = 0.0
+def profile_pair(cases: list[Any], turns: int) -> list[tuple[pstats.Stats, float, float]]:
+    """Profile the cases' turns alternately (one turn each, in turn), so machine noise reaches
+    them alike; returns each case's stats, wall ms and CPU ms per turn."""
+    for case in cases:
+        for _ in range(5):  # warm up: connections, caches
+            case.before()
+            case.after(case.turn())
+    profilers = [cProfile.Profile() for _ in cases]
+    wall = [0.0] * len(cases)
+    cpu = [0.0] * len(cases)
     for _ in range(turns):
-        case.before()
-        w, c = time.perf_counter(), time.process_time()
-        profiler.enable()
-        result = case.turn()
-        profiler.disable()
-        wall += time.perf_counter() - w
-        cpu += time.process_time() - c
-        case.after(result)
-    return pstats.Stats(profiler), 1000 * wall / turns, 1000 * cpu / turns
+        for i, case in enumerate(cases):
+            case.before()
+            w, c = time.perf_counter(), time.process_time()
+            profilers[i].enable()
+            result = case.turn()
+            profilers[i].disable()
+            wall[i] += time.perf_counter() - w
+            cpu[i] += time.process_time() - c
+            case.after(result)
+    return [(pstats.Stats(p), 1000 * wall[i] / turns, 1000 * cpu[i] / turns) for i, p in enumerate(profilers)]
 
 
 def by_bucket(stats: pstats.Stats, turns: int) -> dict[str, float]:
@@ -74,6 +80,7 @@ def top(stats: pstats.Stats, turns: int, n: int) -> list[tuple[float, float, str
     rows = []
     for (filename, line, name), row in stats.stats.items():  # type: ignore[attr-defined]
         short = re.sub(r"^.*/(site-packages|python3\.\d+|layers/domain)/", "", filename)
+        short = short.removeprefix(f"{ROOT}/")
         rows.append((1000 * row[3] / turns, 1000 * row[2] / turns, f"{short}:{line} {name}"))
     return sorted(rows, reverse=True)[:n]
 
@@ -82,7 +89,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.profile")
     p.add_argument("--length", type=int, default=100)
     p.add_argument("--turns", type=int, default=300)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs" / "bench"))
+    p.add_argument("--out", default=str(ROOT / "docs" / "bench"))
     args = p.parse_args()
     apply_env()
     warnings.filterwarnings("ignore")
@@ -104,8 +111,9 @@ def main() -> None:
         for op in ("cache_hit", "cache_miss"):
             ours = project_case(world, args.length, op)
             floor = floor_case(world, args.length, op)
-            s_ours, wall_ours, cpu_ours = profile_case(ours, args.turns)
-            s_floor, wall_floor, cpu_floor = profile_case(floor, args.turns)
+            (s_ours, wall_ours, cpu_ours), (s_floor, wall_floor, cpu_floor) = profile_pair(
+                [ours, floor], args.turns
+            )
             b_ours, b_floor = by_bucket(s_ours, args.turns), by_bucket(s_floor, args.turns)
             lines += [
                 "",
