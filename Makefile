@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PORT ?= 8080
 
-.PHONY: help install dev test test-fast lint format typecheck validate events-check clean
+.PHONY: help install dev test test-fast lint format validate bench clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -37,6 +37,11 @@ format: install ## Format and fix what ruff can
 validate: ## sam validate --lint (SAM CLI in its own venv: it pins boto3/pydantic)
 	@test -x .tools/sam/bin/sam || (python3 -m venv .tools/sam && .tools/sam/bin/pip install -q aws-sam-cli)
 	SAM_CLI_TELEMETRY=0 .tools/sam/bin/sam validate --lint
+
+bench: install ## Per-turn memory cost vs LangChain's chat histories and a naive blob, cold start (writes docs/bench/)
+	@scripts/ensure-redis.sh
+	$(VENV)/python -m pip install --quiet -e '.[dev,bench]'
+	$(VENV)/python -m bench
 
 clean: ## Remove build and test leftovers
 	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -10,6 +10,10 @@ from chatmemory.observability import logger, metrics, tracer
 from chatmemory.protocol import SendMessage, parse_client_frame
 from chatmemory.services import get_services
 
+# Import the model SDK (about 1 s) during init, where SnapStart or provisioned concurrency can
+# take it off the first turn; the client itself is still built on first use.
+import chatmemory.llm.anthropic_model  # noqa: F401  # isort: skip
+
 
 @logger.inject_lambda_context(correlation_id_path=CORRELATION_ID_PATH)
 @tracer.capture_lambda_handler

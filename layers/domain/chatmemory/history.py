@@ -66,7 +66,6 @@ class SessionMemory:
 
     # ---- reads -------------------------------------------------------------------------
 
-    @tracer.capture_method(capture_response=False)
     def load(self, session_id: str, context: bool = False) -> History:
         """The last N turns, or with ``context`` every turn a memory strategy may use (see
         ``MemorySettings.context_turns``): cache, then DynamoDB (refilling the cache), then nothing."""
