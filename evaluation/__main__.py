@@ -1,0 +1,48 @@
+"""``python -m evaluation [--turns 200] [--strategies hybrid,window] [--out docs/eval]``
+
+Offline by default (the offline model through the SDK); against Claude when the environment
+configures it (``ANTHROPIC_API_KEY``, or ``LLM__PROVIDER=bedrock``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import get_args
+
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "ChatMemoryEval")
+os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "ERROR")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+for _name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+    os.environ.setdefault(_name, "eval")  # moto's DynamoDB needs some credentials
+
+from chatmemory.config import Settings, StrategyName  # noqa: E402
+
+from evaluation.report import write  # noqa: E402
+from evaluation.runner import run_strategy  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__)
+    parser.add_argument("--turns", type=int, default=200)
+    parser.add_argument("--strategies", default=",".join(get_args(StrategyName)))
+    parser.add_argument("--out", type=Path, default=Path("docs/eval"))
+    args = parser.parse_args(argv)
+    settings = Settings()
+    settings.llm.offline_delay_seconds = 0
+    names: list[StrategyName] = [s for s in get_args(StrategyName) if s in args.strategies.split(",")]
+    runs = []
+    for name in names:
+        started = time.monotonic()
+        runs.append(run_strategy(name, args.turns, settings))
+        print(f"{name}: {args.turns} turns in {time.monotonic() - started:.1f}s", file=sys.stderr)
+    print(write(runs, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
