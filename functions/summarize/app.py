@@ -7,18 +7,21 @@ the summary still behind, schedules it again.
 
 from typing import Any
 
+from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from chatmemory.observability import logger, metrics, tracer
 from chatmemory.services import get_services
+from pydantic import BaseModel, Field
+
+
+class SummarizeEvent(BaseModel):
+    session_id: str = Field(alias="sessionId", min_length=1, max_length=64)
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    session_id = event.get("sessionId")
-    if not isinstance(session_id, str) or not session_id:
-        logger.warning("summarize event without a sessionId")
-        return {"updated": False}
-    logger.append_keys(session_id=session_id)
-    return {"updated": get_services().updater.update(session_id)}
+@event_parser(model=SummarizeEvent)
+def lambda_handler(event: SummarizeEvent, context: LambdaContext) -> dict[str, Any]:
+    logger.append_keys(session_id=event.session_id)
+    return {"updated": get_services().updater.update(event.session_id)}

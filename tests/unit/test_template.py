@@ -26,7 +26,13 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
         "ConnectionsTable": {"dynamodb:DeleteItem"},  # unbind
     },
     "SendMessageFunction": {
-        "ChatSessionsTable": {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query"},
+        # GetItem: the session's memory state (summary, facts) on a cache miss
+        "ChatSessionsTable": {
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:Query",
+            "dynamodb:GetItem",
+        },
         "ConnectionsTable": {"dynamodb:GetItem"},
         "@connections": {"execute-api:ManageConnections"},
     },
@@ -39,6 +45,9 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
         "@connections": {"execute-api:ManageConnections"},
     },
     "AuthorizerFunction": {},  # reads only its signing key (see the secrets test)
+    "SummarizeFunction": {
+        "ChatSessionsTable": {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem"},
+    },
 }
 CONNECTIONS_ARN = (
     "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:"
@@ -210,19 +219,20 @@ def test_only_the_authorizer_reads_the_guest_token_key(raw: dict[str, Any]) -> N
     assert route["AuthorizationType"] == "CUSTOM" and route["AuthorizerId"] == {"Ref": "ConnectAuthorizer"}
 
 
-def test_only_send_message_reads_the_api_key_and_only_when_a_secret_is_named(raw: dict[str, Any]) -> None:
+def test_only_the_model_callers_read_the_api_key_and_only_when_a_secret_is_named(raw: dict[str, Any]) -> None:
     readers = {
         n: r for n, r in secret_readers(raw).items() if r[1]["Resource"] != {"Ref": "GuestTokenSecret"}
     }
-    ((name, (condition, statement)),) = readers.items()
-    assert name == "SendMessageFunction"  # the model client is built on first use, by a turn
-    assert condition == "HasApiKeySecret"
-    assert statement["Action"] == "secretsmanager:GetSecretValue"
-    # Secrets Manager appends six random characters to a secret's name in its ARN.
-    assert statement["Resource"] == {
-        "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:"
-        "secret:${AnthropicApiKeySecretName}-??????"
-    }
+    # a turn (its client is built on first use) and the summary/facts update
+    assert set(readers) == {"SendMessageFunction", "SummarizeFunction"}
+    for condition, statement in readers.values():
+        assert condition == "HasApiKeySecret"
+        assert statement["Action"] == "secretsmanager:GetSecretValue"
+        # Secrets Manager appends six random characters to a secret's name in its ARN.
+        assert statement["Resource"] == {
+            "Fn::Sub": "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}:"
+            "secret:${AnthropicApiKeySecretName}-??????"
+        }
 
 
 # ---- configuration --------------------------------------------------------------------------
