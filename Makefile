@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PORT ?= 8080
 
-.PHONY: help install dev test test-fast lint format validate bench clean
+.PHONY: help install dev test test-fast lint format validate bench eval clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -42,6 +42,10 @@ bench: install ## Per-turn memory cost vs LangChain's chat histories and a naive
 	@scripts/ensure-redis.sh
 	$(VENV)/python -m pip install --quiet -e '.[dev,bench]'
 	$(VENV)/python -m bench
+
+eval: install ## Memory strategies measured on 200-turn conversations: docs/eval/ (offline unless ANTHROPIC_API_KEY)
+	$(VENV)/python -m pip install --quiet -e '.[dev,bench]'
+	$(VENV)/python -m evaluation
 
 clean: ## Remove build and test leftovers
 	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache
