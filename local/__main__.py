@@ -91,7 +91,7 @@ async def serve(args: argparse.Namespace) -> None:
                 args.max_message_bytes, args.max_frame_bytes, args.idle_seconds, args.max_connection_seconds
             ),
             stage=args.stage,
-            faults={"dynamodb": deps.proxy} if deps.proxy else {},
+            faults=deps.faults,
             workers=args.workers,
             authorizer=authorizer,
         )

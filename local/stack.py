@@ -73,6 +73,7 @@ class Dependencies:
     dynamodb_url: str = ""
     redis_url: str | None = None
     proxy: FaultProxy | None = None
+    redis_proxy: FaultProxy | None = None
     tables: dict[str, str] = field(default_factory=dict)
     _stops: list[Callable[[], Any]] = field(default_factory=list)
 
@@ -90,7 +91,26 @@ class Dependencies:
         )
         await self._start_proxy()
         self.redis_url = self._redis(environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
+        if self.redis_url:
+            parts = urlsplit(self.redis_url)
+            self.redis_proxy = await FaultProxy(parts.hostname or "127.0.0.1", parts.port or 6379).start()
+            self.say(f"Faults:    Redis through {self.handler_redis_url()} (POST /_local/faults to stall it)")
         return self
+
+    @property
+    def faults(self) -> dict[str, FaultProxy]:
+        """The dependencies people and tests can make fail (POST /_local/faults)."""
+        named = {"dynamodb": self.proxy, "redis": self.redis_proxy}
+        return {name: proxy for name, proxy in named.items() if proxy is not None}
+
+    def handler_redis_url(self) -> str | None:
+        """The Redis the handlers use: through its fault proxy, same database."""
+        if not self.redis_url or self.redis_proxy is None:
+            return self.redis_url
+        parts = urlsplit(self.redis_url)
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@" if userinfo else ""
+        return parts._replace(netloc=f"{netloc}127.0.0.1:{self.redis_proxy.port}").geturl()
 
     def handler_url(self) -> str:
         """The DynamoDB endpoint the handlers use: through the fault proxy when there is one."""
@@ -110,13 +130,14 @@ class Dependencies:
             DYNAMODB_ENDPOINT_URL=self.handler_url(),
             CONNECTIONS_ENDPOINT_URL=connections_url,
         )
-        if self.redis_url:
-            env["REDIS_URL"] = self.redis_url
+        redis_url = self.handler_redis_url()
+        if redis_url:
+            env["REDIS_URL"] = redis_url
         return env
 
     async def stop(self) -> None:
-        if self.proxy is not None:
-            await self.proxy.close()
+        for proxy in self.faults.values():
+            await proxy.close()
         while self._stops:
             self._stops.pop()()
 

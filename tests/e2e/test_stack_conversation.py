@@ -111,4 +111,26 @@ def test_a_stalled_table_degrades_to_the_cache_then_recovers(stack: Stack) -> No
             assert time.monotonic() < deadline, answer
             time.sleep(0.2)
         assert not [f for f in answer if f["type"] == "notice"]
-        assert stack.faults() == {"dynamodb": "pass"}
+        assert stack.faults() == {"dynamodb": "pass", "redis": "pass"}
+
+
+def test_a_stalled_or_dead_cache_changes_nothing_the_user_sees(stack: Stack) -> None:
+    """Redis stalls (timeouts), then refuses connections: every answer is full, from DynamoDB,
+    without a notice, and remembers the conversation."""
+    assert "Faults:    Redis through" in stack.log()  # the handlers reach Redis through the switch
+    with open_socket(stack) as ws:
+        session_of(ws)
+        turn(ws, "My name is Ada")
+        answers = []
+        for mode in ("stall", "refuse"):
+            stack.faults(redis=mode)
+            try:
+                answers += [turn(ws, f"{mode} {i}") for i in range(2)]
+            finally:
+                stack.faults(redis="pass")
+        answers.append(turn(ws, "and with the cache back?"))
+
+    for frames in answers:
+        assert [f["type"] for f in frames if f["type"] != "delta"] == ["done"], frames
+        assert frames[-1]["memoryMode"] == "full"
+        assert '"My name is Ada"' in reply(frames)
