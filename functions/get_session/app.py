@@ -1,4 +1,5 @@
-"""getSession: the session frame with the last N turns, for a (re)loaded page."""
+"""getSession: the session frame with the last N turns, for a (re)loaded page, or with the N
+turns before ``before`` (paging back through older turns)."""
 
 from typing import Any
 
@@ -6,7 +7,7 @@ from apigw_websocket import CORRELATION_ID_PATH, OK, MessageEvent, endpoint_url,
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from chatmemory.observability import logger, metrics, tracer
-from chatmemory.protocol import parse_client_frame
+from chatmemory.protocol import GetSession, parse_client_frame
 from chatmemory.services import get_services
 
 
@@ -19,6 +20,10 @@ def lambda_handler(event: MessageEvent, context: LambdaContext) -> dict[str, Any
     services = get_services()
     endpoint = endpoint_url(ctx)
     with errors_as_frames(services.sender(endpoint), ctx.connection_id, ctx.request_id):
-        parse_client_frame(event.body if isinstance(event.body, str) else None)
-        services.sessions(endpoint).send_session(ctx.connection_id)
+        frame = parse_client_frame(event.body if isinstance(event.body, str) else None)
+        sessions = services.sessions(endpoint)
+        if isinstance(frame, GetSession) and frame.before is not None:
+            sessions.send_older(ctx.connection_id, frame.before)
+        else:
+            sessions.send_session(ctx.connection_id)
     return OK

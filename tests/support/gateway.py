@@ -14,14 +14,20 @@ from tests.support.frames import DOMAIN, STAGE, clear_frames, frames_sent
 class Client:
     """One WebSocket client, as the handlers see it."""
 
-    def __init__(self, connection_id: str) -> None:
+    def __init__(self, connection_id: str, principal: str | None = None) -> None:
+        """``principal``: the $connect authorizer's verdict (its ``principalId``); without
+        one the connection is anonymous, as with no authorizer configured."""
         self.connection_id = connection_id
+        self.principal = principal
         self._routes = load_template().routes()
         self._seen = 0
 
     def connect(self, session_id: str | None = None) -> Any:
         query = {"session_id": session_id} if session_id else None
-        event = connect_event(self.connection_id, query=query, domain_name=DOMAIN, stage=STAGE)
+        authorizer = {"principalId": self.principal} if self.principal else None
+        event = connect_event(
+            self.connection_id, query=query, domain_name=DOMAIN, stage=STAGE, authorizer=authorizer
+        )
         clear_frames(self.connection_id)
         return invoke(self._routes["$connect"], event)
 

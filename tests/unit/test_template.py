@@ -13,7 +13,16 @@ from pydantic import BaseModel
 
 from local.template import ROOT, TEMPLATE, load_template
 
-ROUTES = {"$connect", "$disconnect", "$default", "sendMessage", "getSession"}
+ROUTES = {
+    "$connect",
+    "$disconnect",
+    "$default",
+    "sendMessage",
+    "getSession",
+    "newSession",
+    "deleteSession",
+    "exportSession",
+}
 
 # What each handler really calls (read from chatmemory's store, connections and sender modules),
 # and nothing more: resource -> actions. "@connections" is the stage's management API.
@@ -41,12 +50,33 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
         "ConnectionsTable": {"dynamodb:GetItem"},
         "@connections": {"execute-api:ManageConnections"},
     },
+    "NewSessionFunction": {
+        "ConnectionsTable": {"dynamodb:GetItem", "dynamodb:PutItem"},  # look up, rebind
+        "@connections": {"execute-api:ManageConnections"},
+    },
+    "DeleteSessionFunction": {
+        # Query: every item and whose it is; BatchWriteItem: delete them (turns and meta item)
+        "ChatSessionsTable": {"dynamodb:Query", "dynamodb:BatchWriteItem"},
+        "ConnectionsTable": {"dynamodb:GetItem", "dynamodb:PutItem"},  # look up, rebind
+        "@connections": {"execute-api:ManageConnections"},
+    },
+    "ExportSessionFunction": {
+        "ChatSessionsTable": {"dynamodb:Query"},  # every item: the turns and the meta item
+        "ConnectionsTable": {"dynamodb:GetItem"},
+        "@connections": {"execute-api:ManageConnections"},
+    },
     "DefaultFunction": {
         "@connections": {"execute-api:ManageConnections"},
     },
     "AuthorizerFunction": {},  # reads only its signing key (see the secrets test)
     "SummarizeFunction": {
-        "ChatSessionsTable": {"dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem"},
+        # ConditionCheckItem: the update's transaction checks that its last turn still exists
+        "ChatSessionsTable": {
+            "dynamodb:GetItem",
+            "dynamodb:Query",
+            "dynamodb:UpdateItem",
+            "dynamodb:ConditionCheckItem",
+        },
     },
 }
 CONNECTIONS_ARN = (

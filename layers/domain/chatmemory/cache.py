@@ -83,3 +83,8 @@ class TurnCache:
 
     def invalidate_state(self, session_id: str) -> None:
         self._redis.delete(state_key(session_id))
+
+    def forget(self, session_id: str) -> None:
+        """Drop everything cached for the session (its turns and its memory state): one
+        command, one slot."""
+        self._redis.delete(turns_key(session_id), state_key(session_id))

@@ -43,14 +43,29 @@ class SendMessage(_ClientFrame):
 
 class GetSession(_ClientFrame):
     action: Literal["getSession"]
+    # Page back: the N turns numbered below this one, instead of the last N.
+    before: int | None = Field(None, ge=1)
 
 
-ClientFrame = Annotated[SendMessage | GetSession, Field(discriminator="action")]
-_client_frame: TypeAdapter[SendMessage | GetSession] = TypeAdapter(ClientFrame)
-KNOWN_ACTIONS = frozenset({"sendMessage", "getSession"})
+class NewSession(_ClientFrame):
+    action: Literal["newSession"]
 
 
-def parse_client_frame(body: str | None) -> SendMessage | GetSession:
+class DeleteSession(_ClientFrame):
+    action: Literal["deleteSession"]
+
+
+class ExportSession(_ClientFrame):
+    action: Literal["exportSession"]
+
+
+AnyClientFrame = SendMessage | GetSession | NewSession | DeleteSession | ExportSession
+ClientFrame = Annotated[AnyClientFrame, Field(discriminator="action")]
+_client_frame: TypeAdapter[AnyClientFrame] = TypeAdapter(ClientFrame)
+KNOWN_ACTIONS = frozenset({"sendMessage", "getSession", "newSession", "deleteSession", "exportSession"})
+
+
+def parse_client_frame(body: str | None) -> AnyClientFrame:
     """Parse one client frame, raising a ``ChatError`` a person can read on bad input."""
     try:
         raw = json.loads(body or "")
@@ -85,6 +100,7 @@ def session_frame(
     history: list[HistoryTurn],
     memory_mode: MemoryMode,
     guest_token: str | None = None,
+    has_more: bool | None = None,
 ) -> dict[str, Any]:
     frame: dict[str, Any] = {
         "type": "session",
@@ -95,7 +111,44 @@ def session_frame(
     }
     if guest_token:
         frame["guestToken"] = guest_token
+    if has_more is not None:
+        frame["hasMore"] = has_more
     return frame
+
+
+def deleted_frame(session_id: str) -> dict[str, Any]:
+    return {"type": "deleted", "sessionId": session_id}
+
+
+# Room in an export frame for everything around its ``data`` (type, id, part numbers).
+_EXPORT_ENVELOPE_BYTES = 256
+
+
+def export_frames(session_id: str, document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The document as JSON text split over ``export`` frames of at most 32 KB each; the
+    concatenated ``data`` of parts 1..parts is the document's JSON."""
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    budget = MAX_FRAME_BYTES - _EXPORT_ENVELOPE_BYTES - len(session_id.encode())
+    chunks: list[str] = []
+    start = 0
+    while start < len(text) or not chunks:
+        size = min(len(text) - start, budget)
+        # Escaping may make a chunk grow (up to six bytes a character): shrink until it fits.
+        while size > 1 and len(encode_text(text[start : start + size])) > budget:
+            size = max(1, size * budget // len(encode_text(text[start : start + size])) - 1)
+        chunks.append(text[start : start + size])
+        start += size
+        if start >= len(text):
+            break
+    return [
+        {"type": "export", "sessionId": session_id, "part": i, "parts": len(chunks), "data": chunk}
+        for i, chunk in enumerate(chunks, start=1)
+    ]
+
+
+def encode_text(text: str) -> bytes:
+    """A string as it appears, quoted and escaped, in an encoded frame."""
+    return json.dumps(text, ensure_ascii=False).encode()
 
 
 def delta_frame(turn: int, text: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from chatmemory.cache import TurnCache
 from chatmemory.config import Settings, get_settings
 from chatmemory.connections import ConnectionRegistry
 from chatmemory.conversation import Conversation
+from chatmemory.data_rights import DataRights
 from chatmemory.history import SessionMemory
 from chatmemory.llm.base import ChatModel
 from chatmemory.memory.manager import MemoryManager
@@ -156,6 +157,9 @@ class Services:
 
     def sessions(self, endpoint_url: str) -> SessionService:
         return SessionService(self.registry, self.memory, self.sender(endpoint_url), self.clock)
+
+    def data_rights(self, endpoint_url: str) -> DataRights:
+        return DataRights(self.sessions(endpoint_url), self.memory, self.sender(endpoint_url), self.clock)
 
     def conversation(self, endpoint_url: str) -> Conversation:
         return Conversation(

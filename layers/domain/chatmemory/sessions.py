@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from chatmemory.connections import Binding, BindingUnavailable, ConnectionRegistry
-from chatmemory.errors import MemoryUnavailable, NoSession
-from chatmemory.history import SessionMemory
+from chatmemory.errors import Forbidden, MemoryUnavailable, NoSession
+from chatmemory.history import DYNAMODB_FAULTS, SessionMemory
 from chatmemory.observability import logger
 from chatmemory.protocol import HistoryTurn, session_frame
 from chatmemory.sender import FrameSender
@@ -82,6 +82,68 @@ class SessionService:
         if binding is None:
             raise NoSession()
         return binding
+
+    def new_session(self, connection_id: str) -> dict[str, Any]:
+        """Bind the connection to a fresh session (the old one stays, resumable by its owner)
+        and send its ``session`` frame."""
+        binding = self.rebind(self.binding(connection_id))
+        frame = session_frame(
+            str(binding.session_id),
+            resumed=False,
+            history=[],
+            memory_mode="full",
+            guest_token=binding.guest_token,
+        )
+        self._sender.send(connection_id, frame)
+        return frame
+
+    def rebind(self, binding: Binding) -> Binding:
+        """Bind the connection to a fresh session, for the same principal."""
+        fresh = binding.model_copy(
+            update={"session_id": str(uuid.uuid4()), "connected_at": int(self._clock())}
+        )
+        try:
+            self._registry.bind(fresh)
+        except ConnectionError as exc:
+            raise MemoryUnavailable() from exc
+        return fresh
+
+    def send_older(self, connection_id: str, before: int) -> dict[str, Any]:
+        """Send a ``session`` frame with the N turns numbered below ``before`` (oldest first)
+        and ``hasMore``: whether there are turns older still."""
+        binding = self.binding(connection_id)
+        if binding.session_id is None:
+            raise MemoryUnavailable()
+        size, now = self._memory.settings.history_turns, int(self._clock())
+        try:
+            page = self._memory.breakers.dynamodb.call(
+                self._memory.store.turns_before, binding.session_id, before, size + 1
+            )
+            last = self._memory.breakers.dynamodb.call(
+                self._memory.store.last_turn_number, binding.session_id
+            )
+        except DYNAMODB_FAULTS as exc:
+            raise MemoryUnavailable() from exc
+        if any(t.principal != binding.principal for t in page):
+            logger.warning(
+                "page of another principal's session refused", extra={"session_id": binding.session_id}
+            )
+            raise Forbidden("This conversation belongs to someone else.")
+        # TTLs grow with the turn number: past the first expired turn, every older one is expired too.
+        live = [t for t in page if t.expires_at > now]
+        shown = live[:size]
+        frame = session_frame(
+            binding.session_id,
+            resumed=last > 0,
+            history=[
+                HistoryTurn(turn=t.turn, user=t.user, assistant=t.assistant, at=t.at) for t in reversed(shown)
+            ],
+            memory_mode="full",
+            guest_token=binding.guest_token,
+            has_more=len(live) > size,
+        )
+        self._sender.send(connection_id, frame)
+        return frame
 
     def send_session(self, connection_id: str) -> dict[str, Any]:
         """Send the ``session`` frame: the id, whether it was resumed, and the last N turns."""

@@ -26,6 +26,7 @@ _FIRST_TURN = Key("turn_number").gt(META_TURN)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table
+    from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
 
 
 class TurnStore:
@@ -151,6 +152,64 @@ class TurnStore:
                 return turns
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def turns_before(self, session_id: str, before: int, limit: int) -> list[Turn]:
+        """Up to ``limit`` turns numbered below ``before`` (expired or not), newest first: one
+        page back through a session's history. Ask for one more than you show to know if
+        there are older ones."""
+        response = self._table.query(
+            KeyConditionExpression=Key("session_id").eq(session_id)
+            & Key("turn_number").between(1, max(before - 1, 0)),
+            ScanIndexForward=False,
+            Limit=limit,
+            ConsistentRead=True,
+        )
+        return [_to_turn(item) for item in response["Items"]]
+
+    def session_items(self, session_id: str) -> tuple[list[Turn], dict[str, Any] | None]:
+        """Every item of the session, paging through the whole partition: its turns (oldest
+        first, expired or not) and its meta item (``None`` if it has none)."""
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key("session_id").eq(session_id),
+            "ConsistentRead": True,
+        }
+        turns: list[Turn] = []
+        meta: dict[str, Any] | None = None
+        while True:
+            page = self._table.query(**query)
+            for item in page["Items"]:
+                if int(item["turn_number"]) == META_TURN:  # type: ignore[arg-type]
+                    meta = dict(item)
+                else:
+                    turns.append(_to_turn(item))
+            if "LastEvaluatedKey" not in page:
+                return turns, meta
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def item_owners(self, session_id: str) -> dict[int, str | None]:
+        """Every item's turn number (the meta item's is 0) and the principal it was written
+        for (``None`` for the meta item, which records none)."""
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key("session_id").eq(session_id),
+            "ProjectionExpression": "turn_number, principal",
+            "ConsistentRead": True,
+        }
+        owners: dict[int, str | None] = {}
+        while True:
+            page = self._table.query(**query)
+            for item in page["Items"]:
+                principal = item.get("principal")
+                owners[int(item["turn_number"])] = str(principal) if principal else None  # type: ignore[arg-type]
+            if "LastEvaluatedKey" not in page:
+                return owners
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def delete_items(self, session_id: str, turn_numbers: list[int]) -> None:
+        """Delete these items of the session (BatchWriteItem, 25 a request, unprocessed items
+        retried by boto3's batch writer)."""
+        with self._table.batch_writer() as batch:
+            for number in turn_numbers:
+                batch.delete_item(Key={"session_id": session_id, "turn_number": number})
+
     # ---- the meta item -----------------------------------------------------------------
 
     def memory_state(self, session_id: str) -> MemoryState:
@@ -174,28 +233,48 @@ class TurnStore:
 
     def advance_memory(self, session_id: str, state: MemoryState, expires_at: int) -> bool:
         """Store a summary and facts reaching ``state.summarized_through``, unless the stored ones
-        already reach that far: False then, and nothing changes (updates are idempotent)."""
-        try:
-            self._table.update_item(
-                Key={"session_id": session_id, "turn_number": META_TURN},
-                UpdateExpression=(
-                    "SET #sm = :s, summary_tokens = :st, #f = :f, summarized_through = :n, #t = :t"
-                ),
-                ConditionExpression=(
-                    Attr("summarized_through").not_exists()
-                    | Attr("summarized_through").lt(state.summarized_through)
-                ),
-                ExpressionAttributeNames={"#sm": "summary", "#f": "facts", "#t": "ttl"},
-                ExpressionAttributeValues={
-                    ":s": state.summary,
-                    ":st": state.summary_tokens,
-                    ":f": [f.model_dump() for f in state.facts],
-                    ":n": state.summarized_through,
-                    ":t": expires_at,
-                },
+        already reach that far, or the turn they reach no longer exists (the session was erased
+        while they were written): False then, and nothing changes (updates are idempotent).
+
+        One transaction checks the turn and updates the meta item, so an update that raced
+        ``deleteSession`` cannot bring an erased session's meta item back."""
+        # The resource's client takes (and serializes) plain Python values, as the table does.
+        meta_key = {"session_id": session_id, "turn_number": META_TURN}
+        update: dict[str, Any] = {
+            "TableName": self._table.name,
+            "Key": meta_key,
+            "UpdateExpression": (
+                "SET #sm = :s, summary_tokens = :st, #f = :f, summarized_through = :n, #t = :t"
+            ),
+            "ConditionExpression": "attribute_not_exists(summarized_through) OR summarized_through < :n",
+            "ExpressionAttributeNames": {"#sm": "summary", "#f": "facts", "#t": "ttl"},
+            "ExpressionAttributeValues": {
+                ":s": state.summary,
+                ":st": state.summary_tokens,
+                ":f": [f.model_dump() for f in state.facts],
+                ":n": state.summarized_through,
+                ":t": expires_at,
+            },
+        }
+        items: list[TransactWriteItemTypeDef] = [{"Update": update}]  # type: ignore[typeddict-item]
+        if state.summarized_through > META_TURN:
+            turn_key: dict[str, Any] = {"session_id": session_id, "turn_number": state.summarized_through}
+            items.append(
+                {
+                    "ConditionCheck": {
+                        "TableName": self._table.name,
+                        "Key": turn_key,
+                        "ConditionExpression": "attribute_exists(turn_number)",
+                    }
+                }
             )
+        try:
+            self._table.meta.client.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            if exc.response["Error"]["Code"] == "TransactionCanceledException" and any(
+                reason.get("Code") == "ConditionalCheckFailed"
+                for reason in exc.response.get("CancellationReasons", [])
+            ):
                 return False
             raise
         return True
