@@ -40,6 +40,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-frame-bytes", type=int, default=limits.max_frame_bytes)
     parser.add_argument("--idle-seconds", type=float, default=limits.idle_seconds)
     parser.add_argument("--max-connection-seconds", type=float, default=limits.max_connection_seconds)
+    parser.add_argument(
+        "--integration-timeout",
+        type=float,
+        default=limits.integration_timeout_seconds,
+        help="seconds before a route's client gets 'Endpoint request timed out' (API Gateway: 29)",
+    )
     parser.add_argument("--workers", type=int, default=32, help="concurrent handler invocations")
     return parser.parse_args(argv)
 
@@ -88,7 +94,11 @@ async def serve(args: argparse.Namespace) -> None:
             routes,
             template.route_selection_expression(),
             limits=Limits(
-                args.max_message_bytes, args.max_frame_bytes, args.idle_seconds, args.max_connection_seconds
+                args.max_message_bytes,
+                args.max_frame_bytes,
+                args.idle_seconds,
+                args.max_connection_seconds,
+                args.integration_timeout,
             ),
             stage=args.stage,
             faults=deps.faults,

@@ -42,12 +42,15 @@ class Limits:
     Incoming: a frame over ``max_frame_bytes`` (``local.frames``) or a message over
     ``max_message_bytes`` (aiohttp, across fragments) closes the socket with 1009. Outgoing: a
     post over ``max_frame_bytes`` is refused with 413. Idle means no data message either way.
+    A route's Lambda that has not returned after ``integration_timeout_seconds`` gets the client
+    API Gateway's "Endpoint request timed out" message; the Lambda itself keeps running.
     """
 
     max_message_bytes: int = 128 * 1024
     max_frame_bytes: int = 32 * 1024
     idle_seconds: float = 600.0
     max_connection_seconds: float = 7200.0
+    integration_timeout_seconds: float = 29.0
 
 
 @dataclass
@@ -326,11 +329,18 @@ class Gateway:
         if route not in self.routes:
             await self._reply_error(conn, "Forbidden", request_id)
             return
+        invocation = asyncio.ensure_future(self.invoke(route, event, conn))
+        # API Gateway stops waiting after the integration timeout and tells the client so;
+        # the Lambda is not stopped: it runs to its own timeout, still posting frames.
+        done, _ = await asyncio.wait({invocation}, timeout=self.limits.integration_timeout_seconds)
+        if not done:
+            await self._reply_error(conn, "Endpoint request timed out", request_id)
         try:
-            await self.invoke(route, event, conn)
+            await invocation
         except Exception as exc:
             print(f"{route} failed: {exc!r}", flush=True)
-            await self._reply_error(conn, "Internal server error", request_id)
+            if done:
+                await self._reply_error(conn, "Internal server error", request_id)
 
     async def _reply_error(self, conn: Connection, message: str, request_id: str) -> None:
         """What API Gateway itself sends when a route cannot be served."""

@@ -1,7 +1,8 @@
 """The local stack (``python -m local``) as a real process, shared by the end-to-end tests.
 
 Contract used by other e2e tests: the ``stack`` fixture yields an object with ``.port``,
-``.http_url`` (ending in ``/``), ``.ws_url`` (ending in ``/ws``) and ``.faults(dynamodb=...)``.
+``.http_url`` (ending in ``/``), ``.ws_url`` (ending in ``/ws``), ``.faults(dynamodb=...)`` and
+``.dynamodb_url`` (the moto server itself, bypassing the fault proxy).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 E2E_REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/14")
 READY = re.compile(r"WebSocket: ws://127\.0\.0\.1:(\d+)/ws")
+MOTO = re.compile(r"DynamoDB:  moto on (http://\S+)")
 START_TIMEOUT = 30.0
 
 # Fast everything: tiny model pauses, a breaker that retries after 1 s, DynamoDB timeouts that
@@ -70,6 +72,13 @@ class Stack:
 
     def log(self) -> str:
         return "".join(self.output)
+
+    @property
+    def dynamodb_url(self) -> str:
+        """The stack's own DynamoDB (moto), not behind the fault proxy: what is really stored."""
+        match = MOTO.search(self.log())
+        assert match, "the stack did not say where its DynamoDB is:\n" + self.log()
+        return match.group(1)
 
 
 def _drain(

@@ -1,0 +1,87 @@
+"""Render the fault matrix the e2e tests measured (``docs/resilience.json``) as
+``docs/resilience.md``. Numbers come only from that file: rerun the tests to refresh them.
+
+    RESILIENCE_RESULTS=docs/resilience.json .venv/bin/pytest -q tests/e2e/test_fault_matrix.py
+    .venv/bin/python scripts/resilience_table.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "resilience.json"
+OUTPUT = ROOT / "docs" / "resilience.md"
+
+INTRO = """# Resilience: the fault matrix
+
+Measured by `tests/e2e/test_fault_matrix.py` against real processes: `python -m local` running the
+template's handlers, DynamoDB (moto over HTTP) behind a fault proxy, the real Redis behind its own,
+and the offline model through the anthropic SDK. Each row is one fault injected mid-conversation
+(after a first turn with full memory). "First answer" is the wall-clock time from sending the
+message to its last frame, on the first turn under the fault; "later answer" is the
+{turns}th turn under the same fault, once the breaker has opened. "Stored" is read back from
+DynamoDB itself, bypassing the proxy. Every row is also asserted by the test.
+
+Machine: {machine}. Measured {measured_at} with:
+
+```bash
+{command}
+.venv/bin/python scripts/resilience_table.py
+```
+
+Settings of that stack (fast on purpose, so the suite stays quick): {settings}. Deployed
+defaults are slower to give up (DynamoDB read timeout 1 s with 2 attempts, breaker reset 30 s),
+so first answers under a stall take longer there; later answers do not wait on a failing store.
+"""
+
+COLUMNS = ("fault", "what the user sees", "memoryMode", "first answer (s)", "later answer (s)", "stored")
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def render(data: dict[str, Any]) -> str:
+    rows = data["rows"]
+    settings = ", ".join(f"`{k}={v}`" for k, v in data["settings"].items())
+    turns = max((len(r.get("extra", {}).get("answers_s", [])) for r in rows), default=0)
+    lines = [
+        INTRO.format(
+            machine=data["machine"],
+            measured_at=data["measured_at"],
+            command=data["command"],
+            settings=settings,
+            turns=turns,
+        ),
+        "| " + " | ".join(COLUMNS) + " |",
+        "| " + " | ".join(["---"] * 3 + ["---:"] * 2 + ["---"]) + " |",
+    ]
+    for r in rows:
+        cells = [
+            r["fault"],
+            f"`{r['frames']}`",
+            r["memory_mode"],
+            _seconds(r["first_answer_s"]),
+            _seconds(r["later_answer_s"]),
+            r["stored"],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [f"- **{r['fault']}**: {r['notes']}" for r in rows if r.get("notes")]
+    if notes:
+        lines += ["", "Notes:", "", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    source = Path(argv[1]) if len(argv) > 1 else RESULTS
+    OUTPUT.write_text(render(json.loads(source.read_text())))
+    print(f"wrote {OUTPUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,374 @@
+"""The fault matrix, proven against real processes: ``python -m local`` with its real handlers,
+moto over HTTP behind the DynamoDB fault proxy, the real Redis behind its own proxy, and the
+offline model through the anthropic SDK.
+
+For each fault the tests record what the user sees (frame types, notice and error codes), the
+memory mode, the wall-clock time to the answer and what DynamoDB really holds afterwards, and
+assert the behaviour the README promises. With ``RESILIENCE_RESULTS=<path>`` the measured rows are
+written there as JSON; ``scripts/resilience_table.py`` renders them into ``docs/resilience.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from boto3.dynamodb.conditions import Key
+from websockets.sync.client import ClientConnection
+
+from tests.e2e.conftest import STACK_ENV, Stack, start_stack, stop_stack
+from tests.e2e.test_stack_conversation import TIMEOUT, open_socket, receive, reply, session_of, turn
+
+RESET_SECONDS = float(STACK_ENV["BREAKER__RESET_TIMEOUT_SECONDS"])
+FAIL_MAX = int(STACK_ENV["BREAKER__FAIL_MAX"])
+READ_TIMEOUT = float(STACK_ENV["STORAGE__READ_TIMEOUT_SECONDS"])
+TURNS_UNDER_FAULT = FAIL_MAX + 1  # enough to open a breaker and answer once while it is open
+# Every answer under a fault comes well inside this; the libraries' defaults are far above it
+# (botocore reads for 60 s, redis-py waits forever, the anthropic SDK for 10 minutes).
+ANSWER_BOUND = 3.0
+RESULTS_ENV = "RESILIENCE_RESULTS"
+
+
+@dataclass
+class Row:
+    fault: str
+    frames: str
+    memory_mode: str
+    first_answer_s: float | None
+    later_answer_s: float | None
+    stored: str
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ROWS: list[Row] = []
+
+
+@pytest.fixture(scope="module")
+def matrix() -> Iterator[Stack]:
+    """A stack of its own: breakers opened here cannot slow down other tests."""
+    started = start_stack()
+    yield started
+    stop_stack(started.process)
+    path = os.environ.get(RESULTS_ENV)
+    if path and ROWS:
+        Path(path).write_text(json.dumps(_report(), indent=2) + "\n")
+
+
+def _report() -> dict[str, Any]:
+    return {
+        "command": f"{RESULTS_ENV}=docs/resilience.json .venv/bin/pytest -q tests/e2e/test_fault_matrix.py",
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {sys.version.split()[0]}",
+        "measured_at": time.strftime("%Y-%m-%d", time.gmtime()),
+        "settings": {k: v for k, v in STACK_ENV.items() if "__" in k},
+        "rows": [asdict(row) for row in ROWS],
+    }
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def timed_turn(ws: ClientConnection, message: str) -> tuple[list[dict[str, Any]], float]:
+    began = time.monotonic()
+    frames = turn(ws, message)
+    return frames, time.monotonic() - began
+
+
+def shape(frames: list[dict[str, Any]]) -> str:
+    """``notice:memory_degraded, delta x5, done`` — what the user saw, deltas counted."""
+    parts: list[str] = []
+    deltas = 0
+    for frame in frames:
+        if frame["type"] == "delta":
+            deltas += 1
+            continue
+        if deltas:
+            parts.append(f"delta x{deltas}")
+            deltas = 0
+        code = frame.get("code")
+        parts.append(f"{frame['type']}:{code}" if code else frame["type"])
+    if deltas:
+        parts.append(f"delta x{deltas}")
+    return ", ".join(parts)
+
+
+def codes(frames: list[dict[str, Any]], kind: str) -> list[str]:
+    return [f["code"] for f in frames if f["type"] == kind]
+
+
+def stored_turns(stack: Stack, session_id: str) -> dict[str, dict[str, Any]]:
+    """The session's turn items in the stack's real DynamoDB, by user message."""
+    table = boto3.resource("dynamodb", endpoint_url=stack.dynamodb_url, region_name="us-east-1").Table(
+        "ChatSessions"
+    )
+    items = table.query(KeyConditionExpression=Key("session_id").eq(session_id))["Items"]
+    return {str(item["user_message"]): item for item in items if "user_message" in item}
+
+
+def recover(stack: Stack) -> None:
+    """Every dependency back, and every breaker past its reset timeout (its next call probes)."""
+    stack.faults(dynamodb="pass", redis="pass")
+    time.sleep(RESET_SECONDS + 0.3)
+
+
+def breaker_changes(stack: Stack, since: int) -> list[tuple[str, str, str]]:
+    """(breaker, from, to) of the state changes the handlers logged after line ``since``."""
+    changes = []
+    for line in stack.output[since:]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("message") == "breaker state change":
+            changes.append((str(record["breaker"]), str(record["from"]), str(record["to"])))
+    return changes
+
+
+# ---- memory faults --------------------------------------------------------------------------
+
+MEMORY_FAULTS = [
+    ("Redis stalled", {"redis": "stall"}, "full", []),
+    ("Redis refused", {"redis": "refuse"}, "full", []),
+    ("DynamoDB stalled", {"dynamodb": "stall"}, "cache_only", ["memory_degraded"]),
+    ("DynamoDB refused", {"dynamodb": "refuse"}, "cache_only", ["memory_degraded"]),
+    ("both stalled", {"dynamodb": "stall", "redis": "stall"}, "stateless", ["memory_unavailable"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("fault", "modes", "memory_mode", "notices"), MEMORY_FAULTS, ids=[f[0] for f in MEMORY_FAULTS]
+)
+def test_memory_fault(
+    matrix: Stack, fault: str, modes: dict[str, str], memory_mode: str, notices: list[str]
+) -> None:
+    with open_socket(matrix) as ws:
+        session_id = session_of(ws)["sessionId"]
+        assert turn(ws, "My name is Ada")[-1]["memoryMode"] == "full"
+        matrix.faults(**modes)
+        try:
+            answers = [timed_turn(ws, f"{fault} question {i}") for i in range(TURNS_UNDER_FAULT)]
+        finally:
+            recover(matrix)
+    stored = stored_turns(matrix, session_id)
+
+    for frames, seconds in answers:
+        assert codes(frames, "notice") == notices, frames
+        assert frames[-1]["type"] == "done" and frames[-1]["memoryMode"] == memory_mode, frames
+        assert seconds < ANSWER_BOUND, (fault, seconds)
+        # Only stateless answers forget the first turn: the other store still has it.
+        assert ('"My name is Ada"' in reply(frames)) is (memory_mode != "stateless"), reply(frames)
+    remembered = memory_mode == "full"
+    for i in range(TURNS_UNDER_FAULT):
+        item = stored.get(f"{fault} question {i}")
+        if remembered:
+            assert item is not None and item["status"] == "complete" and item["assistant_reply"]
+        else:
+            assert item is None, item  # nothing reached the table
+    if "stall" in modes.values():
+        # A stall costs client timeouts until the breaker opens; then no answer waits on it.
+        assert answers[-1][1] < answers[0][1], [s for _, s in answers]
+
+    ROWS.append(
+        Row(
+            fault=fault,
+            frames=shape(answers[0][0]),
+            memory_mode=memory_mode,
+            first_answer_s=round(answers[0][1], 3),
+            later_answer_s=round(answers[-1][1], 3),
+            stored="turn complete" if remembered else "nothing (turn not stored)",
+            extra={"answers_s": [round(s, 3) for _, s in answers]},
+        )
+    )
+
+
+# ---- model faults ---------------------------------------------------------------------------
+
+RETRIED = "the SDK retries it once (LLM__MAX_RETRIES=1), then gives up"
+MODEL_FAULTS = [
+    ("model 429", "[offline:429] hello", RETRIED),
+    ("model 529", "[offline:529] hello", RETRIED),
+    ("model stream cut midway", "[offline:cut] hello", "not retried: part of the reply was generated"),
+]
+
+
+@pytest.mark.parametrize(("fault", "message", "notes"), MODEL_FAULTS, ids=[f[0] for f in MODEL_FAULTS])
+def test_model_fault(matrix: Stack, fault: str, message: str, notes: str) -> None:
+    with open_socket(matrix) as ws:
+        session_id = session_of(ws)["sessionId"]
+        frames, seconds = timed_turn(ws, message)
+    item = stored_turns(matrix, session_id).get(message)
+
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "llm_unavailable", frames
+    assert not codes(frames, "notice") and "done" not in [f["type"] for f in frames]
+    assert seconds < ANSWER_BOUND, seconds
+    # The user's message is kept; what was streamed is kept as failed, never as complete.
+    assert item is not None and item["status"] == "failed", item
+    partial = str(item.get("assistant_reply", ""))
+    # Text still in the delta batcher when the stream broke is stored (as failed) but not sent.
+    assert partial.startswith(reply(frames))
+    if "cut" in message:
+        assert partial, "the cut comes midway: part of the reply was generated first"
+
+    ROWS.append(
+        Row(
+            fault=fault,
+            frames=shape(frames),
+            memory_mode="(none: no done)",
+            first_answer_s=round(seconds, 3),
+            later_answer_s=None,
+            stored=f"user message, status failed, partial reply of {len(partial)} chars"
+            f" ({len(reply(frames))} of them sent)",
+            notes=notes,
+        )
+    )
+
+
+# ---- the client goes away mid-stream ---------------------------------------------------------
+
+SLOW = "[offline:slow=0.2] tell me a story"
+FAST = "[offline:slow=0.0] tell me a story"  # the same length: the same reply, at once
+
+
+def wait_for_status(stack: Stack, session_id: str, message: str, timeout: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = stored_turns(stack, session_id).get(message)
+        if item is not None and item["status"] != "pending":
+            return item
+        time.sleep(0.02)
+    return None
+
+
+def test_client_gone_mid_stream(matrix: Stack) -> None:
+    with open_socket(matrix) as ws:
+        session_id = session_of(ws)["sessionId"]
+        began = time.monotonic()
+        ws.send(json.dumps({"action": "sendMessage", "message": SLOW}))
+        seen = [receive(ws)]
+        while seen[-1]["type"] != "delta":
+            seen.append(receive(ws))
+    closed = time.monotonic()
+    item = wait_for_status(matrix, session_id, SLOW, timeout=5.0)
+    finished = time.monotonic()
+
+    with open_socket(matrix) as ws:
+        control_session = session_of(ws)["sessionId"]
+        full = reply(turn(ws, FAST))
+    control = stored_turns(matrix, control_session)[FAST]
+
+    # The handler noticed at its next post (410 GoneException -> ClientGone), closed the model
+    # stream and kept what was said as interrupted, not complete.
+    assert item is not None, "the interrupted turn was not finished within 5 s of the close"
+    assert item["status"] == "interrupted", item
+    partial = str(item.get("assistant_reply", ""))
+    assert reply(seen) and partial.startswith(reply(seen))
+    assert control["status"] == "complete" and str(control["assistant_reply"]) == full
+    assert len(partial) < len(full), (partial, full)
+    # It stopped within about one chunk of the close (0.2 s apart), long before the full reply.
+    full_duration = 0.2 * (len(full.split(" ")) / 3)
+    assert finished - closed < 1.0 < full_duration, (finished - closed, full_duration)
+
+    ROWS.append(
+        Row(
+            fault="client gone mid-stream",
+            frames=shape(seen) + ", (socket closed)",
+            memory_mode="(none: no done)",
+            first_answer_s=None,
+            later_answer_s=None,
+            stored=f"status interrupted, {len(partial)} of {len(full)} chars",
+            notes=f"socket closed {closed - began:.2f} s after sending, at the first delta; the handler "
+            f"stored the interrupted turn {finished - closed:.2f} s after the close "
+            f"(the full reply takes about {full_duration:.1f} s)",
+        )
+    )
+
+
+# ---- breakers -------------------------------------------------------------------------------
+
+
+def test_breaker_opens_fails_fast_probes_and_closes(matrix: Stack) -> None:
+    with open_socket(matrix) as ws:
+        session_of(ws)
+        assert turn(ws, "My name is Ada")[-1]["memoryMode"] == "full"
+        mark = len(matrix.output)
+        matrix.faults(dynamodb="stall")
+        try:
+            failing: list[float] = []
+            while ("dynamodb", "closed", "open") not in breaker_changes(matrix, mark):
+                assert len(failing) < FAIL_MAX, breaker_changes(matrix, mark)
+                frames, seconds = timed_turn(ws, f"failing {len(failing)}")
+                assert frames[-1]["memoryMode"] == "cache_only"
+                failing.append(seconds)
+            opened = time.monotonic()
+            frames, open_seconds = timed_turn(ws, "while open")
+            assert frames[-1]["memoryMode"] == "cache_only"
+        finally:
+            matrix.faults(dynamodb="pass")
+        # DynamoDB answers again, but the breaker is still open: no call, still cache only.
+        frames, _ = timed_turn(ws, "healed, breaker still open")
+        assert time.monotonic() - opened < RESET_SECONDS, "too slow to see the open breaker"
+        assert frames[-1]["memoryMode"] == "cache_only"
+        time.sleep(max(0.0, opened + RESET_SECONDS + 0.1 - time.monotonic()))
+        mark_probe = len(matrix.output)
+        frames, probe_seconds = timed_turn(ws, "after the reset timeout")
+        changes = breaker_changes(matrix, mark_probe)
+
+    # Each failing call waited for the read timeout; while open, no call waits at all.
+    assert all(s >= READ_TIMEOUT for s in failing), failing
+    assert open_seconds < READ_TIMEOUT, open_seconds
+    # After the reset timeout one call probes (half-open); it succeeds and closes the breaker.
+    assert changes[:2] == [("dynamodb", "open", "half-open"), ("dynamodb", "half-open", "closed")], changes
+    assert frames[-1]["memoryMode"] == "full" and not codes(frames, "notice")
+
+    ROWS.append(
+        Row(
+            fault="DynamoDB breaker cycle",
+            frames=f"{len(failing)} failing turns, then open",
+            memory_mode="cache_only → full",
+            first_answer_s=round(failing[0], 3),
+            later_answer_s=round(open_seconds, 3),
+            stored="-",
+            notes=f"opened after {len(failing)} turns; the probe after {RESET_SECONDS:g} s closed it "
+            f"(that turn: {probe_seconds:.3f} s, full)",
+        )
+    )
+
+
+# ---- API Gateway's integration timeout -------------------------------------------------------
+
+
+def test_the_integration_timeout_tells_the_client_and_the_lambda_runs_on() -> None:
+    stack = start_stack(["--integration-timeout", "0.3"])
+    try:
+        with open_socket(stack) as ws:
+            session_id = session_of(ws)["sessionId"]
+            began = time.monotonic()
+            ws.send(json.dumps({"action": "sendMessage", "message": "[offline:slow=0.1] take your time"}))
+            frames: list[dict[str, Any]] = []
+            arrived: list[float] = []
+            while not frames or frames[-1].get("type") not in ("done", "error"):
+                frames.append(json.loads(ws.recv(timeout=TIMEOUT)))
+                arrived.append(time.monotonic() - began)
+        stored = stored_turns(stack, session_id)
+    finally:
+        stop_stack(stack.process)
+
+    timeouts = [i for i, f in enumerate(frames) if "type" not in f]
+    assert len(timeouts) == 1, frames
+    message = frames[timeouts[0]]
+    assert message["message"] == "Endpoint request timed out"
+    assert message["connectionId"] and message["requestId"]
+    assert 0.3 <= arrived[timeouts[0]] < 1.0, arrived
+    # The Lambda was not stopped: the reply kept streaming after the timeout and was stored.
+    assert frames[-1]["type"] == "done" and arrived[-1] > arrived[timeouts[0]]
+    assert stored["[offline:slow=0.1] take your time"]["status"] == "complete"
