@@ -38,6 +38,26 @@ defaults are slower to give up (DynamoDB read timeout 1 s with 2 attempts, break
 so first answers under a stall take longer there; later answers do not wait on a failing store.
 """
 
+LONG_REPLIES = """
+## Long replies and API Gateway's 29 s integration timeout
+
+API Gateway waits at most 29 s for a route's Lambda. After that it sends the client
+`{"message": "Endpoint request timed out", "connectionId": …, "requestId": …}` and stops waiting,
+but the Lambda is not stopped: it runs on to its own timeout (`SendMessageTimeoutSeconds`, 120 s)
+and can still post frames through `@connections`. The local gateway does the same
+(`python -m local --integration-timeout SECONDS`, 29 by default);
+`test_the_integration_timeout_tells_the_client_and_the_lambda_runs_on` proves it with 0.3 s.
+
+So a reply longer than 29 s still streams and is stored, but the client gets that extra message
+(clients must ignore frames without a `type`), and the turn's duration is bounded by the sendMessage
+Lambda's timeout. Replies that may run longer need the handler to acknowledge at once and hand the
+generation to an asynchronously invoked worker (`InvocationType=Event`, payload up to 1 MB): the
+handler stores the user's message (status `pending`) and returns; the worker claims the turn with a
+conditional update (async events can be delivered more than once, and Lambda retries a failed one
+up to twice, so retries must be 0 or the claim must make them no-ops), streams and finishes it
+exactly as today, with its own timeout (up to 15 minutes). Not implemented yet.
+"""
+
 COLUMNS = ("fault", "what the user sees", "memoryMode", "first answer (s)", "later answer (s)", "stored")
 
 
@@ -73,7 +93,7 @@ def render(data: dict[str, Any]) -> str:
     notes = [f"- **{r['fault']}**: {r['notes']}" for r in rows if r.get("notes")]
     if notes:
         lines += ["", "Notes:", "", *notes]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + LONG_REPLIES
 
 
 def main(argv: list[str]) -> int:
