@@ -22,10 +22,11 @@ from typing import Any
 
 import boto3
 import pytest
+import redis
 from boto3.dynamodb.conditions import Key
 from websockets.sync.client import ClientConnection
 
-from tests.e2e.conftest import STACK_ENV, Stack, start_stack, stop_stack
+from tests.e2e.conftest import E2E_REDIS_URL, STACK_ENV, Stack, start_stack, stop_stack
 from tests.e2e.test_stack_conversation import TIMEOUT, open_socket, receive, reply, session_of, turn
 
 RESET_SECONDS = float(STACK_ENV["BREAKER__RESET_TIMEOUT_SECONDS"])
@@ -36,6 +37,7 @@ TURNS_UNDER_FAULT = FAIL_MAX + 1  # enough to open a breaker and answer once whi
 # (botocore reads for 60 s, redis-py waits forever, the anthropic SDK for 10 minutes).
 ANSWER_BOUND = 3.0
 RESULTS_ENV = "RESILIENCE_RESULTS"
+MATRIX_REDIS_URL = E2E_REDIS_URL.rpartition("/")[0] + "/13"
 
 
 @dataclass
@@ -55,8 +57,10 @@ ROWS: list[Row] = []
 
 @pytest.fixture(scope="module")
 def matrix() -> Iterator[Stack]:
-    """A stack of its own: breakers opened here cannot slow down other tests."""
-    started = start_stack()
+    """A stack of its own, on a Redis database of its own: breakers opened here cannot slow down
+    other tests, and other stacks starting (they flush theirs) cannot empty this one's cache.
+    Not flushed: session ids are fresh UUIDs, and a concurrent run may be using it."""
+    started = start_stack(extra_env={"REDIS_URL": MATRIX_REDIS_URL})
     yield started
     stop_stack(started.process)
     path = os.environ.get(RESULTS_ENV)
@@ -115,6 +119,15 @@ def stored_turns(stack: Stack, session_id: str) -> dict[str, dict[str, Any]]:
     return {str(item["user_message"]): item for item in items if "user_message" in item}
 
 
+def wait_until_cached(session_id: str) -> None:
+    """The first turn is in Redis (the turn is written through just before ``done``)."""
+    client = redis.Redis.from_url(MATRIX_REDIS_URL)
+    deadline = time.monotonic() + 2
+    while not client.llen(f"chat:{{{session_id}}}:turns"):
+        assert time.monotonic() < deadline, "the first turn never reached the cache"
+        time.sleep(0.02)
+
+
 def recover(stack: Stack) -> None:
     """Every dependency back, and every breaker past its reset timeout (its next call probes)."""
     stack.faults(dynamodb="pass", redis="pass")
@@ -154,6 +167,7 @@ def test_memory_fault(
     with open_socket(matrix) as ws:
         session_id = session_of(ws)["sessionId"]
         assert turn(ws, "My name is Ada")[-1]["memoryMode"] == "full"
+        wait_until_cached(session_id)
         matrix.faults(**modes)
         try:
             answers = [timed_turn(ws, f"{fault} question {i}") for i in range(TURNS_UNDER_FAULT)]
@@ -298,8 +312,9 @@ def test_client_gone_mid_stream(matrix: Stack) -> None:
 
 def test_breaker_opens_fails_fast_probes_and_closes(matrix: Stack) -> None:
     with open_socket(matrix) as ws:
-        session_of(ws)
+        session_id = session_of(ws)["sessionId"]
         assert turn(ws, "My name is Ada")[-1]["memoryMode"] == "full"
+        wait_until_cached(session_id)
         mark = len(matrix.output)
         matrix.faults(dynamodb="stall")
         try:
