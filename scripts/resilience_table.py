@@ -49,13 +49,17 @@ and can still post frames through `@connections`. The local gateway does the sam
 `test_the_integration_timeout_tells_the_client_and_the_lambda_runs_on` proves it with 0.3 s.
 
 So a reply longer than 29 s still streams and is stored, but the client gets that extra message
-(clients must ignore frames without a `type`), and the turn's duration is bounded by the sendMessage
-Lambda's timeout. Replies that may run longer need the handler to acknowledge at once and hand the
-generation to an asynchronously invoked worker (`InvocationType=Event`, payload up to 1 MB): the
-handler stores the user's message (status `pending`) and returns; the worker claims the turn with a
-conditional update (async events can be delivered more than once, and Lambda retries a failed one
-up to twice, so retries must be 0 or the claim must make them no-ops), streams and finishes it
-exactly as today, with its own timeout (up to 15 minutes). Not implemented yet.
+(clients ignore frames without a `type`), and the turn is bounded by the sendMessage Lambda's
+timeout. `ReplyHandoff=lambda` (`STREAM__HANDOFF`) removes the message: the handler acknowledges
+at once and the turn runs in an asynchronous invocation of the same function
+(`InvocationType=Event`, payload up to 1 MB, `{"handoff": <the API Gateway event>}`), answered
+exactly as in the synchronous path; a handoff that cannot be made is answered in place. Async
+events may be delivered more than once: `MaximumRetryAttempts: 0` stops Lambda's retries, and a
+rare duplicate would be answered as a second turn (not yet de-duplicated by request id). Locally,
+`STREAM__HANDOFF=thread` runs the turn in a thread;
+`test_a_handed_off_turn_outlives_the_integration_timeout_quietly` proves no timeout message reaches
+the client and the turn completes. Not yet proven on AWS: the handoff's IAM statement names the
+function by its generated name (`<stack>-SendMessageFunction-*`).
 """
 
 COLUMNS = ("fault", "what the user sees", "memoryMode", "first answer (s)", "later answer (s)", "stored")

@@ -6,6 +6,7 @@ from apigw_websocket import CORRELATION_ID_PATH, OK, MessageEvent, endpoint_url,
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from chatmemory.errors import BadRequest
+from chatmemory.handoff import hand_off, handed_off
 from chatmemory.observability import logger, metrics, tracer
 from chatmemory.protocol import SendMessage, parse_client_frame
 from chatmemory.services import get_services
@@ -15,11 +16,23 @@ from chatmemory.services import get_services
 import chatmemory.llm.anthropic_model  # noqa: F401  # isort: skip
 
 
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """API Gateway's event: handed off when ``STREAM__HANDOFF`` says so (the integration then
+    returns at once), else answered here. A handed-off event (the worker): answered here."""
+    original = handed_off(event)
+    if original is not None:
+        return answer(original, context)
+    settings = get_services().settings
+    if hand_off(settings.stream, event, lambda worker: lambda_handler(worker, context), settings.aws_region):
+        return OK
+    return answer(event, context)
+
+
 @logger.inject_lambda_context(correlation_id_path=CORRELATION_ID_PATH)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 @event_parser(model=MessageEvent)
-def lambda_handler(event: MessageEvent, context: LambdaContext) -> dict[str, Any]:
+def answer(event: MessageEvent, context: LambdaContext) -> dict[str, Any]:
     ctx = event.request_context
     services = get_services()
     endpoint = endpoint_url(ctx)

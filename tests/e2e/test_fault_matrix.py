@@ -362,19 +362,29 @@ def test_breaker_opens_fails_fast_probes_and_closes(matrix: Stack) -> None:
 # ---- API Gateway's integration timeout -------------------------------------------------------
 
 
+SLOW_REPLY = "[offline:slow=0.1] take your time"
+
+
+def slow_turn(stack: Stack) -> tuple[list[dict[str, Any]], list[float], dict[str, Any]]:
+    """A reply that takes about a second: its frames, when each arrived, and the stored turn."""
+    with open_socket(stack) as ws:
+        session_id = session_of(ws)["sessionId"]
+        began = time.monotonic()
+        ws.send(json.dumps({"action": "sendMessage", "message": SLOW_REPLY}))
+        frames: list[dict[str, Any]] = []
+        arrived: list[float] = []
+        while not frames or frames[-1].get("type") not in ("done", "error"):
+            frames.append(json.loads(ws.recv(timeout=TIMEOUT)))
+            arrived.append(time.monotonic() - began)
+    item = wait_for_status(stack, session_id, SLOW_REPLY, timeout=5.0)
+    assert item is not None
+    return frames, arrived, item
+
+
 def test_the_integration_timeout_tells_the_client_and_the_lambda_runs_on() -> None:
     stack = start_stack(["--integration-timeout", "0.3"])
     try:
-        with open_socket(stack) as ws:
-            session_id = session_of(ws)["sessionId"]
-            began = time.monotonic()
-            ws.send(json.dumps({"action": "sendMessage", "message": "[offline:slow=0.1] take your time"}))
-            frames: list[dict[str, Any]] = []
-            arrived: list[float] = []
-            while not frames or frames[-1].get("type") not in ("done", "error"):
-                frames.append(json.loads(ws.recv(timeout=TIMEOUT)))
-                arrived.append(time.monotonic() - began)
-        stored = stored_turns(stack, session_id)
+        frames, arrived, stored = slow_turn(stack)
     finally:
         stop_stack(stack.process)
 
@@ -386,4 +396,18 @@ def test_the_integration_timeout_tells_the_client_and_the_lambda_runs_on() -> No
     assert 0.3 <= arrived[timeouts[0]] < 1.0, arrived
     # The Lambda was not stopped: the reply kept streaming after the timeout and was stored.
     assert frames[-1]["type"] == "done" and arrived[-1] > arrived[timeouts[0]]
-    assert stored["[offline:slow=0.1] take your time"]["status"] == "complete"
+    assert stored["status"] == "complete"
+
+
+def test_a_handed_off_turn_outlives_the_integration_timeout_quietly() -> None:
+    """STREAM__HANDOFF: the handler acknowledges at once and the turn runs on elsewhere (a
+    thread here; an asynchronous invocation of the function on AWS)."""
+    stack = start_stack(["--integration-timeout", "0.3"], extra_env={"STREAM__HANDOFF": "thread"})
+    try:
+        frames, arrived, stored = slow_turn(stack)
+    finally:
+        stop_stack(stack.process)
+
+    assert all("type" in f for f in frames), frames  # no "Endpoint request timed out"
+    assert frames[-1]["type"] == "done" and arrived[-1] > 0.3, arrived
+    assert stored["status"] == "complete" and stored["assistant_reply"] == reply(frames)
