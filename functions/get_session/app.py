@@ -1,29 +1,14 @@
 """getSession: the session frame with the last N turns, for a (re)loaded page, or with the N
 turns before ``before`` (paging back through older turns)."""
 
-from typing import Any
-
-from apigw_websocket import CORRELATION_ID_PATH, OK, MessageEvent, endpoint_url, errors_as_frames
-from aws_lambda_powertools.utilities.parser import event_parser
-from aws_lambda_powertools.utilities.typing import LambdaContext
-from chatmemory.observability import logger, metrics, tracer
-from chatmemory.protocol import GetSession, parse_client_frame
-from chatmemory.services import get_services
+from apigw_websocket import RouteRequest, message_route
+from chatmemory.protocol import GetSession
 
 
-@logger.inject_lambda_context(correlation_id_path=CORRELATION_ID_PATH)
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-@event_parser(model=MessageEvent)
-def lambda_handler(event: MessageEvent, context: LambdaContext) -> dict[str, Any]:
-    ctx = event.request_context
-    services = get_services()
-    endpoint = endpoint_url(ctx)
-    with errors_as_frames(services.sender(endpoint), ctx.connection_id, ctx.request_id):
-        frame = parse_client_frame(event.body if isinstance(event.body, str) else None)
-        sessions = services.sessions(endpoint)
-        if isinstance(frame, GetSession) and frame.before is not None:
-            sessions.send_older(ctx.connection_id, frame.before)
-        else:
-            sessions.send_session(ctx.connection_id)
-    return OK
+@message_route
+def lambda_handler(request: RouteRequest) -> None:
+    sessions = request.services.sessions(request.endpoint)
+    if isinstance(request.frame, GetSession) and request.frame.before is not None:
+        sessions.send_older(request.connection_id, request.frame.before)
+    else:
+        sessions.send_session(request.connection_id)

@@ -4,10 +4,13 @@ turns domain errors into ``error`` frames."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.parser.models import (
     APIGatewayWebSocketConnectEventModel,
     APIGatewayWebSocketDisconnectEventModel,
@@ -17,10 +20,12 @@ from aws_lambda_powertools.utilities.parser.models.apigw_websocket import (
     APIGatewayWebSocketConnectEventRequestContext,
     APIGatewayWebSocketEventRequestContextBase,
 )
+from aws_lambda_powertools.utilities.typing import LambdaContext
 from chatmemory.errors import ChatError, ClientGone, InternalError
-from chatmemory.observability import logger
-from chatmemory.protocol import error_frame
+from chatmemory.observability import logger, metrics, tracer
+from chatmemory.protocol import AnyClientFrame, error_frame, parse_client_frame
 from chatmemory.sender import FrameSender
+from chatmemory.services import Services, get_services
 from pydantic import BaseModel, Field
 
 # What a Lambda integration of a WebSocket route returns. For $connect, any other status
@@ -77,3 +82,39 @@ def _send_quietly(sender: FrameSender, connection_id: str, frame: dict[str, Any]
         sender.send(connection_id, frame)
     except Exception:
         logger.exception("could not send the error frame")
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """One client frame on a message route, parsed, with what serving it needs."""
+
+    connection_id: str
+    request_id: str
+    endpoint: str
+    frame: AnyClientFrame
+    services: Services
+
+
+LambdaHandler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
+
+
+def message_route(serve: Callable[[RouteRequest], None]) -> LambdaHandler:
+    """A message route's Lambda handler: Powertools logging (correlation id = connection id),
+    tracing and metrics, the event parsed, the client frame parsed, ``serve`` called, and any
+    error sent back as an ``error`` frame."""
+
+    @logger.inject_lambda_context(correlation_id_path=CORRELATION_ID_PATH)
+    @tracer.capture_lambda_handler
+    @metrics.log_metrics
+    @event_parser(model=MessageEvent)
+    @functools.wraps(serve)
+    def handler(event: MessageEvent, context: LambdaContext) -> dict[str, Any]:
+        ctx = event.request_context
+        services = get_services()
+        endpoint = endpoint_url(ctx)
+        with errors_as_frames(services.sender(endpoint), ctx.connection_id, ctx.request_id):
+            frame = parse_client_frame(event.body if isinstance(event.body, str) else None)
+            serve(RouteRequest(ctx.connection_id, ctx.request_id, endpoint, frame, services))
+        return OK
+
+    return handler
