@@ -4,6 +4,7 @@ say ``done``, then ask for the summary and facts to catch up."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -155,8 +156,11 @@ class Conversation:
                     batcher.add(chunk)
                 batcher.flush()
         except LlmUnavailable as exc:
-            # The user's message stays stored; a half reply is kept only as "failed".
+            # The user's message stays stored; a half reply is kept only as "failed". What the
+            # user was shown is what was stored: the batched rest goes out before the error.
             self._memory.finish_turn(started, "".join(parts), "failed", Usage())
+            with contextlib.suppress(ClientGone):
+                batcher.flush()
             raise LlmUnavailable(exc.detail, saved=started.persisted) from exc
         except ClientGone:
             # Leaving the stream's context closed the model request: nobody pays for tokens
