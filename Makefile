@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PORT ?= 8080
 
-.PHONY: help install dev test test-fast lint format validate bench eval clean
+.PHONY: help install dev test test-fast lint format validate bench eval resilience clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -46,6 +46,11 @@ bench: install ## Per-turn memory cost vs LangChain's chat histories and a naive
 eval: install ## Memory strategies measured on 200-turn conversations: docs/eval/ (offline unless ANTHROPIC_API_KEY)
 	$(VENV)/python -m pip install --quiet -e '.[dev,bench]'
 	$(VENV)/python -m evaluation
+
+resilience: install ## Re-measure the fault matrix into docs/resilience.md
+	@scripts/ensure-redis.sh
+	RESILIENCE_RESULTS=docs/resilience.json $(VENV)/pytest -q tests/e2e/test_fault_matrix.py
+	$(VENV)/python scripts/resilience_table.py
 
 clean: ## Remove build and test leftovers
 	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache
