@@ -408,12 +408,34 @@ def _langchain_messages(world: World, length: int) -> list[Any]:
     return out
 
 
+def _langchain_turn(
+    world: World, history: Any, side: str, length: int, undo: Callable[[], Any]
+) -> tuple[Callable[[], Any], Callable[[Any], None]]:
+    """A LangChain history's turn (read the messages, append the user's and the reply) and the
+    check-and-undo that keeps the conversation at ``length`` turns between repetitions."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    user, reply = world.user_text, world.reply_text
+
+    def turn() -> Any:
+        messages = history.messages
+        history.add_messages([HumanMessage(content=user), AIMessage(content=reply)])
+        return messages
+
+    def after(result: Any) -> None:
+        if len(result) != 2 * length:
+            raise BenchError(f"{side} at {length} read {len(result)} messages")
+        undo()
+
+    return turn, after
+
+
 def langchain_dynamodb_case(world: World, length: int) -> Case:
     """``DynamoDBChatMessageHistory`` (langchain-community; langchain-aws has no chat history):
     the whole conversation is one item, read and rewritten on every append."""
     from boto3.dynamodb.types import TypeSerializer
     from langchain_community.chat_message_histories import DynamoDBChatMessageHistory
-    from langchain_core.messages import AIMessage, HumanMessage, messages_to_dict
+    from langchain_core.messages import messages_to_dict
 
     session_id = str(uuid.uuid4())
     serializer = TypeSerializer()
@@ -432,17 +454,13 @@ def langchain_dynamodb_case(world: World, length: int) -> Case:
     history = DynamoDBChatMessageHistory(
         table_name=LANGCHAIN_TABLE, session_id=session_id, endpoint_url=world.dynamodb_url, ttl=SESSION_TTL
     )
-    user, reply = world.user_text, world.reply_text
-
-    def turn() -> Any:
-        messages = history.messages
-        history.add_messages([HumanMessage(content=user), AIMessage(content=reply)])
-        return messages
-
-    def after(result: Any) -> None:
-        if len(result) != 2 * length:
-            raise BenchError(f"langchain_dynamodb at {length} read {len(result)} messages")
-        world.admin_ddb.put_item(TableName=LANGCHAIN_TABLE, Item=low_level)
+    turn, after = _langchain_turn(
+        world,
+        history,
+        "langchain_dynamodb",
+        length,
+        undo=lambda: world.admin_ddb.put_item(TableName=LANGCHAIN_TABLE, Item=low_level),
+    )
 
     case.turn, case.after = turn, after
     return case
@@ -491,7 +509,7 @@ def langchain_redis_case(world: World, length: int) -> Case:
     """``RedisChatMessageHistory`` from langchain-community: plain Redis lists. (langchain-redis's
     class needs the RediSearch module, ``FT.*`` commands, which plain Redis does not have.)"""
     from langchain_community.chat_message_histories import RedisChatMessageHistory
-    from langchain_core.messages import AIMessage, HumanMessage, message_to_dict
+    from langchain_core.messages import message_to_dict
 
     session_id = str(uuid.uuid4())
     history = RedisChatMessageHistory(session_id, url=world.redis_url, ttl=CACHE_TTL)
@@ -500,17 +518,9 @@ def langchain_redis_case(world: World, length: int) -> Case:
     # LangChain LPUSHes each message: the newest is at the head.
     world.admin_redis.lpush(key, *entries)
     world.admin_redis.expire(key, CACHE_TTL)
-    user, reply = world.user_text, world.reply_text
-
-    def turn() -> Any:
-        messages = history.messages
-        history.add_messages([HumanMessage(content=user), AIMessage(content=reply)])
-        return messages
-
-    def after(result: Any) -> None:
-        if len(result) != 2 * length:
-            raise BenchError(f"langchain_redis at {length} read {len(result)} messages")
-        world.admin_redis.lpop(key, 2)
+    turn, after = _langchain_turn(
+        world, history, "langchain_redis", length, undo=lambda: world.admin_redis.lpop(key, 2)
+    )
 
     return Case("langchain_redis", "turn", length, turn, after=after)
 
