@@ -2,8 +2,10 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 PORT ?= 8080
+# SAM CLI in its own venv: it pins boto3/pydantic differently from the project.
+SAM := .tools/sam/bin/sam
 
-.PHONY: help install dev test test-fast lint format validate bench eval resilience clean
+.PHONY: help install dev test test-fast lint format validate build bench eval resilience clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -15,7 +17,7 @@ dev: install ## Run the whole backend locally: page at http://127.0.0.1:$(PORT)/
 	@scripts/ensure-redis.sh || true
 	$(VENV)/python -m local --port $(PORT)
 
-test: install ## Run the full test suite (starts Redis, installs Chromium if missing)
+test: install $(SAM) ## Run the full test suite (starts Redis, installs Chromium and the SAM CLI if missing)
 	@scripts/ensure-redis.sh
 	@scripts/ensure-chromium.sh
 	$(VENV)/pytest
@@ -34,9 +36,14 @@ format: install ## Format and fix what ruff can
 	$(VENV)/ruff format .
 	$(VENV)/ruff check --fix .
 
-validate: ## sam validate --lint (SAM CLI in its own venv: it pins boto3/pydantic)
-	@test -x .tools/sam/bin/sam || (python3 -m venv .tools/sam && .tools/sam/bin/pip install -q aws-sam-cli)
-	SAM_CLI_TELEMETRY=0 .tools/sam/bin/sam validate --lint
+validate: $(SAM) ## sam validate --lint
+	SAM_CLI_TELEMETRY=0 $(SAM) validate --lint
+
+build: $(SAM) ## sam build into .aws-sam/build, no Docker needed (packaging/Makefile: arm64, Python 3.12)
+	SAM_CLI_TELEMETRY=0 $(SAM) build
+
+$(SAM):
+	python3 -m venv .tools/sam && .tools/sam/bin/pip install -q aws-sam-cli
 
 bench: install ## Per-turn memory cost vs LangChain's chat histories and a naive blob, cold start (writes docs/bench/)
 	@scripts/ensure-redis.sh
