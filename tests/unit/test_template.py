@@ -4,6 +4,7 @@ step with what the domain code reads and writes."""
 from __future__ import annotations
 
 import ast
+import re
 import tomllib
 from typing import Any
 
@@ -186,8 +187,18 @@ def test_globals_are_the_runtime_the_layers_are_built_for(raw: dict[str, Any]) -
     for name, layer in resources_of(raw, "AWS::Serverless::LayerVersion").items():
         assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"], name
         assert layer["Properties"]["CompatibleArchitectures"] == [arch], name
-        # sam build picks the wheels' platform from BuildArchitecture, not from the functions.
-        assert layer["Metadata"] == {"BuildMethod": "python3.12", "BuildArchitecture": arch}, name
+    # Everything is built by packaging/Makefile, whose default wheels are the runtime's.
+    for name, res in {
+        **resources_of(raw, "AWS::Serverless::LayerVersion"),
+        **resources_of(raw, "AWS::Serverless::Function"),
+    }.items():
+        assert res["Metadata"] == {"BuildMethod": "makefile", "ContextPath": "packaging"}, name
+    makefile = (ROOT / "packaging" / "Makefile").read_text()
+    assert "LAMBDA_PYTHON_VERSION ?= " + function["Runtime"].removeprefix("python") in makefile
+    platforms = re.search(r"^LAMBDA_PLATFORMS \?= (.+)$", makefile, re.MULTILINE)
+    assert platforms is not None
+    machine = {"arm64": "aarch64", "x86_64": "x86_64"}[arch]
+    assert all(p.endswith("_" + machine) for p in platforms.group(1).split())
     env = function["Environment"]["Variables"]
     for name in ("POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"):
         assert name in env
