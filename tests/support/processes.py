@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from types import TracebackType
 
@@ -21,42 +22,69 @@ def free_port() -> int:
 
 
 class RedisProcess:
-    """A throwaway redis-server on a free port (no persistence)."""
+    """A throwaway redis-server on a free port (no persistence).
 
-    def __init__(self) -> None:
+    ``cluster=True``: a one-node Redis Cluster owning all 16384 slots, as ElastiCache
+    Serverless presents itself; its node file lives in a temporary directory, so a restart
+    keeps the slots. ``extra_args``: more configuration, e.g.
+    ``("--user", "chat", "on", ">pw", "~*", "+@all")``.
+    """
+
+    def __init__(self, cluster: bool = False, extra_args: tuple[str, ...] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (scripts/ensure-redis.sh installs it)")
         self.binary = binary
         self.port = free_port()
+        self.cluster = cluster
+        self.extra_args = extra_args
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._dir = tempfile.TemporaryDirectory(prefix="redis-cluster-") if cluster else None
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisProcess:
-        self._proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            *self.extra_args,
+        ]
+        if self._dir is not None:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", f"{self._dir.name}/nodes.conf"]
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url, socket_timeout=0.2)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             try:
                 client.ping()
+                if self.cluster:
+                    self._own_all_slots(client, deadline)
                 return self
             except redis.ConnectionError:
                 time.sleep(0.02)
         raise RuntimeError("redis-server did not start")
+
+    def _own_all_slots(self, client: redis.Redis[bytes], deadline: float) -> None:
+        def info() -> dict[str, str]:
+            raw = client.execute_command("CLUSTER", "INFO")
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            return dict(line.strip().split(":", 1) for line in text.splitlines() if ":" in line)
+
+        if info().get("cluster_slots_assigned") == "0":
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        while info().get("cluster_state") != "ok":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster node did not take its slots")
+            time.sleep(0.02)
+
+    def running(self) -> bool:
+        return self._proc is not None
 
     def kill(self) -> None:
         if self._proc is not None:
@@ -80,6 +108,8 @@ class RedisProcess:
         if self._proc is not None:
             self._proc.send_signal(signal.SIGCONT)
         self.kill()
+        if self._dir is not None:
+            self._dir.cleanup()
 
 
 class MotoHttpServer:

@@ -52,9 +52,16 @@ class StorageSettings(BaseModel):
 
 
 class CacheSettings(BaseModel):
-    redis_url: str | None = None
+    redis_url: str | None = Field(None, description="redis:// or, for TLS, rediss://host:port")
     socket_timeout_seconds: float = 0.25
     connect_timeout_seconds: float = 0.25
+    cluster: bool = Field(
+        False, description="a cluster-aware client (ElastiCache Serverless is cluster mode)"
+    )
+    username: str | None = Field(None, description="the cache user (ElastiCache RBAC user group)")
+    password_secret_name: str | None = Field(
+        None, description="Secrets Manager name of that user's password, read when a connection opens"
+    )
 
 
 class BreakerSettings(BaseModel):

@@ -17,7 +17,8 @@ from chatmemory.observability import logger
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table
-    from redis import Redis
+
+    from chatmemory.cache import CacheClient
 
 # API Gateway closes a WebSocket connection after two hours at most.
 CONNECTION_TTL_SECONDS = 2 * 3600
@@ -40,7 +41,7 @@ def binding_key(connection_id: str) -> str:
 
 
 class ConnectionRegistry:
-    def __init__(self, table: Table, redis: Redis[bytes] | None, breakers: Breakers) -> None:
+    def __init__(self, table: Table, redis: CacheClient | None, breakers: Breakers) -> None:
         self._table, self._redis, self._breakers = table, redis, breakers
 
     def bind(self, binding: Binding) -> None:
@@ -77,7 +78,7 @@ class ConnectionRegistry:
             logger.warning("connections table unavailable", extra={"error": type(exc).__name__})
             return _FAILED
 
-    def _redis_call(self, op: Callable[[Redis[bytes]], Any]) -> Any:
+    def _redis_call(self, op: Callable[[CacheClient], Any]) -> Any:
         if self._redis is None:
             return _FAILED
         try:

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 import pybreaker
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from chatmemory.breakers import Breakers
 from chatmemory.cache import TurnCache
@@ -30,8 +30,13 @@ from chatmemory.turns import Turn, TurnStatus, Usage
 
 T = TypeVar("T")
 
-# What a failing dependency raises, including the breaker refusing to call it.
-REDIS_FAULTS: tuple[type[BaseException], ...] = (RedisError, pybreaker.CircuitBreakerError)
+# What a failing dependency raises, including the breaker refusing to call it. A cluster
+# client's slot-map errors (RedisClusterException) are not RedisErrors.
+REDIS_FAULTS: tuple[type[BaseException], ...] = (
+    RedisError,
+    RedisClusterException,
+    pybreaker.CircuitBreakerError,
+)
 DYNAMODB_FAULTS: tuple[type[BaseException], ...] = (ClientError, BotoCoreError, pybreaker.CircuitBreakerError)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 import redis
@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from chatmemory.breakers import Breakers
-from chatmemory.cache import TurnCache
+from chatmemory.cache import CacheClient, LazyCluster, SecretCredentials, TurnCache
 from chatmemory.config import Settings, get_settings
 from chatmemory.connections import ConnectionRegistry
 from chatmemory.conversation import Conversation
@@ -35,6 +35,7 @@ from chatmemory.store import TurnStore
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import DynamoDBServiceResource
+    from redis.cluster import RedisCluster
 
     from chatmemory.identity import Authenticator
 
@@ -55,15 +56,34 @@ def dynamodb_resource(settings: Settings) -> DynamoDBServiceResource:
     )
 
 
-def redis_client(settings: Settings) -> redis.Redis[bytes] | None:
-    if not settings.cache.redis_url:
+def redis_client(settings: Settings) -> CacheClient | None:
+    """The cache's client, not yet connected; TLS when the URL is ``rediss://``."""
+    cache = settings.cache
+    if not cache.redis_url:
         return None
+    auth: dict[str, Any] = {}
+    if cache.password_secret_name:
+        auth["credential_provider"] = SecretCredentials(cache.username, cache.password_secret_name)
+    elif cache.username:
+        auth["username"] = cache.username
+    if cache.cluster:
+        # The configuration endpoint's DNS name stays the node to rediscover the slots from.
+        lazy = LazyCluster(
+            cache.redis_url,
+            socket_timeout=cache.socket_timeout_seconds,
+            socket_connect_timeout=cache.connect_timeout_seconds,
+            retry=Retry(NoBackoff(), retries=1),
+            dynamic_startup_nodes=False,
+            **auth,
+        )
+        return cast("RedisCluster[bytes]", lazy)  # it stands for the client it builds
     return redis.Redis.from_url(
-        settings.cache.redis_url,
-        socket_timeout=settings.cache.socket_timeout_seconds,
-        socket_connect_timeout=settings.cache.connect_timeout_seconds,
+        cache.redis_url,
+        socket_timeout=cache.socket_timeout_seconds,
+        socket_connect_timeout=cache.connect_timeout_seconds,
         retry=Retry(NoBackoff(), retries=1),
         health_check_interval=30,
+        **auth,
     )
 
 
@@ -89,7 +109,7 @@ class Services:
         self,
         settings: Settings,
         dynamodb: DynamoDBServiceResource,
-        redis: redis.Redis[bytes] | None,
+        redis: CacheClient | None,
         model: ChatModel | None = None,
         management_client_factory: Callable[[str], Any] | None = None,
         clock: Callable[[], float] = time.time,
