@@ -170,3 +170,20 @@ def test_an_unreachable_cluster_degrades_to_dynamodb_and_recovers(cluster: Redis
     assert services.breakers.redis.current_state == pybreaker.STATE_CLOSED
     assert [t.user for t in services.memory.load("s-6").turns][-1] == "message 4"
     assert redis.Redis.from_url(cluster.url).exists(turns_key("s-6")) == 1
+
+
+def test_a_cluster_lost_mid_conversation_changes_nothing_the_user_sees(
+    cluster: RedisProcess, aws: Any
+) -> None:
+    """Once built, the cluster client reports a lost node as RedisClusterException (not a
+    RedisError): still a Redis fault, the turn goes on with DynamoDB."""
+    services = conversation_services(cluster, aws)
+    say(services, "s-7", "message 1")
+    cluster.kill()
+    try:
+        for n in range(2, 5):
+            say(services, "s-7", f"message {n}")
+        assert services.breakers.redis.current_state == pybreaker.STATE_OPEN
+        assert [t.user for t in services.memory.load("s-7").turns] == [f"message {n}" for n in range(1, 5)]
+    finally:
+        cluster.start()
