@@ -9,10 +9,10 @@ from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event i
 )
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from chatmemory.authentication import build_authenticator
 from chatmemory.config import get_settings
 from chatmemory.identity import Authenticator, Unauthorized
 from chatmemory.observability import logger
-from chatmemory.services import build_authenticator
 
 _authenticator: Authenticator | None = None
 

@@ -8,7 +8,7 @@ import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.parser.models import (
@@ -25,8 +25,12 @@ from chatmemory.errors import ChatError, ClientGone, InternalError
 from chatmemory.observability import logger, metrics, tracer
 from chatmemory.protocol import AnyClientFrame, error_frame, parse_client_frame
 from chatmemory.sender import FrameSender
-from chatmemory.services import Services, get_services
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    # Imported by the message routes when they run: the $connect authorizer's event model
+    # lives here too, and the authorizer needs neither Redis nor the conversation graph.
+    from chatmemory.services import Services
 
 # What a Lambda integration of a WebSocket route returns. For $connect, any other status
 # refuses the handshake.
@@ -109,6 +113,8 @@ def message_route(serve: Callable[[RouteRequest], None]) -> LambdaHandler:
     @event_parser(model=MessageEvent)
     @functools.wraps(serve)
     def handler(event: MessageEvent, context: LambdaContext) -> dict[str, Any]:
+        from chatmemory.services import get_services
+
         ctx = event.request_context
         services = get_services()
         endpoint = endpoint_url(ctx)

@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import DynamoDBServiceResource
     from redis.cluster import RedisCluster
 
-    from chatmemory.identity import Authenticator
-
 
 def dynamodb_resource(settings: Settings) -> DynamoDBServiceResource:
     """DynamoDB with tight timeouts and bounded retries: the breaker, not botocore's 60 s
@@ -211,25 +209,3 @@ def use_services(services: Services | None) -> None:
     """Replace the process-wide services (tests, the local stack); ``None`` resets them."""
     global _services
     _services = services
-
-
-def build_authenticator(settings: Settings) -> Authenticator:
-    """The $connect authenticator; the guest key comes from Secrets Manager on AWS."""
-    import jwt
-
-    from chatmemory.identity import Authenticator, GuestTokens, UserTokens
-
-    identity = settings.identity
-    key = identity.guest_token_key
-    if not key and identity.guest_token_secret_name:
-        from aws_lambda_powertools.utilities import parameters
-
-        key = str(parameters.get_secret(identity.guest_token_secret_name, max_age=300))
-    guests = GuestTokens(key, identity.guest_token_ttl_seconds) if key else None
-    users = None
-    if identity.oidc_issuer and identity.oidc_audience:
-        jwks_url = identity.oidc_jwks_url or identity.oidc_issuer.rstrip("/") + "/.well-known/jwks.json"
-        users = UserTokens(
-            identity.oidc_issuer, identity.oidc_audience, jwt.PyJWKClient(jwks_url, lifespan=3600)
-        )
-    return Authenticator(guests, users, identity.guests_enabled)
