@@ -104,6 +104,7 @@ def host_build(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Build]:
     machine = platform.machine()
     yield sam_build(
         tmp_path_factory.mktemp("sam-host"),
+        PYTHON=sys.executable,  # of the target version: the layers ship bytecode, as they would
         LAMBDA_PYTHON_VERSION=f"{sys.version_info.major}.{sys.version_info.minor}",
         LAMBDA_PLATFORMS=f"manylinux_2_28_{machine} manylinux2014_{machine}",
     )
@@ -133,11 +134,12 @@ def test_the_lambda_build_is_for_arm64_and_python_3_12(lambda_build: Build) -> N
     extensions = [p.name for p in layer.rglob("*.so")]
     assert extensions
     assert not [name for name in extensions if "x86_64" in name or "cpython-311" in name]
-    # The domain layer and the functions are plain copies of the sources, caches left out.
+    # The domain layer is a copy of the sources; bytecode, if any, is the runtime's only.
     domain = lambda_build.resource_dir("DomainLayer") / "python"
     assert (domain / "chatmemory" / "services.py").is_file()
     assert (domain / "apigw_websocket" / "__init__.py").is_file()
-    assert not list(domain.rglob("__pycache__"))
+    for built in (domain, layer):
+        assert all(".cpython-312." in pyc.name for pyc in built.rglob("*.pyc"))
     for function in lambda_build.functions():
         assert (function.code_dir / "app.py").is_file(), function.logical_id
 

@@ -1,0 +1,145 @@
+"""Cold start of the functions as ``sam build`` packaged them: each handler in a fresh
+interpreter whose path is only its built directory and its built layers (``python -I -S``,
+as ``/var/task`` and ``/opt/python`` on Lambda), so what is measured is what the layers
+really contain (not the development environment, which has more packages installed). ``-B``:
+no bytecode is written, as on Lambda's read-only layers, so a layer shipped without .pyc
+files pays their compilation at every cold start here too.
+
+Build for this machine first, then measure::
+
+    LAMBDA_PYTHON_VERSION=3.11 LAMBDA_PLATFORMS="manylinux_2_28_x86_64 manylinux2014_x86_64" \\
+        .tools/sam/bin/sam build --no-cached --build-dir /tmp/chat-build
+    .venv/bin/python -m bench.coldstart_built /tmp/chat-build --runs 7
+
+Per function, medians over ``--runs`` interpreters: the handler module's import, then the
+clients its first event creates (``get_services()``; the authorizer: its authenticator),
+wall-clock and CPU time, and how many modules were loaded. Clients are created, not
+connected. Tracing is disabled (no X-Ray daemon here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from local.template import _CfnLoader
+
+PROBE = """
+import json, sys, time
+sys.path[:0] = json.loads(sys.argv[1])
+wall, cpu = time.perf_counter(), time.process_time()
+module = __import__(sys.argv[2])
+imported_wall, imported_cpu = time.perf_counter(), time.process_time()
+if hasattr(module, "authenticator"):
+    module.authenticator()
+else:
+    from chatmemory.services import get_services
+    get_services()
+end_wall, end_cpu = time.perf_counter(), time.process_time()
+print(json.dumps({
+    "import_ms": 1000 * (imported_wall - wall),
+    "init_ms": 1000 * (end_wall - wall),
+    "init_cpu_ms": 1000 * (end_cpu - cpu),
+    "import_cpu_ms": 1000 * (imported_cpu - cpu),
+    "modules": len(sys.modules),
+    "anthropic": "anthropic" in sys.modules,
+    "redis": "redis" in sys.modules,
+}))
+"""
+
+ENV = {
+    "AWS_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "POWERTOOLS_SERVICE_NAME": "chat-memory",
+    "POWERTOOLS_METRICS_NAMESPACE": "ChatMemoryBench",
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "LLM__PROVIDER": "offline",
+    "REDIS_URL": "redis://127.0.0.1:1/0",
+    "DYNAMODB_ENDPOINT_URL": "http://127.0.0.1:1",
+    "IDENTITY__GUEST_TOKEN_KEY": "a-development-key-of-enough-length-for-hs256!",
+    "PYTHONHASHSEED": "0",
+}
+
+
+def functions(build: Path) -> dict[str, tuple[Path, str, list[Path]]]:
+    """Logical id -> (code directory, handler module, layer python directories)."""
+    template = yaml.load((build / "template.yaml").read_text(), Loader=_CfnLoader)
+    resources = template["Resources"]
+    default_layers = template.get("Globals", {}).get("Function", {}).get("Layers", [])
+    out = {}
+    for name, res in resources.items():
+        if res["Type"] != "AWS::Serverless::Function":
+            continue
+        props = res["Properties"]
+        layers = [
+            build / resources[layer["Ref"]]["Properties"]["ContentUri"] / "python"
+            for layer in props.get("Layers", default_layers)
+        ]
+        out[name] = (build / props["CodeUri"], props["Handler"].rsplit(".", 1)[0], layers)
+    return out
+
+
+def measure(build: Path, runs: int) -> list[dict[str, Any]]:
+    found = functions(build)
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in found}
+    for _ in range(runs):
+        for name, (code, module, layers) in found.items():
+            path = json.dumps([str(code), *map(str, layers)])
+            out = subprocess.run(
+                [sys.executable, "-I", "-S", "-B", "-c", PROBE, path, module],
+                cwd=code,
+                env={**ENV, "PATH": "/usr/bin:/bin"},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            samples[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rows = []
+    for name, got in sorted(samples.items()):
+        row: dict[str, Any] = {"function": name, "runs": len(got)}
+        for key in ("import_ms", "init_ms", "import_cpu_ms", "init_cpu_ms"):
+            row[key] = round(statistics.median(s[key] for s in got))
+        row["modules"] = got[0]["modules"]
+        row["anthropic"] = got[0]["anthropic"]
+        row["redis"] = got[0]["redis"]
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| function | import ms | init ms | init CPU ms | modules | anthropic | redis |",
+        "| --- | ---: | ---: | ---: | ---: | :---: | :---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['function']} | {r['import_ms']} | {r['init_ms']} | {r['init_cpu_ms']} | {r['modules']} "
+            f"| {'yes' if r['anthropic'] else 'no'} | {'yes' if r['redis'] else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("build", type=Path, help="a sam build directory built for this machine")
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    rows = measure(args.build, args.runs)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
