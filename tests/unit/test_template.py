@@ -8,6 +8,7 @@ import tomllib
 from typing import Any
 
 import pytest
+from cfnlint.api import ManualArgs, lint, lint_file
 from chatmemory.config import Settings
 from pydantic import BaseModel
 
@@ -33,6 +34,7 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
     },
     "DisconnectFunction": {
         "ConnectionsTable": {"dynamodb:DeleteItem"},  # unbind
+        "ChatSessionsTable": {"dynamodb:Query"},  # TurnsPerSession on a cache miss
     },
     "SendMessageFunction": {
         # GetItem: the session's memory state (summary, facts) on a cache miss
@@ -126,12 +128,20 @@ def resource_name(resource: Any) -> str:
 # ---- validity -------------------------------------------------------------------------------
 
 
-def test_cfn_lint_finds_no_errors_or_warnings() -> None:
-    from cfnlint.api import lint_file
+SERVERLESS_RULES = ManualArgs(append_rules=["cfn_lint_serverless.rules"])
 
-    matches = lint_file(TEMPLATE)
+
+def test_cfn_lint_finds_no_errors_or_warnings() -> None:
+    # with the serverless rules (cfn-lint-serverless): log retention, tracing, dead letters, ...
+    matches = lint_file(TEMPLATE, config=SERVERLESS_RULES)
     problems = [m for m in matches if m.rule.id[0] in "EW"]
     assert not problems, "\n".join(f"{m.rule.id} line {m.linenumber}: {m.message}" for m in problems)
+
+
+def test_the_serverless_rules_are_loaded() -> None:
+    """Else the lint above would pass without them: a queue with no redrive policy is an ES6000."""
+    matches = lint("Resources:\n  Queue:\n    Type: AWS::SQS::Queue\n", config=SERVERLESS_RULES)
+    assert [m.rule.id for m in matches] == ["ES6000"]
 
 
 def test_every_route_invokes_a_handler_that_exists() -> None:
@@ -228,21 +238,25 @@ def test_no_statement_grants_every_resource(raw: dict[str, Any]) -> None:
                 assert resource != "*", f"{name}: {statement['Action']} on *"
 
 
-def secret_readers(raw: dict[str, Any]) -> dict[str, tuple[str | None, dict[str, Any]]]:
+def secret_readers(
+    raw: dict[str, Any], secret: str | None = None
+) -> dict[str, tuple[str | None, dict[str, Any]]]:
+    """Function -> (condition, statement) reading a secret: ``secret`` (a logical id), or the
+    model's API key when None."""
     readers = {}
     for name, function in resources_of(raw, "AWS::Serverless::Function").items():
         for condition, statement in statements(function["Properties"]["Policies"]):
-            if any(a.startswith("secretsmanager:") for a in as_list(statement["Action"])):
+            if not any(a.startswith("secretsmanager:") for a in as_list(statement["Action"])):
+                continue
+            resource = statement["Resource"]
+            if (resource == {"Ref": secret}) if secret else "AnthropicApiKeySecretName" in str(resource):
+                assert name not in readers, f"{name} reads {secret} twice"
                 readers[name] = (condition, statement)
     return readers
 
 
 def test_only_the_authorizer_reads_the_guest_token_key(raw: dict[str, Any]) -> None:
-    readers = {
-        name: s
-        for name, (_, s) in secret_readers(raw).items()
-        if s["Resource"] == {"Ref": "GuestTokenSecret"}
-    }
+    readers = {name: s for name, (_, s) in secret_readers(raw, "GuestTokenSecret").items()}
     assert list(readers) == ["AuthorizerFunction"]
     assert readers["AuthorizerFunction"]["Action"] == "secretsmanager:GetSecretValue"
     route = raw["Resources"]["ConnectRoute"]["Properties"]
@@ -250,9 +264,7 @@ def test_only_the_authorizer_reads_the_guest_token_key(raw: dict[str, Any]) -> N
 
 
 def test_only_the_model_callers_read_the_api_key_and_only_when_a_secret_is_named(raw: dict[str, Any]) -> None:
-    readers = {
-        n: r for n, r in secret_readers(raw).items() if r[1]["Resource"] != {"Ref": "GuestTokenSecret"}
-    }
+    readers = secret_readers(raw)
     # a turn (its client is built on first use) and the summary/facts update
     assert set(readers) == {"SendMessageFunction", "SummarizeFunction"}
     for condition, statement in readers.values():
@@ -310,7 +322,7 @@ def test_the_template_defaults_make_valid_settings(raw: dict[str, Any], monkeypa
 
 
 def test_the_anthropic_provider_requires_a_secret_name(raw: dict[str, Any]) -> None:
-    (rule,) = raw["Rules"].values()
+    rule = raw["Rules"]["AnthropicNeedsAKey"]
     assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "LlmProvider"}, "anthropic"]}
     (assertion,) = rule["Assertions"]
     assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AnthropicApiKeySecretName"}, ""]}]}
