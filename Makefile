@@ -2,8 +2,13 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 PORT ?= 8080
+# SAM CLI lives in a venv of its own (it pins boto3/pydantic); CI points SAM_VENV at a cache.
+SAM_VENV ?= .tools/sam
+SAM_CLI_VERSION ?= 1.170.0
+SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
+ENV ?= default
 
-.PHONY: help install dev test test-fast lint format validate bench eval resilience clean
+.PHONY: help install dev test test-fast lint format validate sam-cli deploy destroy bench eval resilience clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -15,7 +20,7 @@ dev: install ## Run the whole backend locally: page at http://127.0.0.1:$(PORT)/
 	@scripts/ensure-redis.sh || true
 	$(VENV)/python -m local --port $(PORT)
 
-test: install ## Run the full test suite (starts Redis, installs Chromium if missing)
+test: install validate ## sam validate --lint, then the full test suite (starts Redis, installs Chromium if missing)
 	@scripts/ensure-redis.sh
 	@scripts/ensure-chromium.sh
 	$(VENV)/pytest
@@ -28,15 +33,25 @@ lint: install ## ruff, mypy and cfn-lint
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
-	$(VENV)/cfn-lint template.yaml
+	$(VENV)/cfn-lint template.yaml -a cfn_lint_serverless.rules
 
 format: install ## Format and fix what ruff can
 	$(VENV)/ruff format .
 	$(VENV)/ruff check --fix .
 
-validate: ## sam validate --lint (SAM CLI in its own venv: it pins boto3/pydantic)
-	@test -x .tools/sam/bin/sam || (python3 -m venv .tools/sam && .tools/sam/bin/pip install -q aws-sam-cli)
-	SAM_CLI_TELEMETRY=0 .tools/sam/bin/sam validate --lint
+sam-cli: ## Install SAM CLI into $(SAM_VENV) unless that version is there
+	@test -f $(SAM_VENV)/.sam-$(SAM_CLI_VERSION) || { \
+		python3 -m venv $(SAM_VENV) && $(SAM_VENV)/bin/pip install -q 'aws-sam-cli==$(SAM_CLI_VERSION)' \
+		&& touch $(SAM_VENV)/.sam-$(SAM_CLI_VERSION); }
+
+validate: sam-cli ## sam validate --lint (no credentials needed)
+	$(SAM) validate --lint
+
+deploy: sam-cli ## sam deploy the built stack (.aws-sam) with samconfig.toml's ENV=default|dev|prod
+	$(SAM) deploy --config-env $(ENV)
+
+destroy: sam-cli ## sam delete the ENV's stack (the ChatSessions table is retained: see README)
+	$(SAM) delete --config-env $(ENV)
 
 bench: install ## Per-turn memory cost vs LangChain's chat histories and a naive blob, cold start (writes docs/bench/)
 	@scripts/ensure-redis.sh

@@ -807,3 +807,15 @@ def test_alarms_notify_an_sns_topic_with_an_optional_email(raw: dict[str, Any]) 
         "Protocol": "email",
         "Endpoint": {"Ref": "AlarmEmail"},
     }
+
+
+def test_samconfig_sandbox_runs_without_the_cache_and_prod_with_it() -> None:
+    with (ROOT / "samconfig.toml").open("rb") as handle:
+        config = tomllib.load(handle)
+
+    def overrides(env: str) -> dict[str, str]:
+        items = config[env]["deploy"]["parameters"]["parameter_overrides"]
+        return dict(item.split("=", 1) for item in items)
+
+    assert overrides("default")["EnableCache"] == "false"  # no fixed monthly cost
+    assert overrides("prod")["EnableCache"] == "true"
