@@ -609,6 +609,8 @@ def test_the_cache_is_reached_through_a_user_group_with_a_generated_password(raw
     # the default user every group must hold can do nothing
     assert users["CacheDefaultUser"]["UserName"] == "default"
     assert users["CacheDefaultUser"]["AccessString"].startswith("off ")
+    # Valkey groups admit password users only
+    assert users["CacheDefaultUser"]["AuthenticationMode"]["Type"] == "password"
     app = users["CacheUser"]
     assert app["AccessString"].startswith("on ") and "-@dangerous" in app["AccessString"]
     assert app["AuthenticationMode"] == {
