@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from chatmemory.connections import binding_key
+from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.observability import NAMESPACE, SERVICE
 from chatmemory.services import Services, redis_client, use_services
 
@@ -109,3 +110,26 @@ def test_with_redis_down_the_count_comes_from_dynamodb_and_the_breaker_opening_i
     assert values(document, "TurnsPerSession") == [2]
     assert values(document, "BreakerOpened") == [1]
     assert values(document, "RedisBreakerOpen") == [1]
+
+
+def test_without_the_cache_memory_comes_straight_from_dynamodb(
+    aws: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """EnableCache=false: the template gives the functions an empty REDIS_URL."""
+    settings = make_settings("")
+    assert redis_client(settings) is None
+    use_services(Services(settings, aws, redis_client(settings), build_chat_model(settings.llm, None)))
+    try:
+        client = Client("metrics-no-cache")
+        client.connect()
+        client.say("My name is Ada")
+        frames = client.say("What is my name?")
+        published(capsys)
+        client.disconnect()
+    finally:
+        use_services(None)
+
+    assert frames[-1]["type"] == "done" and frames[-1]["memoryMode"] == "full" and frames[-1]["turn"] == 2
+    (document,) = published(capsys)
+    assert values(document, "TurnsPerSession") == [2]
+    assert values(document, "CacheMiss") == [1] and values(document, "BreakerOpened") == []
