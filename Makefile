@@ -2,10 +2,13 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 PORT ?= 8080
-# SAM CLI in its own venv: it pins boto3/pydantic differently from the project.
-SAM := .tools/sam/bin/sam
+# SAM CLI lives in a venv of its own (it pins boto3/pydantic); CI points SAM_VENV at a cache.
+SAM_VENV ?= .tools/sam
+SAM_CLI_VERSION ?= 1.170.0
+SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
+ENV ?= default
 
-.PHONY: help install dev test test-fast lint format validate build bench eval resilience clean
+.PHONY: help install dev test test-fast lint format validate sam-cli build deploy destroy bench eval resilience clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -17,10 +20,10 @@ dev: install ## Run the whole backend locally: page at http://127.0.0.1:$(PORT)/
 	@scripts/ensure-redis.sh || true
 	$(VENV)/python -m local --port $(PORT)
 
-test: install $(SAM) ## Run the full test suite (starts Redis, installs Chromium and the SAM CLI if missing)
+test: install validate ## sam validate --lint, then the full test suite (starts Redis, installs Chromium if missing)
 	@scripts/ensure-redis.sh
 	@scripts/ensure-chromium.sh
-	$(VENV)/pytest
+	SAM_VENV=$(SAM_VENV) $(VENV)/pytest
 
 test-fast: install ## Unit and integration tests only
 	@scripts/ensure-redis.sh
@@ -30,20 +33,28 @@ lint: install ## ruff, mypy and cfn-lint
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
 	$(VENV)/mypy
-	$(VENV)/cfn-lint template.yaml
+	$(VENV)/cfn-lint template.yaml -a cfn_lint_serverless.rules
 
 format: install ## Format and fix what ruff can
 	$(VENV)/ruff format .
 	$(VENV)/ruff check --fix .
 
-validate: $(SAM) ## sam validate --lint
-	SAM_CLI_TELEMETRY=0 $(SAM) validate --lint
+sam-cli: ## Install SAM CLI into $(SAM_VENV) unless that version is there
+	@test -f $(SAM_VENV)/.sam-$(SAM_CLI_VERSION) || { \
+		python3 -m venv $(SAM_VENV) && $(SAM_VENV)/bin/pip install -q 'aws-sam-cli==$(SAM_CLI_VERSION)' \
+		&& touch $(SAM_VENV)/.sam-$(SAM_CLI_VERSION); }
 
-build: $(SAM) ## sam build into .aws-sam/build, no Docker needed (packaging/Makefile: arm64, Python 3.12)
-	SAM_CLI_TELEMETRY=0 $(SAM) build
+validate: sam-cli ## sam validate --lint (no credentials needed)
+	$(SAM) validate --lint
 
-$(SAM):
-	python3 -m venv .tools/sam && .tools/sam/bin/pip install -q aws-sam-cli
+build: sam-cli ## sam build into .aws-sam/build, no Docker needed (packaging/Makefile: arm64, Python 3.12)
+	$(SAM) build
+
+deploy: sam-cli ## sam deploy the built stack (.aws-sam) with samconfig.toml's ENV=default|dev|prod
+	$(SAM) deploy --config-env $(ENV)
+
+destroy: sam-cli ## sam delete the ENV's stack (the ChatSessions table is retained: see README)
+	$(SAM) delete --config-env $(ENV)
 
 bench: install ## Per-turn memory cost vs LangChain's chat histories and a naive blob, cold start (writes docs/bench/)
 	@scripts/ensure-redis.sh

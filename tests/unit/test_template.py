@@ -9,6 +9,7 @@ import tomllib
 from typing import Any
 
 import pytest
+from cfnlint.api import ManualArgs, lint, lint_file
 from chatmemory.config import Settings
 from pydantic import BaseModel
 
@@ -34,6 +35,7 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
     },
     "DisconnectFunction": {
         "ConnectionsTable": {"dynamodb:DeleteItem"},  # unbind
+        "ChatSessionsTable": {"dynamodb:Query"},  # TurnsPerSession on a cache miss
     },
     "SendMessageFunction": {
         # GetItem: the session's memory state (summary, facts) on a cache miss
@@ -127,12 +129,20 @@ def resource_name(resource: Any) -> str:
 # ---- validity -------------------------------------------------------------------------------
 
 
-def test_cfn_lint_finds_no_errors_or_warnings() -> None:
-    from cfnlint.api import lint_file
+SERVERLESS_RULES = ManualArgs(append_rules=["cfn_lint_serverless.rules"])
 
-    matches = lint_file(TEMPLATE)
+
+def test_cfn_lint_finds_no_errors_or_warnings() -> None:
+    # with the serverless rules (cfn-lint-serverless): log retention, tracing, dead letters, ...
+    matches = lint_file(TEMPLATE, config=SERVERLESS_RULES)
     problems = [m for m in matches if m.rule.id[0] in "EW"]
     assert not problems, "\n".join(f"{m.rule.id} line {m.linenumber}: {m.message}" for m in problems)
+
+
+def test_the_serverless_rules_are_loaded() -> None:
+    """Else the lint above would pass without them: a queue with no redrive policy is an ES6000."""
+    matches = lint("Resources:\n  Queue:\n    Type: AWS::SQS::Queue\n", config=SERVERLESS_RULES)
+    assert [m.rule.id for m in matches] == ["ES6000"]
 
 
 def test_every_route_invokes_a_handler_that_exists() -> None:
@@ -239,21 +249,25 @@ def test_no_statement_grants_every_resource(raw: dict[str, Any]) -> None:
                 assert resource != "*", f"{name}: {statement['Action']} on *"
 
 
-def secret_readers(raw: dict[str, Any]) -> dict[str, tuple[str | None, dict[str, Any]]]:
+def secret_readers(
+    raw: dict[str, Any], secret: str | None = None
+) -> dict[str, tuple[str | None, dict[str, Any]]]:
+    """Function -> (condition, statement) reading a secret: ``secret`` (a logical id), or the
+    model's API key when None."""
     readers = {}
     for name, function in resources_of(raw, "AWS::Serverless::Function").items():
         for condition, statement in statements(function["Properties"]["Policies"]):
-            if any(a.startswith("secretsmanager:") for a in as_list(statement["Action"])):
+            if not any(a.startswith("secretsmanager:") for a in as_list(statement["Action"])):
+                continue
+            resource = statement["Resource"]
+            if (resource == {"Ref": secret}) if secret else "AnthropicApiKeySecretName" in str(resource):
+                assert name not in readers, f"{name} reads {secret} twice"
                 readers[name] = (condition, statement)
     return readers
 
 
 def test_only_the_authorizer_reads_the_guest_token_key(raw: dict[str, Any]) -> None:
-    readers = {
-        name: s
-        for name, (_, s) in secret_readers(raw).items()
-        if s["Resource"] == {"Ref": "GuestTokenSecret"}
-    }
+    readers = {name: s for name, (_, s) in secret_readers(raw, "GuestTokenSecret").items()}
     assert list(readers) == ["AuthorizerFunction"]
     assert readers["AuthorizerFunction"]["Action"] == "secretsmanager:GetSecretValue"
     route = raw["Resources"]["ConnectRoute"]["Properties"]
@@ -261,9 +275,7 @@ def test_only_the_authorizer_reads_the_guest_token_key(raw: dict[str, Any]) -> N
 
 
 def test_only_the_model_callers_read_the_api_key_and_only_when_a_secret_is_named(raw: dict[str, Any]) -> None:
-    readers = {
-        n: r for n, r in secret_readers(raw).items() if r[1]["Resource"] != {"Ref": "GuestTokenSecret"}
-    }
+    readers = secret_readers(raw)
     # a turn (its client is built on first use) and the summary/facts update
     assert set(readers) == {"SendMessageFunction", "SummarizeFunction"}
     for condition, statement in readers.values():
@@ -321,7 +333,7 @@ def test_the_template_defaults_make_valid_settings(raw: dict[str, Any], monkeypa
 
 
 def test_the_anthropic_provider_requires_a_secret_name(raw: dict[str, Any]) -> None:
-    (rule,) = raw["Rules"].values()
+    rule = raw["Rules"]["AnthropicNeedsAKey"]
     assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": "LlmProvider"}, "anthropic"]}
     (assertion,) = rule["Assertions"]
     assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AnthropicApiKeySecretName"}, ""]}]}
@@ -396,3 +408,427 @@ def test_samconfig_deploys_each_environment_with_known_parameters(raw: dict[str,
         )
     assert len(stacks) == 3
     assert config["prod"]["deploy"]["parameters"]["confirm_changeset"] is True
+
+
+# ---- EnableCache: the template as CloudFormation would evaluate it ---------------------------
+
+CACHE_USERS = {
+    "ConnectFunction",
+    "DisconnectFunction",
+    "SendMessageFunction",
+    "SummarizeFunction",
+    "GetSessionFunction",
+    "NewSessionFunction",
+    "DeleteSessionFunction",
+    "ExportSessionFunction",
+}
+NETWORK_AND_CACHE_TYPES = ("AWS::EC2::", "AWS::ElastiCache::")
+_NO_VALUE = object()
+
+
+def evaluate(raw: dict[str, Any], **parameters: str) -> dict[str, Any]:
+    """The template with its conditions decided for these parameters (defaults otherwise):
+    resources and outputs whose condition is false dropped, every Fn::If replaced by its branch
+    (AWS::NoValue removing the key or item), as CloudFormation does before creating anything."""
+    values = {name: spec.get("Default") for name, spec in raw["Parameters"].items()} | parameters
+    conditions: dict[str, bool] = {}
+
+    def ref(name: str) -> Any:
+        if name not in values:
+            raise AssertionError(f"not a parameter: {name}")
+        return values[name]
+
+    def holds(expr: Any) -> bool:
+        ((fn, args),) = expr.items()
+        if fn == "Condition":
+            return condition(args)
+        if fn == "Fn::Not":
+            return not holds(args[0])
+        if fn == "Fn::And":
+            return all(holds(a) for a in args)
+        if fn == "Fn::Or":
+            return any(holds(a) for a in args)
+        if fn == "Fn::Equals":
+            left, right = (ref(a["Ref"]) if isinstance(a, dict) else a for a in args)
+            return bool(str(left) == str(right))
+        raise AssertionError(f"condition not understood: {expr}")
+
+    def condition(name: str) -> bool:
+        if name not in conditions:
+            conditions[name] = holds(raw["Conditions"][name])
+        return conditions[name]
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if list(node) == ["Fn::If"]:
+                name, then, otherwise = node["Fn::If"]
+                return resolve(then if condition(name) else otherwise)
+            if node == {"Ref": "AWS::NoValue"}:
+                return _NO_VALUE
+            out = {k: resolve(v) for k, v in node.items()}
+            return {k: v for k, v in out.items() if v is not _NO_VALUE}
+        if isinstance(node, list):
+            return [v for v in map(resolve, node) if v is not _NO_VALUE]
+        return node
+
+    def kept(section: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in section.items() if "Condition" not in v or condition(v["Condition"])}
+
+    return {
+        **raw,
+        "Globals": resolve(raw["Globals"]),
+        "Resources": resolve(kept(raw["Resources"])),
+        "Outputs": resolve(kept(raw["Outputs"])),
+        "Conditions": {name: condition(name) for name in raw["Conditions"]},
+    }
+
+
+def function_env(stack: dict[str, Any], name: str) -> dict[str, Any]:
+    own = stack["Resources"][name]["Properties"].get("Environment", {}).get("Variables", {})
+    return {**stack["Globals"]["Function"]["Environment"]["Variables"], **own}
+
+
+def test_the_cache_is_on_by_default(raw: dict[str, Any]) -> None:
+    assert raw["Parameters"]["EnableCache"]["Default"] == "true"
+    assert raw["Parameters"]["EnableCache"]["AllowedValues"] == ["true", "false"]
+
+
+def test_enable_cache_false_leaves_out_the_vpc_nat_and_cache(raw: dict[str, Any]) -> None:
+    stack = evaluate(raw, EnableCache="false")
+    types = {res["Type"] for res in stack["Resources"].values()}
+    assert not [t for t in types if t.startswith(NETWORK_AND_CACHE_TYPES)], types
+    assert "CachePasswordSecret" not in stack["Resources"] and "CacheEndpoint" not in stack["Outputs"]
+    for name, function in resources_of(stack, "AWS::Serverless::Function").items():
+        assert "VpcConfig" not in function["Properties"], name
+        env = function_env(stack, name)
+        assert env["REDIS_URL"] == "", name  # memory straight from DynamoDB
+        assert not [v for v in env if v.startswith("CACHE__") and "SECONDS" not in v], name
+    assert not secret_readers(stack, "CachePasswordSecret")
+    # the code runs without a cache when REDIS_URL is empty
+    assert Settings(_env_file=None, REDIS_URL="").cache.redis_url in (None, "")  # type: ignore[call-arg]
+
+
+def test_enable_cache_true_creates_a_vpc_in_two_azs_with_a_nat_gateway(raw: dict[str, Any]) -> None:
+    stack = evaluate(raw)
+    resources = stack["Resources"]
+    assert len(resources_of(stack, "AWS::EC2::VPC")) == 1
+    subnets = resources_of(stack, "AWS::EC2::Subnet")
+    assert set(subnets) == {"PublicSubnetA", "PublicSubnetB", "PrivateSubnetA", "PrivateSubnetB"}
+    for suffix, az in (("A", 0), ("B", 1)):
+        for kind in ("Public", "Private"):
+            assert subnets[f"{kind}Subnet{suffix}"]["Properties"]["AvailabilityZone"] == {
+                "Fn::Select": [az, {"Fn::GetAZs": ""}]
+            }
+    (nat,) = resources_of(stack, "AWS::EC2::NatGateway").values()
+    assert nat["Properties"]["SubnetId"] == {"Ref": "PublicSubnetA"}
+    routes = {
+        r["Properties"]["RouteTableId"]["Ref"]: r["Properties"]
+        for r in resources_of(stack, "AWS::EC2::Route").values()
+    }
+    assert routes["PrivateRouteTable"]["NatGatewayId"] == {"Ref": "NatGateway"}
+    assert routes["PublicRouteTable"]["GatewayId"] == {"Ref": "InternetGateway"}
+    associations = {
+        a["Properties"]["SubnetId"]["Ref"]: a["Properties"]["RouteTableId"]["Ref"]
+        for a in resources_of(stack, "AWS::EC2::SubnetRouteTableAssociation").values()
+    }
+    assert associations == {
+        "PublicSubnetA": "PublicRouteTable",
+        "PublicSubnetB": "PublicRouteTable",
+        "PrivateSubnetA": "PrivateRouteTable",
+        "PrivateSubnetB": "PrivateRouteTable",
+    }
+    endpoints = resources_of(stack, "AWS::EC2::VPCEndpoint")
+    assert set(endpoints) == {"DynamoDbEndpoint"}  # Bedrock's only with provider bedrock
+    dynamodb = endpoints["DynamoDbEndpoint"]["Properties"]
+    assert dynamodb["VpcEndpointType"] == "Gateway" and dynamodb["RouteTableIds"] == [
+        {"Ref": "PrivateRouteTable"}
+    ]
+    assert dynamodb["ServiceName"] == {"Fn::Sub": "com.amazonaws.${AWS::Region}.dynamodb"}
+    assert resources["Vpc"]["Properties"]["EnableDnsHostnames"] is True
+
+
+def test_bedrock_gets_an_interface_endpoint_in_the_created_vpc(raw: dict[str, Any]) -> None:
+    stack = evaluate(raw, LlmProvider="bedrock")
+    endpoint = stack["Resources"]["BedrockRuntimeEndpoint"]["Properties"]
+    assert endpoint["VpcEndpointType"] == "Interface" and endpoint["PrivateDnsEnabled"] is True
+    assert endpoint["ServiceName"] == {"Fn::Sub": "com.amazonaws.${AWS::Region}.bedrock-runtime"}
+    assert endpoint["SubnetIds"] == [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
+    (ingress,) = stack["Resources"]["EndpointSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert ingress["SourceSecurityGroupId"] == {"Ref": "FunctionSecurityGroup"} and ingress["FromPort"] == 443
+    assert (
+        "BedrockRuntimeEndpoint" not in evaluate(raw, LlmProvider="bedrock", EnableCache="false")["Resources"]
+    )
+
+
+def test_an_existing_vpc_is_used_as_given(raw: dict[str, Any]) -> None:
+    stack = evaluate(raw, VpcId="vpc-0abc", PrivateSubnetIds="subnet-1,subnet-2")
+    types = {res["Type"] for res in stack["Resources"].values()}
+    for created in ("AWS::EC2::VPC", "AWS::EC2::NatGateway", "AWS::EC2::Subnet", "AWS::EC2::InternetGateway"):
+        assert created not in types
+    assert "Cache" in stack["Resources"]
+    for group in ("FunctionSecurityGroup", "CacheSecurityGroup"):
+        assert stack["Resources"][group]["Properties"]["VpcId"] == {"Ref": "VpcId"}
+    assert stack["Resources"]["Cache"]["Properties"]["SubnetIds"] == {"Ref": "PrivateSubnetIds"}
+    for name in CACHE_USERS:
+        assert stack["Resources"][name]["Properties"]["VpcConfig"]["SubnetIds"] == {"Ref": "PrivateSubnetIds"}
+    rule = raw["Rules"]["AnExistingVpcNeedsItsSubnets"]
+    assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "VpcId"}, ""]}]}
+
+
+def test_only_the_functions_security_group_reaches_the_cache_and_only_on_6379(raw: dict[str, Any]) -> None:
+    stack = evaluate(raw)
+    resources = stack["Resources"]
+    cache = resources["Cache"]["Properties"]
+    assert cache["SecurityGroupIds"] == [{"Ref": "CacheSecurityGroup"}]
+    assert "SecurityGroupIngress" not in resources["CacheSecurityGroup"]["Properties"]
+    ingresses = [
+        r["Properties"]
+        for r in resources_of(stack, "AWS::EC2::SecurityGroupIngress").values()
+        if r["Properties"]["GroupId"] == {"Ref": "CacheSecurityGroup"}
+    ]
+    assert ingresses == [
+        {
+            "Description": ingresses[0]["Description"],
+            "GroupId": {"Ref": "CacheSecurityGroup"},
+            "IpProtocol": "tcp",
+            "FromPort": 6379,
+            "ToPort": 6379,
+            "SourceSecurityGroupId": {"Ref": "FunctionSecurityGroup"},
+        }
+    ]
+    for name, function in resources_of(stack, "AWS::Serverless::Function").items():
+        vpc = function["Properties"].get("VpcConfig")
+        if name in CACHE_USERS:
+            assert vpc == {
+                "SecurityGroupIds": [{"Ref": "FunctionSecurityGroup"}],
+                "SubnetIds": [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}],
+            }, name
+        else:
+            assert vpc is None, f"{name} does not use the cache: it stays out of the VPC"
+    assert cache["SubnetIds"] == [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
+
+
+def test_the_cache_is_reached_through_a_user_group_with_a_generated_password(raw: dict[str, Any]) -> None:
+    stack = evaluate(raw)
+    resources = stack["Resources"]
+    cache = resources["Cache"]["Properties"]
+    assert cache["Engine"] == {"Ref": "CacheEngine"} and cache["UserGroupId"] == {"Ref": "CacheUserGroup"}
+    assert set(raw["Parameters"]["CacheEngine"]["AllowedValues"]) == {"redis", "valkey"}
+    group = resources["CacheUserGroup"]["Properties"]
+    assert group["UserIds"] == [{"Ref": "CacheUser"}, {"Ref": "CacheDefaultUser"}]
+    users = {name: resources[name]["Properties"] for name in ("CacheUser", "CacheDefaultUser")}
+    # the default user every group must hold can do nothing
+    assert users["CacheDefaultUser"]["UserName"] == "default"
+    assert users["CacheDefaultUser"]["AccessString"].startswith("off ")
+    # Valkey groups admit password users only
+    assert users["CacheDefaultUser"]["AuthenticationMode"]["Type"] == "password"
+    app = users["CacheUser"]
+    assert app["AccessString"].startswith("on ") and "-@dangerous" in app["AccessString"]
+    assert app["AuthenticationMode"] == {
+        "Type": "password",
+        "Passwords": [{"Fn::Sub": "{{resolve:secretsmanager:${CachePasswordSecret}:SecretString}}"}],
+    }
+    assert "GenerateSecretString" in resources["CachePasswordSecret"]["Properties"]
+    # the environment contract of the functions that use it
+    for name in CACHE_USERS:
+        env = function_env(stack, name)
+        assert env["REDIS_URL"] == {"Fn::Sub": "rediss://${Cache.Endpoint.Address}:${Cache.Endpoint.Port}"}
+        assert env["CACHE__CLUSTER"] == "true"
+        assert env["CACHE__USERNAME"] == app["UserName"]
+        assert env["CACHE__PASSWORD_SECRET_NAME"] == {"Ref": "CachePasswordSecret"}
+    readers = secret_readers(stack, "CachePasswordSecret")
+    assert set(readers) == CACHE_USERS
+    for _, statement in readers.values():
+        assert statement["Action"] == "secretsmanager:GetSecretValue"
+
+
+def test_no_key_or_password_is_a_parameter_or_an_environment_value(raw: dict[str, Any]) -> None:
+    secretish = ("API_KEY", "APIKEY", "PASSWORD", "SECRET", "TOKEN_KEY", "SIGNING")
+    for name, spec in raw["Parameters"].items():
+        if any(word in name.upper() for word in secretish):
+            assert name.endswith("SecretName"), f"{name}: pass the name of a secret, not the secret"
+            assert spec.get("Default", "") == "" or "/" in spec["Default"], name
+    stack = evaluate(raw, LlmProvider="anthropic", AnthropicApiKeySecretName="chat/key")
+    for name in resources_of(stack, "AWS::Serverless::Function"):
+        for variable, value in function_env(stack, name).items():
+            if any(word in variable for word in secretish) and not variable.endswith("_SECRET_NAME"):
+                # sam local's development signing key is declared empty: never set on AWS
+                assert value == "", f"{name}: {variable} holds a secret in clear"
+    assert "ANTHROPIC_API_KEY" not in function_env(stack, "SendMessageFunction")
+    assert function_env(stack, "SendMessageFunction")["LLM__API_KEY_SECRET_NAME"] == {
+        "Ref": "AnthropicApiKeySecretName"
+    }
+
+
+# ---- operations ------------------------------------------------------------------------------
+
+
+def emitted_metric_names() -> set[str]:
+    """Every metric name the domain and handlers can publish, read from their source: literal
+    ``add_metric(name=...)`` calls, and the two families built from names (memory modes,
+    breaker state changes)."""
+    import typing
+
+    import pybreaker
+    from chatmemory.protocol import MemoryMode
+
+    names: set[str] = set()
+    for path in [*(ROOT / "layers").rglob("*.py"), *(ROOT / "functions").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_metric":
+                for keyword in node.keywords:
+                    if keyword.arg != "name":
+                        continue
+                    value = keyword.value  # a literal, or one of two literals
+                    options = [value.body, value.orelse] if isinstance(value, ast.IfExp) else [value]
+                    names.update(str(o.value) for o in options if isinstance(o, ast.Constant))
+    names |= {f"MemoryMode_{mode}" for mode in typing.get_args(MemoryMode)}
+    states = (pybreaker.STATE_OPEN, pybreaker.STATE_CLOSED, pybreaker.STATE_HALF_OPEN)
+    for breaker in ("redis", "dynamodb"):
+        for state in states:
+            names.add(f"{breaker.title()}Breaker{state.replace('-', ' ').title().replace(' ', '')}")
+    return names
+
+
+def app_metrics_in(node: Any, namespace: Any) -> list[dict[str, Any]]:
+    """Every CloudWatch ``Metric`` (or alarm with a MetricName) in the app's namespace."""
+    found = []
+    if isinstance(node, dict):
+        if node.get("Namespace") == namespace and "MetricName" in node:
+            found.append(node)
+        for value in node.values():
+            found.extend(app_metrics_in(value, namespace))
+    elif isinstance(node, list):
+        for value in node:
+            found.extend(app_metrics_in(value, namespace))
+    return found
+
+
+def alarms(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n: r["Properties"] for n, r in resources_of(raw, "AWS::CloudWatch::Alarm").items()}
+
+
+def alarm_metric_names(alarm: dict[str, Any]) -> set[str]:
+    if "MetricName" in alarm:
+        return {alarm["MetricName"]}
+    return {q["MetricStat"]["Metric"]["MetricName"] for q in alarm["Metrics"] if "MetricStat" in q}
+
+
+def test_alarms_and_the_dashboard_watch_metrics_the_code_publishes(raw: dict[str, Any]) -> None:
+    namespace = raw["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+    assert namespace == {"Fn::Sub": "ChatMemory/${AWS::StackName}"}
+    emitted = emitted_metric_names()
+    watched = app_metrics_in(alarms(raw), namespace)
+    assert watched
+    for metric in watched:
+        assert metric["MetricName"] in emitted, metric["MetricName"]
+        assert metric["Dimensions"] == [{"Name": "service", "Value": "chat-memory"}]
+    (dashboard,) = resources_of(raw, "AWS::CloudWatch::Dashboard").values()
+    body = dashboard["Properties"]["DashboardBody"]["Fn::Sub"]
+    import json
+
+    document = json.loads(body)
+    shown = set()
+    for widget in document["widgets"]:
+        for row in widget.get("properties", {}).get("metrics", []):
+            if row and row[0] == "ChatMemory/${AWS::StackName}":
+                assert row[2:4] == ["service", "chat-memory"], row
+                shown.add(row[1])
+    assert shown and shown <= emitted, shown - emitted
+    # the product analytics and the health the issue asks for
+    assert {
+        "TurnsPerSession",
+        "ConversationEnded",
+        "MemoryMode_full",
+        "MemoryMode_cache_only",
+        "MemoryMode_stateless",
+        "InputTokens",
+        "OutputTokens",
+        "TurnLatency",
+        "BreakerOpened",
+    } <= shown
+
+
+def test_an_alarm_for_each_way_the_service_degrades(raw: dict[str, Any]) -> None:
+    found = alarms(raw)
+    by_metric: dict[str, list[str]] = {}
+    for name, alarm in found.items():
+        for metric in alarm_metric_names(alarm):
+            by_metric.setdefault(metric, []).append(name)
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
+        assert alarm["TreatMissingData"] == "notBreaching", name
+    assert found[by_metric["BreakerOpened"][0]]["Threshold"] == 0
+    # stateless share > 1%: metric math over the three memory modes
+    (share,) = by_metric["MemoryMode_stateless"]
+    expression = next(q["Expression"] for q in found[share]["Metrics"] if "Expression" in q)
+    assert "100 *" in expression and found[share]["Threshold"] == 1
+    assert alarm_metric_names(found[share]) == {
+        "MemoryMode_full",
+        "MemoryMode_cache_only",
+        "MemoryMode_stateless",
+    }
+    (latency,) = by_metric["TurnLatency"]
+    assert found[latency]["ExtendedStatistic"] == "p99"
+    assert found[latency]["Threshold"] == {"Ref": "TurnLatencyP99AlarmMs"}
+    # DynamoDB throttling on both tables
+    (throttles,) = set(by_metric["ReadThrottleEvents"]) & set(by_metric["WriteThrottleEvents"])
+    tables = {
+        q["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Ref"]
+        for q in found[throttles]["Metrics"]
+        if "MetricStat" in q
+    }
+    assert tables == {"ChatSessionsTable", "ConnectionsTable"}
+    # every function: errors and throttles
+    for function in resources_of(raw, "AWS::Serverless::Function"):
+        watching = [
+            name
+            for name, alarm in found.items()
+            if {"Errors", "Throttles"} <= alarm_metric_names(alarm)
+            and {"Name": "FunctionName", "Value": {"Ref": function}}
+            in [
+                d
+                for q in alarm["Metrics"]
+                if "MetricStat" in q
+                for d in q["MetricStat"]["Metric"]["Dimensions"]
+            ]
+        ]
+        assert len(watching) == 1, f"{function}: {watching}"
+    # every queue is a dead-letter queue: its depth is alarmed on
+    for queue in resources_of(raw, "AWS::SQS::Queue"):
+        assert any(
+            a.get("MetricName") == "ApproximateNumberOfMessagesVisible"
+            and a["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}]
+            for a in found.values()
+        ), queue
+
+
+def test_async_invocations_that_fail_for_good_land_in_the_dead_letter_queue(raw: dict[str, Any]) -> None:
+    for name in ("SummarizeFunction", "SendMessageFunction"):
+        config = raw["Resources"][name]["Properties"]["EventInvokeConfig"]
+        assert config["DestinationConfig"]["OnFailure"] == {
+            "Type": "SQS",
+            "Destination": {"Fn::GetAtt": ["AsyncDeadLetterQueue", "Arn"]},
+        }, name
+
+
+def test_alarms_notify_an_sns_topic_with_an_optional_email(raw: dict[str, Any]) -> None:
+    assert raw["Resources"]["AlarmTopic"]["Type"] == "AWS::SNS::Topic"
+    assert "AlarmEmailSubscription" not in evaluate(raw)["Resources"]
+    subscription = evaluate(raw, AlarmEmail="ops@example.com")["Resources"]["AlarmEmailSubscription"]
+    assert subscription["Properties"] == {
+        "TopicArn": {"Ref": "AlarmTopic"},
+        "Protocol": "email",
+        "Endpoint": {"Ref": "AlarmEmail"},
+    }
+
+
+def test_samconfig_sandbox_runs_without_the_cache_and_prod_with_it() -> None:
+    with (ROOT / "samconfig.toml").open("rb") as handle:
+        config = tomllib.load(handle)
+
+    def overrides(env: str) -> dict[str, str]:
+        items = config[env]["deploy"]["parameters"]["parameter_overrides"]
+        return dict(item.split("=", 1) for item in items)
+
+    assert overrides("default")["EnableCache"] == "false"  # no fixed monthly cost
+    assert overrides("prod")["EnableCache"] == "true"

@@ -66,9 +66,17 @@ class ConnectionRegistry:
             raise BindingUnavailable(connection_id)
         return Binding.model_validate(item) if item else None
 
-    def unbind(self, connection_id: str) -> None:
-        self._redis_call(lambda r: r.delete(binding_key(connection_id)))
-        self._dynamodb(lambda: self._table.delete_item(Key={"connection_id": connection_id}))
+    def unbind(self, connection_id: str) -> Binding | None:
+        """Forget the binding; returns what it was (``None`` if no store still had it)."""
+        cached = self._redis_call(lambda r: r.getdel(binding_key(connection_id)))
+        item = self._dynamodb(
+            lambda: self._table.delete_item(Key={"connection_id": connection_id}, ReturnValues="ALL_OLD").get(
+                "Attributes"
+            )
+        )
+        if isinstance(cached, bytes):
+            return Binding.model_validate_json(cached)
+        return Binding.model_validate(item) if isinstance(item, dict) else None
 
     def _dynamodb(self, op: Callable[[], Any]) -> Any:
         """The operation's result, or ``_FAILED`` when DynamoDB (or its breaker) refused."""

@@ -86,6 +86,7 @@ class Conversation:
     def send_message(self, binding: Binding, message: str, client_message_id: str | None) -> None:
         """Answer one message. Raises ``ChatError`` subclasses for the caller to turn into an
         ``error`` frame; the user's message is stored before the model is called."""
+        began = self._clock()
         text = validate_message(message, self._settings.memory.max_message_chars)
         system = self._settings.llm.system_prompt
         self._manager.check_message(system, text)
@@ -106,6 +107,10 @@ class Conversation:
         if started.persisted and not stored:
             self._sender.send(binding.connection_id, notice_frame(*NOT_STORED))
         self._sender.send(binding.connection_id, self._done(started, context, usage))
+        # From the message to its done frame: what the user waited (alarmed on at p99).
+        metrics.add_metric(
+            name="TurnLatency", unit=MetricUnit.Milliseconds, value=1000 * (self._clock() - began)
+        )
         # After done: the user waits for neither.
         self._memory.slide_expiry(started)
         self._manager.after_turn(started, context)

@@ -6,10 +6,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
+
 from chatmemory.connections import Binding, BindingUnavailable, ConnectionRegistry
 from chatmemory.errors import Forbidden, MemoryUnavailable, NoSession
 from chatmemory.history import DYNAMODB_FAULTS, SessionMemory
-from chatmemory.observability import logger
+from chatmemory.observability import logger, metrics
 from chatmemory.protocol import HistoryTurn, session_frame
 from chatmemory.sender import FrameSender
 
@@ -21,6 +23,19 @@ def _valid_session_id(value: str | None) -> str | None:
         return str(uuid.UUID(value, version=4))
     except ValueError:
         return None
+
+
+def end_conversation(registry: ConnectionRegistry, memory: SessionMemory, connection_id: str) -> None:
+    """Forget the connection's binding (the session stays) and count the conversation's end:
+    the product analytics' ``ConversationEnded`` and ``TurnsPerSession``, the turn number the
+    session had reached when the connection closed (not counted while memory is unreachable)."""
+    binding = registry.unbind(connection_id)
+    metrics.add_metric(name="ConversationEnded", unit=MetricUnit.Count, value=1)
+    if binding is None or binding.session_id is None:
+        return
+    history = memory.load(binding.session_id)
+    if history.source != "none":
+        metrics.add_metric(name="TurnsPerSession", unit=MetricUnit.Count, value=history.last_turn_number)
 
 
 class SessionService:
@@ -70,7 +85,7 @@ class SessionService:
         return True
 
     def disconnect(self, connection_id: str) -> None:
-        self._registry.unbind(connection_id)
+        end_conversation(self._registry, self._memory, connection_id)
 
     def binding(self, connection_id: str) -> Binding:
         """The connection's binding. While memory is unreachable the session is unknown
