@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatmemory.turns import Turn
 
 
 class ErrorCode(StrEnum):
@@ -58,6 +62,25 @@ class Busy(ChatError):
         super().__init__("Another message in this conversation is being answered. Try again in a moment.")
 
 
+class InProgress(ChatError):
+    code = ErrorCode.BUSY
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This message is still being answered; the answer goes to the connection that sent it first."
+        )
+
+
+class NotAnsweredTwice(ChatError):
+    code = ErrorCode.LLM_UNAVAILABLE
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The assistant could not answer this message earlier, and a message is never answered twice. "
+            "Send it again as a new message to retry."
+        )
+
+
 class Forbidden(ChatError):
     code = ErrorCode.FORBIDDEN
 
@@ -105,3 +128,16 @@ class TurnConflict(Exception):
 
 class ClientGone(Exception):
     """The WebSocket connection is closed (API Gateway answered GoneException)."""
+
+
+class DuplicateTurn(Exception):
+    """A turn with this message's ``clientMessageId`` (or this frame's API Gateway message id)
+    is stored already: the message is not taken a second time. Not shown to users as such."""
+
+    def __init__(self, turn: Turn) -> None:
+        super().__init__(f"turn {turn.turn} of {turn.session_id} has this message")
+        self.turn = turn
+
+
+class SessionErased(Exception):
+    """The connection is bound to a session that was erased (from another connection)."""

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from chatmemory.breakers import Breakers
 from chatmemory.cache import TurnCache
 from chatmemory.config import MemorySettings
-from chatmemory.errors import Busy, TurnConflict
+from chatmemory.errors import Busy, DuplicateTurn, SessionErased, TurnConflict
 from chatmemory.observability import logger, metrics, tracer
 from chatmemory.protocol import MemoryMode
 from chatmemory.store import TurnStore
@@ -93,17 +93,32 @@ class SessionMemory:
 
     @tracer.capture_method(capture_response=False)
     def begin_turn(
-        self, session_id: str, principal: str | None, message: str, client_message_id: str | None
+        self,
+        session_id: str,
+        principal: str | None,
+        message: str,
+        client_message_id: str | None,
+        message_id: str | None = None,
     ) -> StartedTurn:
         """Load the history and persist the user's message under the next turn number.
 
         The conditional put detects a concurrent writer or a stale cache: the cache is then
         dropped, the history re-read from DynamoDB and the allocation tried once more.
+
+        A message already stored (same ``client_message_id``, or the same frame, ``message_id``,
+        delivered twice) raises ``DuplicateTurn`` instead of taking a second turn. Every read of
+        the history is checked, so two copies racing for one number find each other: the loser
+        re-reads and sees the winner's turn. A session erased from another connection raises
+        ``SessionErased`` rather than coming back under its old id.
         """
         history = self.load(session_id, context=True)
+        _check_duplicate(history, client_message_id, message_id)
         number = history.last_turn_number + 1
+        if number == 1 and self._erased(session_id):
+            raise SessionErased()
         for attempt in range(2):
             turn = self._new_turn(session_id, number, principal, message, client_message_id)
+            turn.message_id = message_id
             try:
                 self.breakers.dynamodb.call(self.store.put_user_message, turn)
                 return StartedTurn(turn, history, persisted=True)
@@ -114,6 +129,7 @@ class SessionMemory:
                 if reloaded is None:  # DynamoDB failed right after: no history to trust
                     return StartedTurn(turn, History([], "stateless", "none"), persisted=False)
                 history = reloaded
+                _check_duplicate(history, client_message_id, message_id)
                 # Expired items still hold their numbers until DynamoDB deletes them.
                 number = max(history.last_turn_number, self._last_stored_number(session_id)) + 1
             except DYNAMODB_FAULTS as exc:
@@ -207,6 +223,12 @@ class SessionMemory:
             client_message_id=client_message_id,
         )
 
+    def _erased(self, session_id: str) -> bool:
+        try:
+            return bool(self.breakers.dynamodb.call(self.store.is_erased, session_id, self._now()))
+        except DYNAMODB_FAULTS:
+            return False
+
     def _last_stored_number(self, session_id: str) -> int:
         try:
             return self.breakers.dynamodb.call(self.store.last_turn_number, session_id)
@@ -255,3 +277,11 @@ class SessionMemory:
         except REDIS_FAULTS as exc:
             logger.warning("Redis write failed; entry marked for repair", extra={"error": type(exc).__name__})
             self._dirty.add(session_id)
+
+
+def _check_duplicate(history: History, client_message_id: str | None, message_id: str | None) -> None:
+    for turn in reversed(history.turns):
+        if (client_message_id and turn.client_message_id == client_message_id) or (
+            message_id and turn.message_id == message_id
+        ):
+            raise DuplicateTurn(turn)

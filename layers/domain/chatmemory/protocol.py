@@ -59,10 +59,16 @@ class ExportSession(_ClientFrame):
     action: Literal["exportSession"]
 
 
-AnyClientFrame = SendMessage | GetSession | NewSession | DeleteSession | ExportSession
+class DeleteMyData(_ClientFrame):
+    action: Literal["deleteMyData"]
+
+
+AnyClientFrame = SendMessage | GetSession | NewSession | DeleteSession | ExportSession | DeleteMyData
 ClientFrame = Annotated[AnyClientFrame, Field(discriminator="action")]
 _client_frame: TypeAdapter[AnyClientFrame] = TypeAdapter(ClientFrame)
-KNOWN_ACTIONS = frozenset({"sendMessage", "getSession", "newSession", "deleteSession", "exportSession"})
+KNOWN_ACTIONS = frozenset(
+    {"sendMessage", "getSession", "newSession", "deleteSession", "exportSession", "deleteMyData"}
+)
 
 
 def parse_client_frame(body: str | None) -> AnyClientFrame:
@@ -118,6 +124,11 @@ def session_frame(
 
 def deleted_frame(session_id: str) -> dict[str, Any]:
     return {"type": "deleted", "sessionId": session_id}
+
+
+def deleted_all_frame(session_id: str, sessions: int, items: int) -> dict[str, Any]:
+    """``deleted`` for ``deleteMyData``: every session of the principal, and its long-term memory."""
+    return {**deleted_frame(session_id), "scope": "principal", "sessions": sessions, "items": items}
 
 
 # Room in an export frame for everything around its ``data`` (type, id, part numbers).
