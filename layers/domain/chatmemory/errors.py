@@ -21,6 +21,11 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
 
 
+def shown_safely(text: str, limit: int = 40) -> bool:
+    """Whether client-sent text may be echoed in an error message: short, printable ASCII."""
+    return len(text) <= limit and text.isascii() and text.isprintable()
+
+
 class ChatError(Exception):
     code: ErrorCode = ErrorCode.INTERNAL
 
@@ -37,7 +42,9 @@ class UnknownAction(ChatError):
     code = ErrorCode.UNKNOWN_ACTION
 
     def __init__(self, action: str | None, known: list[str]) -> None:
-        shown = f'"{action[:40]}"' if action else "missing"
+        shown = (
+            f'"{action}"' if action and shown_safely(action) else ("missing" if not action else "(not shown)")
+        )
         super().__init__(f"Unknown action {shown}. Known actions: {', '.join(known)}.")
 
 
