@@ -12,6 +12,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+from aws_lambda_powertools.logging.types import PowertoolsLogRecord
 
 SERVICE = "chat-memory"
 NAMESPACE = "ChatMemory"
@@ -58,8 +59,8 @@ def redact(value: Any, key: str | None = None) -> Any:
 class RedactingFormatter(LambdaPowertoolsFormatter):
     """Powertools' JSON log lines, with ``redact`` applied to every field first."""
 
-    def serialize(self, log: dict[str, Any]) -> str:
-        return super().serialize(log={k: redact(v, k) for k, v in log.items()})
+    def serialize(self, log: dict[str, Any] | PowertoolsLogRecord) -> str:
+        return super().serialize(log={k: redact(v, str(k)) for k, v in dict(log).items()})
 
 
 logger = Logger(service=SERVICE, logger_formatter=RedactingFormatter())
