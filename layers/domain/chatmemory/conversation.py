@@ -34,10 +34,6 @@ from chatmemory.sender import DeltaBatcher, FrameSender
 from chatmemory.sessions import SessionService
 from chatmemory.turns import Turn, Usage
 
-# A reply still "pending" this long after its message was accepted is lost, not in progress:
-# no Lambda runs longer (15 minutes).
-STALE_PENDING_SECONDS = 900
-
 NOTICES = {
     "cache_only": (
         NoticeCode.MEMORY_DEGRADED,
@@ -173,7 +169,7 @@ class Conversation:
             logger.info("frame delivered twice; answered once", extra={"turn": turn.turn})
             return
         logger.info("retried message; replaying its turn", extra={"turn": turn.turn, "status": turn.status})
-        stale = self._memory.clock() - turn.at > STALE_PENDING_SECONDS
+        stale = self._memory.clock() - turn.at >= self._memory.settings.turn_timeout_seconds
         if turn.status == "pending" and not stale:
             raise InProgress()
         if turn.assistant:

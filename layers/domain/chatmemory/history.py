@@ -106,13 +106,15 @@ class SessionMemory:
         dropped, the history re-read from DynamoDB and the allocation tried once more.
 
         A message already stored (same ``client_message_id``, or the same frame, ``message_id``,
-        delivered twice) raises ``DuplicateTurn`` instead of taking a second turn. Every read of
-        the history is checked, so two copies racing for one number find each other: the loser
-        re-reads and sees the winner's turn. A session erased from another connection raises
-        ``SessionErased`` rather than coming back under its old id.
+        delivered twice) raises ``DuplicateTurn`` instead of taking a second turn. While the
+        session's last turn is still being answered, another message gets ``Busy``: a turn's
+        context always holds the turn before it. Every read of the history is checked, so two
+        messages racing for one number find each other: the loser re-reads and sees the winner's
+        turn. A session erased from another connection raises ``SessionErased`` rather than
+        coming back under its old id.
         """
         history = self.load(session_id, context=True)
-        _check_duplicate(history, client_message_id, message_id)
+        self._check_taken(history, client_message_id, message_id)
         number = history.last_turn_number + 1
         if number == 1 and self._erased(session_id):
             raise SessionErased()
@@ -129,7 +131,7 @@ class SessionMemory:
                 if reloaded is None:  # DynamoDB failed right after: no history to trust
                     return StartedTurn(turn, History([], "stateless", "none"), persisted=False)
                 history = reloaded
-                _check_duplicate(history, client_message_id, message_id)
+                self._check_taken(history, client_message_id, message_id)
                 # Expired items still hold their numbers until DynamoDB deletes them.
                 number = max(history.last_turn_number, self._last_stored_number(session_id)) + 1
             except DYNAMODB_FAULTS as exc:
@@ -222,6 +224,12 @@ class SessionMemory:
             principal=principal,
             client_message_id=client_message_id,
         )
+
+    def _check_taken(self, history: History, client_message_id: str | None, message_id: str | None) -> None:
+        _check_duplicate(history, client_message_id, message_id)
+        if history.turns and history.turns[-1].status == "pending":
+            if self._now() - history.turns[-1].at < self.settings.turn_timeout_seconds:
+                raise Busy()
 
     def _erased(self, session_id: str) -> bool:
         try:
