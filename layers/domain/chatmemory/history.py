@@ -227,9 +227,9 @@ class SessionMemory:
 
     def _check_taken(self, history: History, client_message_id: str | None, message_id: str | None) -> None:
         _check_duplicate(history, client_message_id, message_id)
-        if history.turns and history.turns[-1].status == "pending":
-            if self._now() - history.turns[-1].at < self.settings.turn_timeout_seconds:
-                raise Busy()
+        last = history.turns[-1] if history.turns else None
+        if last and last.status == "pending" and self._now() - last.at < self.settings.turn_timeout_seconds:
+            raise Busy()
 
     def _erased(self, session_id: str) -> bool:
         try:
