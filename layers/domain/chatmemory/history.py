@@ -132,8 +132,13 @@ class SessionMemory:
                     return StartedTurn(turn, History([], "stateless", "none"), persisted=False)
                 history = reloaded
                 self._check_taken(history, client_message_id, message_id)
-                # Expired items still hold their numbers until DynamoDB deletes them.
-                number = max(history.last_turn_number, self._last_stored_number(session_id)) + 1
+                # Expired items still hold their numbers until DynamoDB deletes them. They are
+                # always the oldest: a stored number past the history's last is a turn written
+                # since it was read, which the new turn's context would lack.
+                stored = self._last_stored_number(session_id)
+                if history.turns and stored > history.last_turn_number:
+                    raise Busy()
+                number = max(history.last_turn_number, stored) + 1
             except DYNAMODB_FAULTS as exc:
                 logger.warning("could not store the user's message", extra={"error": type(exc).__name__})
                 mode: MemoryMode = "cache_only" if history.source == "cache" else "stateless"
