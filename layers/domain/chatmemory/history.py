@@ -137,7 +137,7 @@ class SessionMemory:
                 # since it was read, which the new turn's context would lack.
                 stored = self._last_stored_number(session_id)
                 if history.turns and stored > history.last_turn_number:
-                    raise Busy()
+                    raise Busy() from None
                 number = max(history.last_turn_number, stored) + 1
             except DYNAMODB_FAULTS as exc:
                 logger.warning("could not store the user's message", extra={"error": type(exc).__name__})
