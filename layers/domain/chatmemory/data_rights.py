@@ -114,7 +114,7 @@ class DataRights:
         pending = {str(binding.session_id)}
         for _ in range(_ERASE_PASSES):
             pending |= self._dynamodb(self._memory.store.principal_sessions, binding.principal)
-            pending -= seen
+            pending -= seen | {user_memory_partition(binding.principal)}  # erased below
             if not pending:
                 break
             for session_id in sorted(pending):

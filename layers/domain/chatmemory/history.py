@@ -119,8 +119,7 @@ class SessionMemory:
         if number == 1 and self._erased(session_id):
             raise SessionErased()
         for attempt in range(2):
-            turn = self._new_turn(session_id, number, principal, message, client_message_id)
-            turn.message_id = message_id
+            turn = self._new_turn(session_id, number, principal, message, client_message_id, message_id)
             try:
                 self.breakers.dynamodb.call(self.store.put_user_message, turn)
                 return StartedTurn(turn, history, persisted=True)
@@ -218,7 +217,13 @@ class SessionMemory:
         return self._now() + self.settings.session_ttl_seconds
 
     def _new_turn(
-        self, session_id: str, number: int, principal: str | None, message: str, client_message_id: str | None
+        self,
+        session_id: str,
+        number: int,
+        principal: str | None,
+        message: str,
+        client_message_id: str | None,
+        message_id: str | None = None,
     ) -> Turn:
         return Turn(
             session_id=session_id,
@@ -228,6 +233,7 @@ class SessionMemory:
             expires_at=self._expiry(),
             principal=principal,
             client_message_id=client_message_id,
+            message_id=message_id,
         )
 
     def _check_taken(self, history: History, client_message_id: str | None, message_id: str | None) -> None:
