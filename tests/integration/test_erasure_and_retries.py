@@ -386,3 +386,35 @@ def test_a_hand_off_delivered_twice_is_one_turn_and_one_model_call(
     assert not [f for f in frames if f["type"] == "error" and f["code"] != "busy"]
     # the same text in a new frame is a new message
     assert client.say("delivered twice")[-1]["turn"] == 2
+
+
+def test_a_retry_of_a_message_whose_answer_was_lost_is_not_answered_again(aws: Any, redis_url: str) -> None:
+    """The first answer's Lambda stopped mid-reply (the turn stays pending): within the turn
+    timeout a retry is told it is still being answered; after it, that the answer failed."""
+    from chatmemory.connections import Binding
+    from chatmemory.errors import InProgress, NotAnsweredTwice
+
+    from tests.conftest import make_settings
+    from tests.integration.test_store_and_cache import NOW, FakeClock
+
+    settings = make_settings(redis_url, memory={"turn_timeout_seconds": 60})
+    clock = FakeClock(NOW)
+    model = CountingModel(build_chat_model(settings.llm, None))
+    services = Services(settings, aws, redis_client(settings), model, clock=clock)
+    services.memory.begin_turn("s-lost", "guest:ada", "answer me", "m-lost")  # and then it died
+    conversation = services.conversation("https://abc123def4.execute-api.us-east-1.amazonaws.com/prod")
+    binding = Binding(
+        connection_id="c-lost", session_id="s-lost", principal="guest:ada", connected_at=int(NOW)
+    )
+
+    clock.now = NOW + 59
+    with pytest.raises(InProgress):
+        conversation.send_message(binding, "answer me", "m-lost")
+    clock.now = NOW + 60
+    with pytest.raises(NotAnsweredTwice):
+        conversation.send_message(binding, "answer me", "m-lost")
+
+    assert [int(t["turn_number"]) for t in turns_of(aws, "s-lost")] == [1] and model.asked == []
+    # a new message is answered, as the next turn
+    conversation.send_message(binding, "answer me", "m-new")
+    assert [t["status"] for t in turns_of(aws, "s-lost")] == ["pending", "complete"]
