@@ -112,6 +112,12 @@ class SessionMemory:
         messages racing for one number find each other: the loser re-reads and sees the winner's
         turn. A session erased from another connection raises ``SessionErased`` rather than
         coming back under its old id.
+
+        Idempotency rests on this conditional put rather than on Powertools' idempotency
+        utility: a retry must get the stored reply re-sent as frames, to whichever connection
+        asks, and the turn item (keyed by its number, carrying both ids) already is that record;
+        a separate idempotency record would be a second write on every turn and could disagree
+        with the turn it stands for.
         """
         history = self.load(session_id, context=True)
         self._check_taken(history, client_message_id, message_id)
