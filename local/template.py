@@ -118,6 +118,7 @@ class Template:
                 "KeySchema": props["KeySchema"],
                 "AttributeDefinitions": props["AttributeDefinitions"],
                 "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
+                "GlobalSecondaryIndexes": props.get("GlobalSecondaryIndexes", []),
                 "ttl_attribute": props.get("TimeToLiveSpecification", {}).get("AttributeName"),
             }
         return out
@@ -137,11 +138,17 @@ def create_tables(dynamodb: Any, names: dict[str, str]) -> None:
         name = names[logical_id]
         if name in existing:
             continue
+        indexes = (
+            {"GlobalSecondaryIndexes": spec["GlobalSecondaryIndexes"]}
+            if spec["GlobalSecondaryIndexes"]
+            else {}
+        )
         client.create_table(
             TableName=name,
             KeySchema=spec["KeySchema"],
             AttributeDefinitions=spec["AttributeDefinitions"],
             BillingMode=spec["BillingMode"],
+            **indexes,
         )
         client.get_waiter("table_exists").wait(TableName=name)
         if spec["ttl_attribute"]:

@@ -37,6 +37,7 @@ const ui = {
   connectionLabel: $(".connection-label"),
   memory: $('[data-testid="memory-mode"]'),
   newChat: $('[data-testid="new-chat"]'),
+  deleteMyData: $('[data-testid="delete-my-data"]'),
 };
 
 // ---- configuration and storage -------------------------------------------------------------
@@ -96,6 +97,8 @@ const state = {
   /** The reply being waited for: { user, bubble, text, turn, clientMessageId } or null. */
   pending: null,
   memoryMode: "full",
+  /** What to say once the session frame after a `deleted` frame arrives, or null. */
+  erased: null,
 };
 
 // ---- connection ----------------------------------------------------------------------------
@@ -228,6 +231,7 @@ function handleFrame(frame) {
     case "done": return onDone(frame);
     case "notice": return onNotice(frame);
     case "error": return onError(frame);
+    case "deleted": return onDeleted(frame);
     default: return undefined; // frame types from newer servers are ignored
   }
 }
@@ -241,10 +245,23 @@ function onSession(frame) {
   state.everConnected = true;
   setConnection("connected");
   renderHistory(Array.isArray(frame.history) ? frame.history : []);
-  if (previous && frame.sessionId && previous !== frame.sessionId && !frame.resumed) {
+  if (state.erased) {
+    showSystem("info", state.erased);
+    state.erased = null;
+  } else if (previous && frame.sessionId && previous !== frame.sessionId && !frame.resumed) {
     showSystem("info", "Your earlier conversation has expired, so this is a fresh one.");
   }
   setMemoryMode(frame.memoryMode);
+}
+
+function onDeleted(frame) {
+  // The session frame of the fresh session follows and says so.
+  state.pending = null;
+  state.erased =
+    frame.scope === "principal"
+      ? "All your conversations and everything I remembered about you are erased."
+      : "This conversation is erased.";
+  updateSendButton();
 }
 
 function onDelta(frame) {
@@ -380,6 +397,16 @@ ui.newChat.addEventListener("click", () => {
   setMemoryMode("full");
   restart();
   ui.composer.focus();
+});
+ui.deleteMyData.addEventListener("click", () => {
+  if (state.socket?.readyState !== WebSocket.OPEN) {
+    showSystem("error", "You are offline: reconnect, then delete your data.");
+    return;
+  }
+  const sure = window.confirm(
+    "Erase all your conversations and everything the assistant remembers about you? This cannot be undone.",
+  );
+  if (sure) state.socket.send(JSON.stringify({ action: "deleteMyData" }));
 });
 for (const chip of document.querySelectorAll(".suggestions .chip")) {
   chip.addEventListener("click", () => {

@@ -32,5 +32,5 @@ def answer(request: RouteRequest) -> None:
         raise BadRequest("This route takes sendMessage frames only.")
     binding = request.services.sessions(request.endpoint).binding(request.connection_id)
     request.services.conversation(request.endpoint).send_message(
-        binding, request.frame.message, request.frame.client_message_id
+        binding, request.frame.message, request.frame.client_message_id, request.message_id
     )

@@ -195,6 +195,35 @@ def test_new_chat_starts_a_fresh_session(stack: Any, page: Any) -> None:
     assert after and after != before
 
 
+def test_delete_my_data_erases_everything_and_starts_afresh(stack: Any, page: Any) -> None:
+    import boto3
+    from boto3.dynamodb.conditions import Key
+    from playwright.sync_api import expect
+
+    open_chat(page, stack.http_url)
+    page.locator(COMPOSER).fill("Remember the word marmalade")
+    page.locator(COMPOSER).press("Enter")
+    wait_for_replies(page, 1)
+    before = page.evaluate("localStorage.getItem('chatMemory.sessionId')")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator('[data-testid="delete-my-data"]').click()
+
+    expect(page.locator('[data-testid="info"]')).to_contain_text(
+        "everything I remembered about you are erased"
+    )
+    expect(page.locator(USER)).to_have_count(0)
+    table = boto3.resource("dynamodb", endpoint_url=stack.dynamodb_url, region_name="us-east-1").Table(
+        "ChatSessions"
+    )
+    assert table.query(KeyConditionExpression=Key("session_id").eq(before))["Items"] == []
+    page.locator(COMPOSER).fill("Do you know the word?")
+    page.locator(COMPOSER).press("Enter")
+    assert "I see no earlier turns" in wait_for_replies(page, 1)
+    after = page.evaluate("localStorage.getItem('chatMemory.sessionId')")
+    assert after and after != before
+
+
 def test_goes_offline_and_reconnects_to_the_same_session(stack: Any, page: Any) -> None:
     from playwright.sync_api import expect
 

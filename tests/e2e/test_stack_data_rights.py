@@ -78,3 +78,56 @@ def test_another_guest_can_neither_export_nor_erase_the_session(stack: Stack) ->
 
     turns = [item["user_message"] for item in stored(stack, owner) if item["turn_number"] > 0]
     assert turns == ["a secret only I should see"]
+
+
+def test_a_guest_erases_all_their_data_and_another_guests_stays(stack: Stack) -> None:
+    import jwt
+
+    dynamodb = boto3.resource("dynamodb", endpoint_url=stack.dynamodb_url, region_name="us-east-1")
+    table = dynamodb.Table("ChatSessions")
+    cache = redis.Redis.from_url(E2E_REDIS_URL)
+
+    def guest(ws: ClientConnection) -> tuple[str, str, str]:
+        frame = session_of(ws)
+        token = frame["guestToken"]
+        return frame["sessionId"], token, jwt.decode(token, options={"verify_signature": False})["sub"]
+
+    def remember_about(principal: str) -> None:  # long-term memory, as it is laid out
+        table.put_item(Item={"session_id": f"user#{principal}", "turn_number": 0, "facts": "likes tea"})
+        cache.set(f"user:{{{principal}}}:memory", "likes tea")
+
+    with open_socket(stack) as other:
+        theirs, _, eve = guest(other)
+        turn(other, "Eve's own words")
+    remember_about(eve)
+
+    with open_socket(stack) as ws:
+        first, token, ada = guest(ws)
+        turn(ws, "My name is Ada")
+        ws.send(json.dumps({"action": "newSession"}))
+        second = receive(ws)["sessionId"]
+        turn(ws, "A second conversation")
+        remember_about(ada)
+        with open_socket(stack, first, token) as tab:  # another tab, on the first session
+            assert session_of(tab)["sessionId"] == first
+            time.sleep(0.3)  # let memory updates the turns started finish
+
+            ws.send(json.dumps({"action": "deleteMyData"}))
+            deleted, fresh = receive(ws), receive(ws)
+            assert deleted["type"] == "deleted" and deleted["scope"] == "principal", deleted
+            assert deleted["sessions"] == 2 and fresh["type"] == "session" and fresh["history"] == []
+
+            # nothing of Ada's is left in DynamoDB or Redis
+            for session_id in (first, second, f"user#{ada}"):
+                assert stored(stack, session_id) == [] and cached(session_id) == []
+            assert not [i for i in table.scan(ConsistentRead=True)["Items"] if i.get("principal") == ada]
+            assert cache.keys(f"*{ada}*") == []
+
+            # the other tab is moved to a fresh session, not back into the erased one
+            frames = turn(tab, "Still there?")
+            assert frames[0]["type"] == "session" and frames[0]["sessionId"] not in (first, second)
+            assert frames[-1]["turn"] == 1 and stored(stack, first) == []
+
+    # Eve's data is untouched
+    assert [i["user_message"] for i in stored(stack, theirs)] == ["Eve's own words"]
+    assert len(stored(stack, f"user#{eve}")) == 1 and cache.get(f"user:{{{eve}}}:memory") == b"likes tea"

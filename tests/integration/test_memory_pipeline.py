@@ -4,6 +4,7 @@ model through the SDK, and the updater in a background thread as on the local st
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from chatmemory.memory.tasks import SUMMARY_TASK
 from chatmemory.protocol import encode
 from chatmemory.services import Services, redis_client
 from chatmemory.store import TurnStore
+from chatmemory.turns import Turn
 
 from tests.conftest import make_settings
 from tests.support.frames import ENDPOINT, frames_sent, reply_text
@@ -203,8 +205,11 @@ def test_updates_are_idempotent(small: Services, aws: Any) -> None:
     assert after == before
 
     # two updaters racing for the same block store one result
-    for i in range(7, 10):
-        Chat(small, "s-idem").services.memory.begin_turn("s-idem", "p", f"I like number {i}", None)
+    for number, i in enumerate(range(7, 10), start=8):  # three more turns, still being answered
+        now = int(time.time())
+        Chat(small, "s-idem").services.memory.store.put_user_message(
+            Turn(session_id="s-idem", turn=number, user=f"I like number {i}", at=now, expires_at=now + 3600)
+        )
     results: list[bool] = []
     threads = [
         threading.Thread(target=lambda: results.append(small.updater.update("s-idem"))) for _ in range(2)

@@ -105,13 +105,39 @@ def test_a_stale_cache_is_detected_by_the_conditional_write(services: Services, 
     assert [t.turn for t in started.history.turns] == [1, 2]
 
 
-def test_two_writers_racing_for_one_turn(services: Services, aws: Any) -> None:
+def test_a_second_tab_waits_for_the_turn_being_answered(services: Services, aws: Any) -> None:
+    """Tab B sends while tab A's turn is being answered: ``busy`` (its turn's context would
+    lack A's turn); once A's reply is stored, B's message is the next turn, with A's in its
+    context."""
     memory = services.memory
     a = memory.begin_turn("s-6", "p", "from tab A", None)
+    with pytest.raises(Busy):
+        memory.begin_turn("s-6", "p", "from tab B", None)
+    memory.finish_turn(a, "reply to A", "complete", Usage())
     b = memory.begin_turn("s-6", "p", "from tab B", None)
     assert (a.turn.turn, b.turn.turn) == (1, 2)
+    assert [(t.turn, t.assistant) for t in b.history.turns] == [(1, "reply to A")]
     stored = TurnStore(aws.Table("ChatSessions")).latest_turns("s-6", 10, NOW)
     assert [(t.turn, t.user) for t in stored] == [(1, "from tab A"), (2, "from tab B")]
+
+
+def test_a_reply_pending_past_the_turn_timeout_is_lost_not_busy(aws: Any, redis_url: str) -> None:
+    from chatmemory.llm.anthropic_model import build_chat_model
+    from chatmemory.services import redis_client
+
+    from tests.conftest import make_settings
+
+    settings = make_settings(redis_url, memory={"turn_timeout_seconds": 30})
+    clock = FakeClock(NOW)
+    services = Services(
+        settings, aws, redis_client(settings), build_chat_model(settings.llm, None), clock=clock
+    )
+    services.memory.begin_turn("s-8", "p", "its Lambda timed out", None)
+    clock.now = NOW + 29
+    with pytest.raises(Busy):
+        services.memory.begin_turn("s-8", "p", "too soon", None)
+    clock.now = NOW + 30
+    assert services.memory.begin_turn("s-8", "p", "later", None).turn.turn == 2
 
 
 def test_concurrent_writers_get_distinct_turns_or_busy(services: Services, aws: Any) -> None:

@@ -6,14 +6,17 @@ import json
 from typing import Any
 
 import pytest
-from chatmemory.errors import BadRequest
+from chatmemory.errors import BadRequest, UnknownAction
 from chatmemory.protocol import (
     KNOWN_ACTIONS,
     MAX_FRAME_BYTES,
+    DeleteMyData,
     DeleteSession,
     ExportSession,
     GetSession,
     NewSession,
+    deleted_all_frame,
+    deleted_frame,
     encode,
     export_frames,
     parse_client_frame,
@@ -31,7 +34,8 @@ def test_the_session_actions_parse() -> None:
     assert parse_client_frame('{"action": "getSession", "before": 7}') == GetSession(
         action="getSession", before=7
     )
-    assert {"newSession", "deleteSession", "exportSession"} <= KNOWN_ACTIONS
+    assert isinstance(parse_client_frame('{"action": "deleteMyData"}'), DeleteMyData)
+    assert {"newSession", "deleteSession", "exportSession", "deleteMyData"} <= KNOWN_ACTIONS
 
 
 @pytest.mark.parametrize(
@@ -45,11 +49,37 @@ def test_the_session_actions_parse() -> None:
         '{"action": "deleteSession", "sessionId": "someone-elses"}',
         '{"action": "exportSession", "format": "csv"}',
         '{"action": "newSession", "sessionId": "mine"}',
+        '{"action": "deleteMyData", "principal": "user:someone-else"}',
+        '{"action": "sendMessage", "message": "bell \\u0007"}',
+        '{"action": "sendMessage", "message": "half \\ud83d"}',
+        '{"action": "sendMessage", "message": "hi", "clientMessageId": "caf\\u00e9"}',
     ],
 )
 def test_refusals(body: str) -> None:
     with pytest.raises(BadRequest):
         parse_client_frame(body)
+
+
+def test_deleted_frames() -> None:
+    assert deleted_frame(SESSION_ID) == {"type": "deleted", "sessionId": SESSION_ID}
+    assert deleted_all_frame(SESSION_ID, sessions=3, items=42) == {
+        "type": "deleted",
+        "sessionId": SESSION_ID,
+        "scope": "principal",
+        "sessions": 3,
+        "items": 42,
+    }
+
+
+def test_text_a_client_sent_is_echoed_in_an_error_only_when_printable_ascii() -> None:
+    with pytest.raises(UnknownAction) as shown:
+        parse_client_frame('{"action": "dance"}')
+    assert '"dance"' in shown.value.message
+    for hostile in ("\\u0007bell", "\\udc80", "x" * 41):
+        with pytest.raises(UnknownAction) as hidden:
+            parse_client_frame(json.dumps({"action": json.loads(f'"{hostile}"')}))
+        assert "(not shown)" in hidden.value.message
+        encode({"message": hidden.value.message})  # always encodable
 
 
 def reassembled(frames: list[dict[str, Any]]) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from cfnlint.api import ManualArgs, lint, lint_file
 from chatmemory.config import Settings
+from chatmemory.store import PRINCIPAL_INDEX
 from pydantic import BaseModel
 
 from local.template import ROOT, TEMPLATE, load_template
@@ -24,6 +25,7 @@ ROUTES = {
     "newSession",
     "deleteSession",
     "exportSession",
+    "deleteMyData",
 }
 
 # What each handler really calls (read from chatmemory's store, connections and sender modules),
@@ -45,7 +47,8 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
             "dynamodb:Query",
             "dynamodb:GetItem",
         },
-        "ConnectionsTable": {"dynamodb:GetItem"},
+        # PutItem: rebind a connection whose session was erased from another connection
+        "ConnectionsTable": {"dynamodb:GetItem", "dynamodb:PutItem"},
         "@connections": {"execute-api:ManageConnections"},
     },
     "GetSessionFunction": {
@@ -58,8 +61,15 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
         "@connections": {"execute-api:ManageConnections"},
     },
     "DeleteSessionFunction": {
-        # Query: every item and whose it is; BatchWriteItem: delete them (turns and meta item)
-        "ChatSessionsTable": {"dynamodb:Query", "dynamodb:BatchWriteItem"},
+        # Query: every item and whose it is; BatchWriteItem: delete them (turns and meta item);
+        # PutItem: the erased session's tombstone
+        "ChatSessionsTable": {"dynamodb:Query", "dynamodb:BatchWriteItem", "dynamodb:PutItem"},
+        "ConnectionsTable": {"dynamodb:GetItem", "dynamodb:PutItem"},  # look up, rebind
+        "@connections": {"execute-api:ManageConnections"},
+    },
+    "DeleteMyDataFunction": {
+        "ChatSessionsIndex": {"dynamodb:Query"},  # the principal's sessions (by_principal)
+        "ChatSessionsTable": {"dynamodb:Query", "dynamodb:BatchWriteItem", "dynamodb:PutItem"},
         "ConnectionsTable": {"dynamodb:GetItem", "dynamodb:PutItem"},  # look up, rebind
         "@connections": {"execute-api:ManageConnections"},
     },
@@ -123,6 +133,8 @@ def resource_name(resource: Any) -> str:
         return "ConnectionsTable"
     if resource == {"Fn::Sub": CONNECTIONS_ARN}:
         return "@connections"
+    if resource == {"Fn::Sub": "${ChatSessionsTable.Arn}/index/by_principal"}:
+        return "ChatSessionsIndex"
     return str(resource)
 
 
@@ -349,9 +361,18 @@ def test_chat_sessions_table_is_keyed_as_the_turn_store_expects(raw: dict[str, A
         {"AttributeName": "turn_number", "KeyType": "RANGE"},
     ]
     assert sorted(props["AttributeDefinitions"], key=str) == [
+        {"AttributeName": "principal", "AttributeType": "S"},
         {"AttributeName": "session_id", "AttributeType": "S"},
         {"AttributeName": "turn_number", "AttributeType": "N"},
     ]
+    # deleteMyData finds a principal's sessions here (chatmemory.store.PRINCIPAL_INDEX)
+    (index,) = props["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == PRINCIPAL_INDEX
+    assert index["KeySchema"] == [
+        {"AttributeName": "principal", "KeyType": "HASH"},
+        {"AttributeName": "session_id", "KeyType": "RANGE"},
+    ]
+    assert index["Projection"] == {"ProjectionType": "KEYS_ONLY"}
     assert props["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
     assert props["BillingMode"] == "PAY_PER_REQUEST"
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}

@@ -97,6 +97,7 @@ class RouteRequest:
     endpoint: str
     frame: AnyClientFrame
     services: Services
+    message_id: str | None = None  # API Gateway's id of this frame: the same on a redelivery
 
 
 LambdaHandler = Callable[[dict[str, Any], LambdaContext], dict[str, Any]]
@@ -120,7 +121,7 @@ def message_route(serve: Callable[[RouteRequest], None]) -> LambdaHandler:
         endpoint = endpoint_url(ctx)
         with errors_as_frames(services.sender(endpoint), ctx.connection_id, ctx.request_id):
             frame = parse_client_frame(event.body if isinstance(event.body, str) else None)
-            serve(RouteRequest(ctx.connection_id, ctx.request_id, endpoint, frame, services))
+            serve(RouteRequest(ctx.connection_id, ctx.request_id, endpoint, frame, services, ctx.message_id))
         return OK
 
     return handler

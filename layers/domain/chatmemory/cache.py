@@ -38,6 +38,11 @@ def state_key(session_id: str) -> str:
     return f"chat:{{{session_id}}}:memory"
 
 
+def user_memory_key(principal: str) -> str:
+    """A principal's long-term memory (across sessions)."""
+    return f"user:{{{principal}}}:memory"
+
+
 class TurnCache:
     def __init__(self, client: CacheClient, window: int, ttl_seconds: int) -> None:
         self._redis = client
@@ -98,6 +103,10 @@ class TurnCache:
         """Drop everything cached for the session (its turns and its memory state): one
         command, one slot."""
         self._redis.delete(turns_key(session_id), state_key(session_id))
+
+    def forget_user(self, principal: str) -> None:
+        """Drop the principal's cached long-term memory."""
+        self._redis.delete(user_memory_key(principal))
 
 
 class SecretCredentials(CredentialProvider):

@@ -19,6 +19,9 @@ StrategyName = Literal["window", "token_budget", "summary", "facts", "hybrid"]
 class MemorySettings(BaseModel):
     history_turns: int = Field(10, ge=1, le=200, description="N: turns of history sent to the model")
     session_ttl_seconds: int = Field(86_400, ge=60, description="sliding expiry of a session")
+    turn_timeout_seconds: int = Field(
+        120, ge=3, le=900, description="a reply still pending after this long is lost, not being written"
+    )
     cache_ttl_seconds: int = Field(3_600, ge=10, description="expiry of a session's Redis entry")
     max_message_chars: int = Field(16_000, ge=1, le=100_000, description="largest accepted user message")
     strategy: StrategyName = Field(

@@ -13,15 +13,26 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from chatmemory.config import Settings
 from chatmemory.connections import Binding
-from chatmemory.errors import ClientGone, EmptyMessage, LlmUnavailable, MessageTooLarge
+from chatmemory.errors import (
+    ClientGone,
+    DuplicateTurn,
+    EmptyMessage,
+    InProgress,
+    LlmUnavailable,
+    MessageTooLarge,
+    NoSession,
+    NotAnsweredTwice,
+    SessionErased,
+)
 from chatmemory.history import History, SessionMemory, StartedTurn
 from chatmemory.llm.base import ChatModel, Message, Prompt
 from chatmemory.memory.manager import MemoryManager, TurnContext
 from chatmemory.memory.tokens import TokenEstimator
 from chatmemory.observability import logger, metrics, tracer
-from chatmemory.protocol import NoticeCode, done_frame, notice_frame
+from chatmemory.protocol import MAX_FRAME_BYTES, NoticeCode, done_frame, notice_frame
 from chatmemory.sender import DeltaBatcher, FrameSender
-from chatmemory.turns import Usage
+from chatmemory.sessions import SessionService
+from chatmemory.turns import Turn, Usage
 
 NOTICES = {
     "cache_only": (
@@ -75,17 +86,23 @@ class Conversation:
         settings: Settings,
         clock: Callable[[], float] = time.monotonic,
         manager: MemoryManager | None = None,
+        sessions: SessionService | None = None,
     ) -> None:
-        self._memory, self._model, self._sender = memory, model, sender
+        self._memory, self._model, self._sender, self._sessions = memory, model, sender, sessions
         self._settings, self._clock = settings, clock
         self._manager = manager or MemoryManager(
             settings.memory, TokenEstimator(settings.memory.chars_per_token)
         )
 
     @tracer.capture_method(capture_response=False)
-    def send_message(self, binding: Binding, message: str, client_message_id: str | None) -> None:
+    def send_message(
+        self, binding: Binding, message: str, client_message_id: str | None, message_id: str | None = None
+    ) -> None:
         """Answer one message. Raises ``ChatError`` subclasses for the caller to turn into an
-        ``error`` frame; the user's message is stored before the model is called."""
+        ``error`` frame; the user's message is stored before the model is called.
+
+        A message already taken (a retry with the same ``client_message_id``, or the same frame,
+        ``message_id``, delivered twice) is never stored or answered twice: see ``_replay``."""
         began = self._clock()
         text = validate_message(message, self._settings.memory.max_message_chars)
         system = self._settings.llm.system_prompt
@@ -93,7 +110,11 @@ class Conversation:
         if binding.session_id is None:
             started = self._memory.stateless_turn(text)
         else:
-            started = self._memory.begin_turn(binding.session_id, binding.principal, text, client_message_id)
+            try:
+                started = self._begin(binding, text, client_message_id, message_id)
+            except DuplicateTurn as duplicate:
+                self._replay(binding, duplicate.turn, message_id)
+                return
         mode = started.history.mode
         metrics.add_metric(name=f"MemoryMode_{mode}", unit=MetricUnit.Count, value=1)
         if mode in NOTICES:
@@ -122,6 +143,51 @@ class Conversation:
         metrics.add_metric(
             name="CacheCreationInputTokens", unit=MetricUnit.Count, value=usage.cache_creation_input_tokens
         )
+
+    def _begin(
+        self, binding: Binding, text: str, client_message_id: str | None, message_id: str | None
+    ) -> StartedTurn:
+        assert binding.session_id is not None
+        try:
+            return self._memory.begin_turn(
+                binding.session_id, binding.principal, text, client_message_id, message_id
+            )
+        except SessionErased:
+            # Another connection erased this session: this one continues in a fresh session,
+            # and is told so (a session frame) before the turn's frames.
+            if self._sessions is None:
+                raise NoSession() from None
+            logger.info("bound session was erased; continuing in a fresh one")
+            fresh = self._sessions.fresh_session(binding)
+            assert fresh.session_id is not None
+            return self._memory.begin_turn(
+                fresh.session_id, fresh.principal, text, client_message_id, message_id
+            )
+
+    def _replay(self, binding: Binding, turn: Turn, message_id: str | None) -> None:
+        """The message is stored already. The same frame delivered twice (an asynchronous
+        hand-off is at-least-once): the first delivery answers, this one does nothing. A
+        client's retry: the stored answer again, no model call. Still being answered: ``busy``.
+        Failed earlier: that failure again (a new message retries)."""
+        metrics.add_metric(name="DuplicateMessage", unit=MetricUnit.Count, value=1)
+        if message_id and turn.message_id == message_id:
+            logger.info("frame delivered twice; answered once", extra={"turn": turn.turn})
+            return
+        logger.info("retried message; replaying its turn", extra={"turn": turn.turn, "status": turn.status})
+        stale = self._memory.clock() - turn.at >= self._memory.settings.turn_timeout_seconds
+        if turn.status == "pending" and not stale:
+            raise InProgress()
+        if turn.assistant:
+            batcher = DeltaBatcher(
+                self._sender, binding.connection_id, turn.turn, MAX_FRAME_BYTES, 0.0, self._clock
+            )
+            batcher.add(turn.assistant)
+            batcher.flush()
+        if turn.status != "complete":
+            raise NotAnsweredTwice()
+        frame = done_frame(turn.turn, "full", False, turn.input_tokens, turn.output_tokens)
+        frame["replayed"] = True
+        self._sender.send(binding.connection_id, frame)
 
     @staticmethod
     def _done(started: StartedTurn, context: TurnContext, usage: Usage) -> dict[str, Any]:

@@ -13,18 +13,22 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from chatmemory.cache import TurnCache
-from chatmemory.connections import Binding
+from chatmemory.connections import CONNECTION_TTL_SECONDS, Binding
 from chatmemory.errors import Forbidden, MemoryUnavailable
 from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS, SessionMemory
 from chatmemory.observability import logger
-from chatmemory.protocol import deleted_frame, export_frames, session_frame
+from chatmemory.protocol import deleted_all_frame, deleted_frame, export_frames, session_frame
 from chatmemory.sender import FrameSender
 from chatmemory.sessions import SessionService
-from chatmemory.store import META_TURN
+from chatmemory.store import META_TURN, user_memory_partition
 
 # A turn being written while the session is erased may land after the first pass: erasure
 # reads the partition again until it is empty, this many times at most.
 _ERASE_PASSES = 3
+# How long an erased session's tombstone lives: a connection bound to it lasts two hours at most.
+_TOMBSTONE_SECONDS = CONNECTION_TTL_SECONDS + 3600
+# Principals that are not one person's (no authorizer configured): never erased wholesale.
+_SHARED_PRINCIPALS = frozenset({"anonymous", "unknown"})
 
 
 class DataRights:
@@ -46,20 +50,35 @@ class DataRights:
         can simply retry."""
         binding = self._owned_binding(connection_id)
         session_id = str(binding.session_id)
+        owners = self._dynamodb(self._memory.store.item_owners, session_id)
+        self._check_owner(binding, [p for n, p in owners.items() if n != META_TURN])
+        self._erase_session(binding, session_id)
+        logger.info("session erased", extra={"session_id": session_id})
+        return self._continue_fresh(binding, deleted_frame(session_id))
+
+    def _erase_session(self, binding: Binding, session_id: str) -> int:
+        """Erase every item of a session of this principal, then its cache entries; returns
+        how many items went. A tombstone goes first, so no connection still bound to the
+        session (another tab) writes a turn under its id again."""
+        self._dynamodb(self._memory.store.mark_erased, session_id, int(self._clock()) + _TOMBSTONE_SECONDS)
+        erased = 0
         for _ in range(_ERASE_PASSES):
             owners = self._dynamodb(self._memory.store.item_owners, session_id)
             if not owners:
                 break
             self._check_owner(binding, [p for n, p in owners.items() if n != META_TURN])
             self._dynamodb(self._memory.store.delete_items, session_id, sorted(owners))
+            erased += len(owners)
         else:
             if self._dynamodb(self._memory.store.item_owners, session_id):
                 raise MemoryUnavailable()
         self._forget_cached(session_id)
-        logger.info("session erased", extra={"session_id": session_id})
+        return erased
+
+    def _continue_fresh(self, binding: Binding, deleted: dict[str, Any]) -> list[dict[str, Any]]:
         fresh = self._sessions.rebind(binding)
         frames = [
-            deleted_frame(session_id),
+            deleted,
             session_frame(
                 str(fresh.session_id),
                 resumed=False,
@@ -69,8 +88,73 @@ class DataRights:
             ),
         ]
         for frame in frames:
-            self._sender.send(connection_id, frame)
+            self._sender.send(binding.connection_id, frame)
         return frames
+
+    # ---- deleteMyData -------------------------------------------------------------------
+
+    def delete_my_data(self, connection_id: str) -> list[dict[str, Any]]:
+        """The right to erasure: every session of the connection's principal (each as
+        ``deleteSession`` erases one) and the principal's long-term memory (its partition in
+        DynamoDB and its Redis key), then ``deleted`` (scope ``principal``, with counts) and
+        the ``session`` frame of the fresh session the connection continues in.
+
+        Sessions are found through the principal index, plus the connection's own session
+        (the index lags its table by a moment); the index is read again until it names no
+        session not erased yet, since another tab may be writing a first turn meanwhile. A
+        store failing midway: ``MemoryUnavailable`` (send it again; what is erased stays so)."""
+        binding = self._owned_binding(connection_id)
+        if binding.principal in _SHARED_PRINCIPALS:
+            raise Forbidden(
+                "Erasing all your data needs you to be signed in (or a guest with a token): "
+                "this connection has no identity of its own."
+            )
+        seen: set[str] = set()
+        sessions = items = 0
+        pending = {str(binding.session_id)}
+        for _ in range(_ERASE_PASSES):
+            pending |= self._dynamodb(self._memory.store.principal_sessions, binding.principal)
+            pending -= seen | {user_memory_partition(binding.principal)}  # erased below
+            if not pending:
+                break
+            for session_id in sorted(pending):
+                seen.add(session_id)
+                owners = self._dynamodb(self._memory.store.item_owners, session_id)
+                if any(p != binding.principal for n, p in owners.items() if n != META_TURN):
+                    # Not this principal's (a binding pointing elsewhere): left untouched.
+                    logger.warning(
+                        "erasure skipped another principal's session", extra={"session_id": session_id}
+                    )
+                    continue
+                erased = self._erase_session(binding, session_id)
+                sessions += 1 if erased else 0
+                items += erased
+            pending = set()
+        items += self._erase_user_memory(binding.principal)
+        logger.info("all data of a principal erased", extra={"sessions": sessions, "items": items})
+        return self._continue_fresh(
+            binding, deleted_all_frame(str(binding.session_id), sessions=sessions, items=items)
+        )
+
+    def _erase_user_memory(self, principal: str) -> int:
+        partition = user_memory_partition(principal)
+        owners = self._dynamodb(self._memory.store.item_owners, partition)
+        if owners:
+            self._dynamodb(self._memory.store.delete_items, partition, sorted(owners))
+        cache = self._memory.cache
+        if cache is not None:
+
+            def forget(c: TurnCache) -> None:
+                c.forget_user(principal)
+
+            try:
+                self._memory.breakers.redis.call(forget, cache)
+            except REDIS_FAULTS as exc:
+                logger.warning(
+                    "could not erase the user's cached memory", extra={"error": type(exc).__name__}
+                )
+                raise MemoryUnavailable() from exc
+        return len(owners)
 
     def _forget_cached(self, session_id: str) -> None:
         cache = self._memory.cache

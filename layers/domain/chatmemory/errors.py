@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatmemory.turns import Turn
 
 
 class ErrorCode(StrEnum):
@@ -15,6 +19,11 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"
     LLM_UNAVAILABLE = "llm_unavailable"
     INTERNAL = "internal"
+
+
+def shown_safely(text: str, limit: int = 40) -> bool:
+    """Whether client-sent text may be echoed in an error message: short, printable ASCII."""
+    return len(text) <= limit and text.isascii() and text.isprintable()
 
 
 class ChatError(Exception):
@@ -33,7 +42,9 @@ class UnknownAction(ChatError):
     code = ErrorCode.UNKNOWN_ACTION
 
     def __init__(self, action: str | None, known: list[str]) -> None:
-        shown = f'"{action[:40]}"' if action else "missing"
+        shown = (
+            f'"{action}"' if action and shown_safely(action) else ("missing" if not action else "(not shown)")
+        )
         super().__init__(f"Unknown action {shown}. Known actions: {', '.join(known)}.")
 
 
@@ -56,6 +67,25 @@ class Busy(ChatError):
 
     def __init__(self) -> None:
         super().__init__("Another message in this conversation is being answered. Try again in a moment.")
+
+
+class InProgress(ChatError):
+    code = ErrorCode.BUSY
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This message is still being answered; the answer goes to the connection that sent it first."
+        )
+
+
+class NotAnsweredTwice(ChatError):
+    code = ErrorCode.LLM_UNAVAILABLE
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The assistant could not answer this message earlier, and a message is never answered twice. "
+            "Send it again as a new message to retry."
+        )
 
 
 class Forbidden(ChatError):
@@ -105,3 +135,16 @@ class TurnConflict(Exception):
 
 class ClientGone(Exception):
     """The WebSocket connection is closed (API Gateway answered GoneException)."""
+
+
+class DuplicateTurn(Exception):
+    """A turn with this message's ``clientMessageId`` (or this frame's API Gateway message id)
+    is stored already: the message is not taken a second time. Not shown to users as such."""
+
+    def __init__(self, turn: Turn) -> None:
+        super().__init__(f"turn {turn.turn} of {turn.session_id} has this message")
+        self.turn = turn
+
+
+class SessionErased(Exception):
+    """The connection is bound to a session that was erased (from another connection)."""

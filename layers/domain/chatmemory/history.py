@@ -22,7 +22,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from chatmemory.breakers import Breakers
 from chatmemory.cache import TurnCache
 from chatmemory.config import MemorySettings
-from chatmemory.errors import Busy, TurnConflict
+from chatmemory.errors import Busy, DuplicateTurn, SessionErased, TurnConflict
 from chatmemory.observability import logger, metrics, tracer
 from chatmemory.protocol import MemoryMode
 from chatmemory.store import TurnStore
@@ -98,17 +98,39 @@ class SessionMemory:
 
     @tracer.capture_method(capture_response=False)
     def begin_turn(
-        self, session_id: str, principal: str | None, message: str, client_message_id: str | None
+        self,
+        session_id: str,
+        principal: str | None,
+        message: str,
+        client_message_id: str | None,
+        message_id: str | None = None,
     ) -> StartedTurn:
         """Load the history and persist the user's message under the next turn number.
 
         The conditional put detects a concurrent writer or a stale cache: the cache is then
         dropped, the history re-read from DynamoDB and the allocation tried once more.
+
+        A message already stored (same ``client_message_id``, or the same frame, ``message_id``,
+        delivered twice) raises ``DuplicateTurn`` instead of taking a second turn. While the
+        session's last turn is still being answered, another message gets ``Busy``: a turn's
+        context always holds the turn before it. Every read of the history is checked, so two
+        messages racing for one number find each other: the loser re-reads and sees the winner's
+        turn. A session erased from another connection raises ``SessionErased`` rather than
+        coming back under its old id.
+
+        Idempotency rests on this conditional put rather than on Powertools' idempotency
+        utility: a retry must get the stored reply re-sent as frames, to whichever connection
+        asks, and the turn item (keyed by its number, carrying both ids) already is that record;
+        a separate idempotency record would be a second write on every turn and could disagree
+        with the turn it stands for.
         """
         history = self.load(session_id, context=True)
+        self._check_taken(history, client_message_id, message_id)
         number = history.last_turn_number + 1
+        if number == 1 and self._erased(session_id):
+            raise SessionErased()
         for attempt in range(2):
-            turn = self._new_turn(session_id, number, principal, message, client_message_id)
+            turn = self._new_turn(session_id, number, principal, message, client_message_id, message_id)
             try:
                 self.breakers.dynamodb.call(self.store.put_user_message, turn)
                 return StartedTurn(turn, history, persisted=True)
@@ -119,8 +141,14 @@ class SessionMemory:
                 if reloaded is None:  # DynamoDB failed right after: no history to trust
                     return StartedTurn(turn, History([], "stateless", "none"), persisted=False)
                 history = reloaded
-                # Expired items still hold their numbers until DynamoDB deletes them.
-                number = max(history.last_turn_number, self._last_stored_number(session_id)) + 1
+                self._check_taken(history, client_message_id, message_id)
+                # Expired items still hold their numbers until DynamoDB deletes them. They are
+                # always the oldest: a stored number past the history's last is a turn written
+                # since it was read, which the new turn's context would lack.
+                stored = self._last_stored_number(session_id)
+                if history.turns and stored > history.last_turn_number:
+                    raise Busy() from None
+                number = max(history.last_turn_number, stored) + 1
             except DYNAMODB_FAULTS as exc:
                 logger.warning("could not store the user's message", extra={"error": type(exc).__name__})
                 mode: MemoryMode = "cache_only" if history.source == "cache" else "stateless"
@@ -200,7 +228,13 @@ class SessionMemory:
         return self._now() + self.settings.session_ttl_seconds
 
     def _new_turn(
-        self, session_id: str, number: int, principal: str | None, message: str, client_message_id: str | None
+        self,
+        session_id: str,
+        number: int,
+        principal: str | None,
+        message: str,
+        client_message_id: str | None,
+        message_id: str | None = None,
     ) -> Turn:
         return Turn(
             session_id=session_id,
@@ -210,7 +244,20 @@ class SessionMemory:
             expires_at=self._expiry(),
             principal=principal,
             client_message_id=client_message_id,
+            message_id=message_id,
         )
+
+    def _check_taken(self, history: History, client_message_id: str | None, message_id: str | None) -> None:
+        _check_duplicate(history, client_message_id, message_id)
+        last = history.turns[-1] if history.turns else None
+        if last and last.status == "pending" and self._now() - last.at < self.settings.turn_timeout_seconds:
+            raise Busy()
+
+    def _erased(self, session_id: str) -> bool:
+        try:
+            return bool(self.breakers.dynamodb.call(self.store.is_erased, session_id, self._now()))
+        except DYNAMODB_FAULTS:
+            return False
 
     def _last_stored_number(self, session_id: str) -> int:
         try:
@@ -260,3 +307,11 @@ class SessionMemory:
         except REDIS_FAULTS as exc:
             logger.warning("Redis write failed; entry marked for repair", extra={"error": type(exc).__name__})
             self._dirty.add(session_id)
+
+
+def _check_duplicate(history: History, client_message_id: str | None, message_id: str | None) -> None:
+    for turn in reversed(history.turns):
+        if (client_message_id and turn.client_message_id == client_message_id) or (
+            message_id and turn.message_id == message_id
+        ):
+            raise DuplicateTurn(turn)

@@ -7,12 +7,21 @@ the models below validate what clients send and build what the server sends.
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
-from chatmemory.errors import BadRequest, ChatError, ErrorCode, UnknownAction
+from chatmemory.errors import BadRequest, ChatError, ErrorCode, UnknownAction, shown_safely
 
 __all__ = ["ErrorCode"]
 
@@ -28,17 +37,31 @@ class NoticeCode(StrEnum):
     MEMORY_TRUNCATED = "memory_truncated"
 
 
-ClientMessageId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[\w.:-]+$")]
+ClientMessageId = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
 
 
 class _ClientFrame(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+# Control characters other than tab, line feed and carriage return, and lone surrogates
+# (JSON's "\ud800" escapes: no valid UTF-8 text has them, and no store could take them).
+_FORBIDDEN_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
 class SendMessage(_ClientFrame):
     action: Literal["sendMessage"]
     message: str
     client_message_id: ClientMessageId | None = Field(None, alias="clientMessageId")
+
+    @field_validator("message")
+    @classmethod
+    def _no_forbidden_characters(cls, message: str) -> str:
+        if _FORBIDDEN_CHARACTERS.search(message):
+            raise ValueError("it contains control characters or invalid Unicode")
+        return message
 
 
 class GetSession(_ClientFrame):
@@ -59,10 +82,16 @@ class ExportSession(_ClientFrame):
     action: Literal["exportSession"]
 
 
-AnyClientFrame = SendMessage | GetSession | NewSession | DeleteSession | ExportSession
+class DeleteMyData(_ClientFrame):
+    action: Literal["deleteMyData"]
+
+
+AnyClientFrame = SendMessage | GetSession | NewSession | DeleteSession | ExportSession | DeleteMyData
 ClientFrame = Annotated[AnyClientFrame, Field(discriminator="action")]
 _client_frame: TypeAdapter[AnyClientFrame] = TypeAdapter(ClientFrame)
-KNOWN_ACTIONS = frozenset({"sendMessage", "getSession", "newSession", "deleteSession", "exportSession"})
+KNOWN_ACTIONS = frozenset(
+    {"sendMessage", "getSession", "newSession", "deleteSession", "exportSession", "deleteMyData"}
+)
 
 
 def parse_client_frame(body: str | None) -> AnyClientFrame:
@@ -81,7 +110,10 @@ def parse_client_frame(body: str | None) -> AnyClientFrame:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"][1:]) or "frame"
-        raise BadRequest(f'Field "{where}" is invalid: {first["msg"]}.') from exc
+        if not shown_safely(where):
+            where = "(a field whose name is not shown)"
+        reason = str(first["msg"]).removeprefix("Value error, ").rstrip(".")
+        raise BadRequest(f'Field "{where}" is invalid: {reason}.') from exc
 
 
 # ---- server frames -------------------------------------------------------------------------
@@ -118,6 +150,11 @@ def session_frame(
 
 def deleted_frame(session_id: str) -> dict[str, Any]:
     return {"type": "deleted", "sessionId": session_id}
+
+
+def deleted_all_frame(session_id: str, sessions: int, items: int) -> dict[str, Any]:
+    """``deleted`` for ``deleteMyData``: every session of the principal, and its long-term memory."""
+    return {**deleted_frame(session_id), "scope": "principal", "sessions": sessions, "items": items}
 
 
 # Room in an export frame for everything around its ``data`` (type, id, part numbers).

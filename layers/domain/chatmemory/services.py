@@ -181,7 +181,12 @@ class Services:
 
     def conversation(self, endpoint_url: str) -> Conversation:
         return Conversation(
-            self.memory, self.model, self.sender(endpoint_url), self.settings, manager=self.memory_manager
+            self.memory,
+            self.model,
+            self.sender(endpoint_url),
+            self.settings,
+            manager=self.memory_manager,
+            sessions=self.sessions(endpoint_url),
         )
 
     @property

@@ -101,7 +101,15 @@ class SessionService:
     def new_session(self, connection_id: str) -> dict[str, Any]:
         """Bind the connection to a fresh session (the old one stays, resumable by its owner)
         and send its ``session`` frame."""
-        binding = self.rebind(self.binding(connection_id))
+        return self._announce(self.rebind(self.binding(connection_id)))
+
+    def fresh_session(self, binding: Binding) -> Binding:
+        """Bind the connection to a fresh session and send its ``session`` frame."""
+        fresh = self.rebind(binding)
+        self._announce(fresh)
+        return fresh
+
+    def _announce(self, binding: Binding) -> dict[str, Any]:
         frame = session_frame(
             str(binding.session_id),
             resumed=False,
@@ -109,7 +117,7 @@ class SessionService:
             memory_mode="full",
             guest_token=binding.guest_token,
         )
-        self._sender.send(connection_id, frame)
+        self._sender.send(binding.connection_id, frame)
         return frame
 
     def rebind(self, binding: Binding) -> Binding:

@@ -23,6 +23,20 @@ from chatmemory.turns import Turn, TurnStatus, Usage
 
 META_TURN = 0
 _FIRST_TURN = Key("turn_number").gt(META_TURN)
+# The index of every turn by the principal it was written for (KEYS_ONLY): how ``deleteMyData``
+# finds all of a principal's sessions, including those whose oldest turns have expired.
+PRINCIPAL_INDEX = "by_principal"
+
+
+def erased_key(session_id: str) -> str:
+    """The partition of an erased session's tombstone: its id and an expiry, nothing else."""
+    return f"erased#{session_id}"
+
+
+def user_memory_partition(principal: str) -> str:
+    """The partition of a principal's long-term memory (every session's, not one's)."""
+    return f"user#{principal}"
+
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table
@@ -47,6 +61,8 @@ class TurnStore:
             item["principal"] = turn.principal
         if turn.client_message_id:
             item["client_message_id"] = turn.client_message_id
+        if turn.message_id:
+            item["message_id"] = turn.message_id
         try:
             self._table.put_item(Item=item, ConditionExpression=Attr("turn_number").not_exists())
         except ClientError as exc:
@@ -210,6 +226,37 @@ class TurnStore:
             for number in turn_numbers:
                 batch.delete_item(Key={"session_id": session_id, "turn_number": number})
 
+    # ---- erasure of everything of a principal -------------------------------------------
+
+    def principal_sessions(self, principal: str) -> set[str]:
+        """Every partition holding a turn written for ``principal`` (the index is eventually
+        consistent: a turn written this instant may be missing)."""
+        query: dict[str, Any] = {
+            "IndexName": PRINCIPAL_INDEX,
+            "KeyConditionExpression": Key("principal").eq(principal),
+            "ProjectionExpression": "session_id",
+        }
+        found: set[str] = set()
+        while True:
+            page = self._table.query(**query)
+            found.update(str(item["session_id"]) for item in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return found
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def mark_erased(self, session_id: str, expires_at: int) -> None:
+        """Leave a tombstone: a connection still bound to the erased session must not bring it
+        back by writing its next turn under the old id."""
+        self._table.put_item(
+            Item={"session_id": erased_key(session_id), "turn_number": META_TURN, "ttl": expires_at}
+        )
+
+    def is_erased(self, session_id: str, now: int) -> bool:
+        item = self._table.get_item(
+            Key={"session_id": erased_key(session_id), "turn_number": META_TURN}, ConsistentRead=True
+        ).get("Item")
+        return bool(item) and int(item["ttl"]) > now  # type: ignore[arg-type, index]
+
     # ---- the meta item -----------------------------------------------------------------
 
     def memory_state(self, session_id: str) -> MemoryState:
@@ -299,6 +346,7 @@ def _to_turn(item: dict[str, Any]) -> Turn:
         expires_at=int(item["ttl"]),
         principal=item.get("principal"),
         client_message_id=item.get("client_message_id"),
+        message_id=item.get("message_id"),
         input_tokens=int(item.get("input_tokens", 0)),
         output_tokens=int(item.get("output_tokens", 0)),
         user_tokens=int(item.get("user_tokens", 0)),

@@ -20,6 +20,7 @@ class Turn(BaseModel):
     expires_at: int  # epoch seconds; invisible from then on
     principal: str | None = None
     client_message_id: str | None = None
+    message_id: str | None = None  # API Gateway's id of the frame that carried the message
     input_tokens: int = 0
     output_tokens: int = 0  # the reply's tokens, as the model reported them
     user_tokens: int = 0  # the message's tokens, calibrated against the model's input count

@@ -1,0 +1,93 @@
+"""Several tabs of one person on one session, sending at the same moments, over real
+WebSockets with ``python -m local``: every message becomes exactly one turn, numbered without
+a gap, answered with its own reply; what a tab is told (``busy``) it retries."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from typing import Any
+
+from tests.e2e.conftest import Stack
+from tests.e2e.test_stack_conversation import open_socket, receive, reply, session_of, turn
+from tests.e2e.test_stack_data_rights import stored
+
+TABS = 4
+MESSAGES = 3  # per tab
+ECHO = re.compile(r'You just said: "(.*)"', re.S)
+
+
+def test_tabs_sending_at_once_never_lose_duplicate_overwrite_or_interleave_a_turn(stack: Stack) -> None:
+    with open_socket(stack) as first:
+        session = session_of(first)
+        session_id, token = session["sessionId"], session["guestToken"]
+        assert turn(first, "We start here")[-1]["turn"] == 1
+
+    sockets = [open_socket(stack, session_id, token) for _ in range(TABS)]
+    for ws in sockets:
+        assert session_of(ws)["sessionId"] == session_id  # the same person, the same session
+    barrier = threading.Barrier(TABS)
+    answers: dict[str, list[dict[str, Any]]] = {}
+    busy = [0] * TABS
+    failures: list[BaseException] = []
+
+    def tab(i: int) -> None:
+        try:
+            for j in range(MESSAGES):
+                message = f"tab {i} message {j}"
+                barrier.wait(timeout=30)  # every tab sends its j-th message at the same moment
+                for _ in range(200):
+                    sent = {"action": "sendMessage", "message": message, "clientMessageId": f"t{i}-m{j}"}
+                    sockets[i].send(json.dumps(sent))
+                    frames = [receive(sockets[i])]
+                    while frames[-1]["type"] not in ("done", "error"):
+                        frames.append(receive(sockets[i]))
+                    if frames[-1]["type"] == "error" and frames[-1]["code"] == "busy":
+                        busy[i] += 1
+                        time.sleep(0.02)
+                        continue
+                    answers[message] = frames
+                    break
+        except BaseException as exc:
+            failures.append(exc)
+            barrier.abort()
+
+    threads = [threading.Thread(target=tab, args=(i,)) for i in range(TABS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for ws in sockets:
+        ws.close()
+    assert not failures, failures
+    print(f"\n{TABS} tabs x {MESSAGES} messages on one session: {sum(busy)} busy answers retried")
+
+    sent = {f"tab {i} message {j}" for i in range(TABS) for j in range(MESSAGES)}
+    assert set(answers) == sent
+    for message, frames in answers.items():
+        assert frames[-1]["type"] == "done", (message, frames[-1])
+        # each reply is its own message's (the offline model repeats what it was told)
+        assert ECHO.search(reply(frames)) and ECHO.search(reply(frames)).group(1) == message  # type: ignore[union-attr]
+        assert {f["turn"] for f in frames} == {frames[-1]["turn"]}  # no frame of another turn
+
+    # What DynamoDB holds: turns 1..13 without a gap, each message exactly once, each with the
+    # reply its tab received, complete.
+    items = sorted(
+        (i for i in stored(stack, session_id) if int(i["turn_number"]) > 0),
+        key=lambda i: int(i["turn_number"]),
+    )
+    assert [int(i["turn_number"]) for i in items] == list(range(1, 2 + TABS * MESSAGES))
+    users = [str(i["user_message"]) for i in items]
+    assert users[0] == "We start here" and sorted(users[1:]) == sorted(sent)
+    for item in items[1:]:
+        frames = answers[str(item["user_message"])]
+        assert item["status"] == "complete"
+        assert int(item["turn_number"]) == frames[-1]["turn"]
+        assert str(item["assistant_reply"]) == reply(frames)
+        # and each turn was answered with every earlier turn in its context
+        assert f"I see {int(item['turn_number']) - 1} earlier turn" in reply(frames), (
+            item["turn_number"],
+            reply(frames),
+        )
