@@ -442,6 +442,7 @@ CACHE_USERS = {
     "NewSessionFunction",
     "DeleteSessionFunction",
     "ExportSessionFunction",
+    "DeleteMyDataFunction",
 }
 NETWORK_AND_CACHE_TYPES = ("AWS::EC2::", "AWS::ElastiCache::")
 _NO_VALUE = object()
