@@ -2,8 +2,8 @@
 
 It is an HTTP transport for the SDK's own client, so requests are built, sent and the SSE
 stream parsed by exactly the code that talks to Claude. Its replies make memory visible:
-how many earlier turns it received, whether a summary or facts came with them, and the
-earlier user messages it can see, shortened.
+how many earlier turns it received, whether a summary, facts or the user's long-term facts
+came with them, and the earlier user messages it can see, shortened.
 
 It also does the memory tasks, recognised by their marker in the system prompt: it extends a
 summary with the user's first-person statements, and extracts facts from phrasings such as
@@ -74,6 +74,8 @@ def compose_reply(system: str, messages: list[dict[str, Any]]) -> str:
     earlier_user = [_text_of(m["content"]) for m in earlier if m["role"] == "user"]
     lowered = system.lower()
     extras = [name for name in ("summary", "facts") if f"<{name}>" in lowered]
+    if "<user-facts>" in lowered:
+        extras.append("long-term facts")
     said = _text_of(last["content"])
     if not earlier_user:
         memory = "I see no earlier turns of this conversation"
