@@ -31,6 +31,11 @@ class Request:
     prompt_tokens: int  # as the model reported them, prompt cache included
     cache_read_tokens: int
     truncated: bool = False
+    prompt: Prompt | None = None
+    # The turn's token estimate against the model's count, as the TokenEstimateErrorPercent
+    # metric reports it: the new text's estimate (system, facts, summary, message) against the
+    # reported input minus the stored turns' counts; before the estimator learns from it.
+    estimate_error_percent: float | None = None
 
 
 class RecordingModel:
@@ -114,9 +119,20 @@ def run_strategy(strategy: StrategyName, turns: int, base: Settings) -> Run:
                 prompt_tokens=reply.usage.prompt_tokens,
                 cache_read_tokens=reply.usage.cache_read_input_tokens,
                 truncated=bool(done["truncated"]),
+                prompt=prompt,
+                estimate_error_percent=estimate_error(done["usage"]["budget"], reply.usage.prompt_tokens),
             )
         )
     return run
+
+
+def estimate_error(budget: dict[str, int], prompt_tokens: int) -> float | None:
+    """100 * (estimated - reported) / reported for the estimated part of a request."""
+    estimated = sum(v for k, v in budget.items() if k not in ("limit", "history"))
+    reported = prompt_tokens - budget["history"]
+    if estimated <= 0 or reported <= 0:
+        return None
+    return 100 * (estimated - reported) / reported
 
 
 def recall(request: Request) -> float:

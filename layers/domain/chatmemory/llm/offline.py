@@ -233,13 +233,16 @@ class _ReplyStream(httpx2.SyncByteStream):
 
 
 class OfflineMessagesApi(httpx2.BaseTransport):
-    """Answers ``POST /v1/messages`` (streamed or not) like the Messages API would."""
+    """Answers ``POST /v1/messages`` (streamed or not) and ``POST /v1/messages/count_tokens``
+    like the Messages API would."""
 
     def __init__(self, delay_seconds: float = 0.0) -> None:
         self._delay = delay_seconds
         self._cache = PromptCache()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "POST" and request.url.path.endswith("/v1/messages/count_tokens"):
+            return self._count_tokens(request)
         if request.method != "POST" or not request.url.path.endswith("/v1/messages"):
             return _error(
                 404, "not_found_error", f"{request.method} {request.url.path} is not served offline"
@@ -286,6 +289,20 @@ class OfflineMessagesApi(httpx2.BaseTransport):
                 "usage": {**usage, "output_tokens": estimate_tokens(reply)},
             },
         )
+
+    def _count_tokens(self, request: httpx2.Request) -> httpx2.Response:
+        try:
+            body = json.loads(request.read())
+            tokens = _count(body.get("system") or "", body["messages"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return _error(400, "invalid_request_error", "malformed count_tokens request")
+        return httpx2.Response(200, json={"input_tokens": tokens})
+
+
+def _count(system: Any, messages: list[dict[str, Any]]) -> int:
+    """The offline model's count of a request's input, as its usage reports it."""
+    text = system if isinstance(system, str) else _text_of(system)
+    return estimate_tokens(text + "".join(_text_of(m["content"]) for m in messages))
 
 
 def _error(status: int, kind: str, message: str) -> httpx2.Response:
