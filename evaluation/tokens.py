@@ -7,8 +7,8 @@ Two measurements, both against whatever model the run uses (the offline model, o
   plus the per-message overhead) on whole requests of the runs, against the model's count of the
   same request (the Messages API's ``count_tokens``);
 * **per turn, calibrated**: what each turn's ``TokenEstimateErrorPercent`` metric reported during
-  the runs: the estimate of the request's new text against the model's reported input minus the
-  stored turns' own counts, before the estimator learns from it.
+  the runs: the budget's count of the request (stored turns at the model's own counts, the new
+  text estimated with the calibration so far) against the model's reported input.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ def measure(
         per_turn[run.strategy] = {
             "turns_1_10": _stats(errors[:10]),
             "turns_11_on": _stats(errors[10:]),
+            "estimator_scale_at_end": round(run.estimator_scale, 3),
         }
     return {
         "counted_by": counted_by,
@@ -84,11 +85,13 @@ def markdown(figures: dict[str, Any]) -> str:
         f"mean absolute {cold.get('mean_abs_error_percent', 0):.1f}%, "
         f"worst {cold.get('max_abs_error_percent', 0):.1f}%.",
         "",
-        "Per turn, as the `TokenEstimateErrorPercent` metric reports it (the estimated part of each "
-        "request, calibrated from the replies before it):",
+        "Per turn, as the `TokenEstimateErrorPercent` metric reports it (the budget's count of each "
+        "request, stored turns at the model's counts and new text estimated with the calibration "
+        "from the replies before it, against the model's count):",
         "",
-        "| strategy | turns 1-10: mean | mean abs | worst | turns 11+: mean | mean abs | worst |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| strategy | turns 1-10: mean | mean abs | worst | turns 11+: mean | mean abs | worst "
+        "| estimator scale at the end |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for strategy, parts in figures["per_turn_calibrated"].items():
         cells = []
@@ -102,5 +105,6 @@ def markdown(figures: dict[str, Any]) -> str:
                 f"{s['mean_abs_error_percent']:.1f}%",
                 f"{s['max_abs_error_percent']:.1f}%",
             ]
+        cells.append(f"{parts['estimator_scale_at_end']:.2f}")
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

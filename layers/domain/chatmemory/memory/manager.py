@@ -53,6 +53,10 @@ class MemoryManager:
         self._repository, self._scheduler = repository, scheduler
         self._users = users
 
+    @property
+    def estimator(self) -> TokenEstimator:
+        return self._estimator
+
     def check_message(self, system: str, message: str) -> None:
         """Refuse, before anything is stored or sent, a message that cannot fit any request."""
         needed = message_tokens(system, message, self._estimator)
@@ -89,13 +93,19 @@ class MemoryManager:
         own = self._estimator.estimate(message)
         if estimated <= 0 or reported <= 0:
             return own
-        # The estimator's error on this request's new text, before it learns from it: what an
-        # operator reads to trust (or tune) MEMORY__CHARS_PER_TOKEN and the budget's margin.
-        error = 100 * (estimated - reported) / reported
+        # How far the budget's count of this request (stored turns at the model's own counts,
+        # new text estimated) was from the model's, before the estimator learns from it: what an
+        # operator reads to trust the budget (or tune MEMORY__CHARS_PER_TOKEN).
+        error = 100 * (budget.total - usage.prompt_tokens) / usage.prompt_tokens
         metrics.add_metric(name="TokenEstimateErrorPercent", unit=MetricUnit.Percent, value=round(error, 2))
         logger.info(
             "token estimate against the model's count",
-            extra={"estimated": estimated, "reported": reported, "error_percent": round(error, 2)},
+            extra={
+                "estimated": budget.total,
+                "reported": usage.prompt_tokens,
+                "error_percent": round(error, 2),
+                "estimator_scale": round(self._estimator.scale, 3),
+            },
         )
         self._estimator.observe(estimated, reported)
         return max(1, round(own * reported / estimated))
