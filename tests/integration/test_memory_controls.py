@@ -20,7 +20,7 @@ from chatmemory.memory.tasks import FACTS_TASK, SUMMARY_TASK
 from chatmemory.services import Services, redis_client, use_services
 
 from tests.conftest import make_settings
-from tests.support.frames import reply_text
+from tests.support.frames import ENDPOINT, frames_sent, reply_text
 from tests.support.gateway import Client
 
 # A summary (and facts) every 2 turns from turn 4 on.
@@ -375,3 +375,21 @@ def test_the_budget_holds_when_the_kept_facts_do_not_fit(aws: Any, redis_url: st
         assert any(f["type"] == "notice" and f["code"] == "memory_truncated" for f in frames)
     finally:
         use_services(None)
+
+
+def test_each_turn_reports_the_budgets_token_error_against_the_models_count(services: Services) -> None:
+    from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
+    from chatmemory.observability import metrics
+
+    binding = Binding(connection_id="m-1", session_id="s-metric", principal="guest:ada", connected_at=0)
+    metrics.clear_metrics()
+    services.conversation(ENDPOINT).send_message(binding, "Hello there, how are you?", None)
+    provider = metrics.provider
+    assert isinstance(provider, AmazonCloudWatchEMFProvider)
+    (error,) = provider.metric_set["TokenEstimateErrorPercent"]["Value"]
+    done = [f for f in frames_sent("m-1") if f["type"] == "done"][-1]
+    budget, usage = done["usage"]["budget"], done["usage"]
+    counted = sum(v for k, v in budget.items() if k != "limit")
+    reported = usage["inputTokens"] + usage["cacheReadInputTokens"] + usage["cacheCreationInputTokens"]
+    assert error == round(100 * (counted - reported) / reported, 2)
+    metrics.clear_metrics()
