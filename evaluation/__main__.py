@@ -21,7 +21,9 @@ for _name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
     os.environ.setdefault(_name, "eval")  # moto's DynamoDB needs some credentials
 
 from chatmemory.config import Settings, StrategyName  # noqa: E402
+from chatmemory.llm.anthropic_model import build_chat_model  # noqa: E402
 
+from evaluation import tokens  # noqa: E402
 from evaluation.report import write  # noqa: E402
 from evaluation.runner import run_strategy  # noqa: E402
 
@@ -40,7 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         runs.append(run_strategy(name, args.turns, settings))
         print(f"{name}: {args.turns} turns in {time.monotonic() - started:.1f}s", file=sys.stderr)
-    print(write(runs, args.out))
+    counter = build_chat_model(settings.llm, settings.llm.api_key)
+    counted_by = (
+        "the offline model's counts (ceil(chars / 4)), not Claude's"
+        if settings.llm.provider == "offline"
+        else f"{settings.llm.provider} {settings.llm.model}, messages.count_tokens"
+    )
+    estimator = tokens.measure(runs, counter, settings.memory.chars_per_token, counted_by)
+    print(write(runs, args.out, estimator))
     return 0
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from evaluation import tokens
 from evaluation.runner import Run, recall, stable_prefix
 
 CHECKPOINTS = (50, 100, 200)
@@ -95,12 +96,17 @@ def plots(series: dict[str, list[dict[str, float]]], budget: int, out: Path) -> 
     return made
 
 
-def write(runs: list[Run], out: Path) -> str:
+def write(runs: list[Run], out: Path, estimator: dict[str, Any] | None = None) -> str:
+    """memory.json, memory.md and the plots; with ``estimator`` (``evaluation.tokens.measure``)
+    also tokens.json and its section in memory.md."""
     out.mkdir(parents=True, exist_ok=True)
     budget = runs[0].budget
     table, series = figures(runs)
     (out / "memory.json").write_text(json.dumps(table, indent=2) + "\n")
     text = markdown(table, series, budget)
+    if estimator is not None:
+        (out / "tokens.json").write_text(json.dumps(estimator, indent=2) + "\n")
+        text += "\n" + tokens.markdown(estimator)
     (out / "memory.md").write_text(
         "# Memory strategies, measured\n\nWritten by `python -m evaluation`.\n\n" + text
     )

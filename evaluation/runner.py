@@ -31,6 +31,11 @@ class Request:
     prompt_tokens: int  # as the model reported them, prompt cache included
     cache_read_tokens: int
     truncated: bool = False
+    prompt: Prompt | None = None
+    # The budget's count of the request against the model's, as the TokenEstimateErrorPercent
+    # metric reports it (stored turns at the model's counts, new text estimated; before the
+    # estimator learns from this reply).
+    estimate_error_percent: float | None = None
 
 
 class RecordingModel:
@@ -65,6 +70,7 @@ class Run:
     strategy: StrategyName
     budget: int
     requests: list[Request] = field(default_factory=list)
+    estimator_scale: float = 1.0  # the token estimator's calibration at the end of the run
 
 
 def serialize(prompt: Prompt) -> str:
@@ -103,7 +109,9 @@ def run_strategy(strategy: StrategyName, turns: int, base: Settings) -> Run:
         for message in messages(turns):
             conversation.send_message(binding, message, None)
             metrics.clear_metrics()  # a Lambda flushes them per invocation; here nobody reads them
-    run = Run(strategy, settings.memory.budget_tokens)
+    run = Run(
+        strategy, settings.memory.budget_tokens, estimator_scale=services.memory_manager.estimator.scale
+    )
     for n, ((prompt, reply), done) in enumerate(zip(model.requests, sender.done, strict=True), 1):
         context = prompt.system + "\n".join(m["content"] for m in prompt.messages[:-1])
         run.requests.append(
@@ -114,9 +122,19 @@ def run_strategy(strategy: StrategyName, turns: int, base: Settings) -> Run:
                 prompt_tokens=reply.usage.prompt_tokens,
                 cache_read_tokens=reply.usage.cache_read_input_tokens,
                 truncated=bool(done["truncated"]),
+                prompt=prompt,
+                estimate_error_percent=estimate_error(done["usage"]["budget"], reply.usage.prompt_tokens),
             )
         )
     return run
+
+
+def estimate_error(budget: dict[str, int], prompt_tokens: int) -> float | None:
+    """100 * (the budget's count - the model's count) / the model's count, for one request."""
+    estimated = sum(v for k, v in budget.items() if k != "limit")
+    if estimated <= 0 or prompt_tokens <= 0:
+        return None
+    return 100 * (estimated - prompt_tokens) / prompt_tokens
 
 
 def recall(request: Request) -> float:

@@ -5,7 +5,7 @@
 //   window.CHAT_WS_URL = "wss://…"                               (set by a script before this one)
 //   ws(s)://<this host>/ws                                       (the local stack)
 
-const STORAGE = { session: "chatMemory.sessionId", token: "chatMemory.guestToken" };
+const STORAGE = { session: "chatMemory.sessionId", token: "chatMemory.guestToken", strategy: "chatMemory.strategy" };
 const BACKOFF = { firstMs: 500, maxMs: 15000, factor: 2 };
 const MEMORY_LABELS = {
   cache_only: ["cache only", "The long-term store is unreachable: recent turns come from the cache and this turn may not be remembered."],
@@ -38,6 +38,11 @@ const ui = {
   memory: $('[data-testid="memory-mode"]'),
   newChat: $('[data-testid="new-chat"]'),
   deleteMyData: $('[data-testid="delete-my-data"]'),
+  strategy: $('[data-testid="strategy"]'),
+  currentStrategy: $('[data-testid="current-strategy"]'),
+  longTerm: $('[data-testid="long-term"]'),
+  userFacts: $('[data-testid="user-facts"]'),
+  forgetAll: $('[data-testid="forget-all"]'),
 };
 
 // ---- configuration and storage -------------------------------------------------------------
@@ -99,6 +104,8 @@ const state = {
   memoryMode: "full",
   /** What to say once the session frame after a `deleted` frame arrives, or null. */
   erased: null,
+  /** The strategy a new chat asked for, set on its fresh session once it is bound. */
+  wantStrategy: null,
 };
 
 // ---- connection ----------------------------------------------------------------------------
@@ -232,6 +239,8 @@ function handleFrame(frame) {
     case "notice": return onNotice(frame);
     case "error": return onError(frame);
     case "deleted": return onDeleted(frame);
+    case "memory": return onMemory(frame);
+    case "userMemory": return onUserMemory(frame);
     default: return undefined; // frame types from newer servers are ignored
   }
 }
@@ -252,6 +261,13 @@ function onSession(frame) {
     showSystem("info", "Your earlier conversation has expired, so this is a fresh one.");
   }
   setMemoryMode(frame.memoryMode);
+  if (state.wantStrategy && !frame.resumed && frame.memoryStrategy !== state.wantStrategy) {
+    sendControl({ action: "setMemory", memoryStrategy: state.wantStrategy });
+  } else {
+    showStrategy(frame.memoryStrategy);
+  }
+  state.wantStrategy = null;
+  sendControl({ action: "getUserMemory" });
 }
 
 function onDeleted(frame) {
@@ -263,6 +279,51 @@ function onDeleted(frame) {
       : "This conversation is erased.";
   updateSendButton();
 }
+
+// ---- memory controls -----------------------------------------------------------------------
+
+function sendControl(body) {
+  if (state.socket?.readyState === WebSocket.OPEN) state.socket.send(JSON.stringify(body));
+}
+
+function showStrategy(name) {
+  if (typeof name === "string") ui.currentStrategy.textContent = name.replace(/_/g, " ");
+}
+
+function showLongTerm(on) {
+  ui.longTerm.checked = on;
+  ui.longTerm.dataset.server = String(on); // what the server last said
+}
+
+function onMemory(frame) {
+  showStrategy(frame.memoryStrategy);
+  showLongTerm(frame.longTerm === true);
+  sendControl({ action: "getUserMemory" });
+}
+
+function onUserMemory(frame) {
+  if (frame.part === 1 || frame.part == null) ui.userFacts.replaceChildren();
+  showLongTerm(frame.longTerm === true);
+  for (const fact of Array.isArray(frame.facts) ? frame.facts : []) {
+    const item = document.createElement("li");
+    const text = document.createElement("span");
+    text.textContent = `${fact.key}: ${fact.value}`;
+    const forget = document.createElement("button");
+    forget.type = "button";
+    forget.className = "forget";
+    forget.textContent = "Forget";
+    forget.title = `Forget "${fact.key}"`;
+    forget.addEventListener("click", () => sendControl({ action: "forgetUserMemory", key: fact.key }));
+    item.append(text, forget);
+    ui.userFacts.append(item);
+  }
+  ui.forgetAll.hidden = ui.userFacts.children.length === 0;
+}
+
+ui.strategy.value = store.get(STORAGE.strategy) || "";
+ui.strategy.addEventListener("change", () => store.set(STORAGE.strategy, ui.strategy.value || null));
+ui.longTerm.addEventListener("change", () => sendControl({ action: "setMemory", longTerm: ui.longTerm.checked }));
+ui.forgetAll.addEventListener("click", () => sendControl({ action: "forgetUserMemory" }));
 
 function onDelta(frame) {
   if (typeof frame.text !== "string") return;
@@ -296,6 +357,7 @@ function onDone(frame) {
     state.pending = null;
   }
   setMemoryMode(frame.memoryMode);
+  showStrategy(frame.memoryStrategy);
   updateSendButton();
   if (document.activeElement === document.body || document.activeElement === ui.send) ui.composer.focus();
 }
@@ -392,6 +454,7 @@ ui.composer.addEventListener("input", () => {
 });
 ui.newChat.addEventListener("click", () => {
   store.set(STORAGE.session, null);
+  state.wantStrategy = ui.strategy.value || null;
   state.pending = null;
   clearMessages();
   setMemoryMode("full");

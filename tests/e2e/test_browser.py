@@ -342,3 +342,31 @@ def test_phone_viewport(stack: Any, chromium: Any) -> None:
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390
     finally:
         context.close()
+
+
+def test_memory_menu_picks_a_new_chats_strategy_and_opts_in(stack: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    open_chat(page, stack.http_url)
+    current = page.locator('[data-testid="current-strategy"]')
+    page.locator('[data-testid="memory-menu"] > summary').click()
+    expect(current).to_have_text("hybrid")
+    page.locator('[data-testid="strategy"]').select_option("window")
+
+    page.locator('[data-testid="new-chat"]').click()
+    page.wait_for_selector(CONNECTED)
+    expect(current).to_have_text("window")
+    page.locator(COMPOSER).fill("hello")
+    page.locator(COMPOSER).press("Enter")
+    wait_for_replies(page, 1)
+    expect(current).to_have_text("window")
+
+    long_term = page.locator('[data-testid="long-term"]')
+    expect(long_term).not_to_be_checked()
+    long_term.check()
+    page.wait_for_selector('[data-testid="long-term"][data-server="true"]', state="attached")
+    page.reload()  # the server keeps it: checked again after a reload
+    page.wait_for_selector(CONNECTED)
+    expect(page.locator('[data-testid="long-term"]')).to_be_checked()
+    expect(page.locator('[data-testid="forget-all"]')).to_be_hidden()
+    assert page.evaluate("localStorage.getItem('chatMemory.strategy')") == "window"

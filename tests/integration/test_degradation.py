@@ -180,3 +180,31 @@ def test_a_cache_that_missed_a_write_is_never_served(live: Live) -> None:
     assert [t["user"] for t in session["history"]] == ["one", "two", "three"]
     frames = client.say("four")
     assert "I see 3 earlier turns" in reply_text(frames)
+
+
+def test_long_term_memory_with_redis_dead_is_read_from_dynamodb_and_erasure_says_it_is_not_done(
+    live: Live,
+) -> None:
+    from chatmemory.memory.state import FactChange
+
+    users = live.services.user_memory
+    users.opt_in("guest:ada", "s-0", 0, [])
+    users.merge_session("guest:ada", "s-0", 2, [FactChange(key="name", value="Ada Lovelace")])
+    client = Client(f"conn-{uuid.uuid4().hex[:12]}", principal="guest:ada")
+    assert client.connect() == {"statusCode": 200}
+    assert "long-term facts" in reply_text(client.say("Hello"))  # cached in Redis now
+
+    live.redis.kill()
+    frames = client.say("Do you still know me?")
+
+    assert "long-term facts" in reply_text(frames)  # from DynamoDB
+    assert done_of(frames)["usage"]["budget"]["userFacts"] > 0
+    # the cached copy cannot be erased while Redis is down: not reported as erased
+    (error,) = client.send({"action": "forgetUserMemory"})
+    assert error["type"] == "error" and error["code"] == "internal"
+
+    live.redis.start()
+    live.wait_for_reset()
+    (frame,) = client.send({"action": "forgetUserMemory"})
+    assert frame["type"] == "userMemory" and frame["facts"] == []
+    assert "long-term facts" not in reply_text(client.say("And now?"))

@@ -32,3 +32,35 @@ def test_recall_and_stable_prefix() -> None:
     assert recall(request) == 1.0  # the two facts planted before turn 40
     assert stable_prefix("abcdef", "abcxyz") == 0.5
     assert stable_prefix("", "abc") == 0.0
+
+
+def test_the_estimators_error_is_measured_against_the_models_counts(tmp_path: Path) -> None:
+    from chatmemory.llm.anthropic_model import build_chat_model
+    from chatmemory.llm.offline import estimate_tokens
+
+    from evaluation import tokens
+
+    settings = Settings(memory={"history_turns": 4, "block_turns": 4}, llm={"offline_delay_seconds": 0})
+    runs = [run_strategy("hybrid", 30, settings)]
+    counter = build_chat_model(settings.llm, None)
+    prompt = runs[0].requests[5].prompt
+    assert prompt is not None
+    # count_tokens through the SDK: the offline model counts as its usage does
+    text = prompt.system + "".join(m["content"] for m in prompt.messages)
+    assert counter.count_tokens(prompt) == estimate_tokens(text)
+
+    figures = tokens.measure(runs, counter, settings.memory.chars_per_token, "the offline model")
+    cold = figures["uncalibrated_whole_request"]
+    assert cold["requests"] == 3
+    # chars / 3.5 against the offline model's chars / 4: about 14% high, never low
+    assert 10 < cold["mean_error_percent"] < 25 and cold["max_abs_error_percent"] < 30
+    per_turn = figures["per_turn_calibrated"]["hybrid"]
+    assert per_turn["turns_1_10"]["requests"] == 10 and per_turn["turns_11_on"]["requests"] == 20
+    # calibration from the replies brings the later turns closer than the first ones
+    assert (
+        per_turn["turns_11_on"]["mean_abs_error_percent"] < per_turn["turns_1_10"]["mean_abs_error_percent"]
+    )
+
+    text = write(runs, tmp_path, figures)
+    assert "## Token estimator error" in text
+    assert json.loads((tmp_path / "tokens.json").read_text()) == figures

@@ -26,6 +26,9 @@ ROUTES = {
     "deleteSession",
     "exportSession",
     "deleteMyData",
+    "setMemory",
+    "getUserMemory",
+    "forgetUserMemory",
 }
 
 # What each handler really calls (read from chatmemory's store, connections and sender modules),
@@ -52,11 +55,12 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
         "@connections": {"execute-api:ManageConnections"},
     },
     "GetSessionFunction": {
-        "ChatSessionsTable": {"dynamodb:Query"},
+        "ChatSessionsTable": {"dynamodb:Query", "dynamodb:GetItem"},  # GetItem: the session's strategy
         "ConnectionsTable": {"dynamodb:GetItem"},
         "@connections": {"execute-api:ManageConnections"},
     },
     "NewSessionFunction": {
+        "ChatSessionsTable": {"dynamodb:UpdateItem"},  # the new session's strategy (meta item)
         "ConnectionsTable": {"dynamodb:GetItem", "dynamodb:PutItem"},  # look up, rebind
         "@connections": {"execute-api:ManageConnections"},
     },
@@ -79,6 +83,29 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
         "@connections": {"execute-api:ManageConnections"},
     },
     "DefaultFunction": {
+        "@connections": {"execute-api:ManageConnections"},
+    },
+    # Long-term user memory: the item "user#<principal>", turn 0, of ChatSessions.
+    "SetMemoryFunction": {
+        # Query: the session's turns (owner); GetItem: session and user memory; UpdateItem:
+        # strategy, opt-in, facts; DeleteItem: opting out erases
+        "ChatSessionsTable": {
+            "dynamodb:Query",
+            "dynamodb:GetItem",
+            "dynamodb:UpdateItem",
+            "dynamodb:DeleteItem",
+        },
+        "ConnectionsTable": {"dynamodb:GetItem"},
+        "@connections": {"execute-api:ManageConnections"},
+    },
+    "GetUserMemoryFunction": {
+        "ChatSessionsTable": {"dynamodb:GetItem"},
+        "ConnectionsTable": {"dynamodb:GetItem"},
+        "@connections": {"execute-api:ManageConnections"},
+    },
+    "ForgetUserMemoryFunction": {
+        "ChatSessionsTable": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"},
+        "ConnectionsTable": {"dynamodb:GetItem"},
         "@connections": {"execute-api:ManageConnections"},
     },
     "AuthorizerFunction": {},  # reads only its signing key (see the secrets test)

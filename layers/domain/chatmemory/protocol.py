@@ -19,8 +19,10 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
+from chatmemory.config import StrategyName
 from chatmemory.errors import BadRequest, ChatError, ErrorCode, UnknownAction, shown_safely
 
 __all__ = ["ErrorCode"]
@@ -72,6 +74,34 @@ class GetSession(_ClientFrame):
 
 class NewSession(_ClientFrame):
     action: Literal["newSession"]
+    # The new session's memory strategy, instead of the deployment's.
+    memory_strategy: StrategyName | None = Field(None, alias="memoryStrategy")
+
+
+class SetMemory(_ClientFrame):
+    """The bound session's strategy and/or the principal's long-term memory (opt in or out)."""
+
+    action: Literal["setMemory"]
+    memory_strategy: StrategyName | None = Field(None, alias="memoryStrategy")
+    long_term: bool | None = Field(None, alias="longTerm")
+
+    @model_validator(mode="after")
+    def _something_to_set(self) -> SetMemory:
+        if self.memory_strategy is None and self.long_term is None:
+            raise ValueError('give "memoryStrategy", "longTerm" or both')
+        return self
+
+
+class GetUserMemory(_ClientFrame):
+    action: Literal["getUserMemory"]
+
+
+FactKey = Annotated[str, StringConstraints(min_length=1, max_length=80)]
+
+
+class ForgetUserMemory(_ClientFrame):
+    action: Literal["forgetUserMemory"]
+    key: FactKey | None = None  # one fact; without it, all of them (and the opt-in)
 
 
 class DeleteSession(_ClientFrame):
@@ -86,11 +116,31 @@ class DeleteMyData(_ClientFrame):
     action: Literal["deleteMyData"]
 
 
-AnyClientFrame = SendMessage | GetSession | NewSession | DeleteSession | ExportSession | DeleteMyData
+AnyClientFrame = (
+    SendMessage
+    | GetSession
+    | NewSession
+    | DeleteSession
+    | ExportSession
+    | DeleteMyData
+    | SetMemory
+    | GetUserMemory
+    | ForgetUserMemory
+)
 ClientFrame = Annotated[AnyClientFrame, Field(discriminator="action")]
 _client_frame: TypeAdapter[AnyClientFrame] = TypeAdapter(ClientFrame)
 KNOWN_ACTIONS = frozenset(
-    {"sendMessage", "getSession", "newSession", "deleteSession", "exportSession", "deleteMyData"}
+    {
+        "sendMessage",
+        "getSession",
+        "newSession",
+        "deleteSession",
+        "exportSession",
+        "deleteMyData",
+        "setMemory",
+        "getUserMemory",
+        "forgetUserMemory",
+    }
 )
 
 
@@ -133,6 +183,7 @@ def session_frame(
     memory_mode: MemoryMode,
     guest_token: str | None = None,
     has_more: bool | None = None,
+    memory_strategy: str | None = None,
 ) -> dict[str, Any]:
     frame: dict[str, Any] = {
         "type": "session",
@@ -145,7 +196,46 @@ def session_frame(
         frame["guestToken"] = guest_token
     if has_more is not None:
         frame["hasMore"] = has_more
+    if memory_strategy is not None:
+        frame["memoryStrategy"] = memory_strategy
     return frame
+
+
+def memory_frame(session_id: str, memory_strategy: str, long_term: bool) -> dict[str, Any]:
+    """The answer to ``setMemory``: the session's strategy and the principal's opt-in."""
+    return {
+        "type": "memory",
+        "sessionId": session_id,
+        "memoryStrategy": memory_strategy,
+        "longTerm": long_term,
+    }
+
+
+def user_memory_frames(
+    long_term: bool, facts: list[dict[str, Any]], exported_at: int
+) -> list[dict[str, Any]]:
+    """``userMemory`` frames: the principal's long-term facts, as many per frame as fit in
+    32 KB (usually one frame); the facts of parts 1..parts, concatenated, are all of them."""
+    chunks: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for fact in facts:
+        fact_size = len(encode(fact)) + 1
+        if chunks[-1] and size + fact_size > MAX_FRAME_BYTES - _EXPORT_ENVELOPE_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(fact)
+        size += fact_size
+    return [
+        {
+            "type": "userMemory",
+            "longTerm": long_term,
+            "exportedAt": exported_at,
+            "part": i,
+            "parts": len(chunks),
+            "facts": chunk,
+        }
+        for i, chunk in enumerate(chunks, start=1)
+    ]
 
 
 def deleted_frame(session_id: str) -> dict[str, Any]:

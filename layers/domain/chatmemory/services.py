@@ -24,11 +24,13 @@ from chatmemory.conversation import Conversation
 from chatmemory.data_rights import DataRights
 from chatmemory.history import SessionMemory
 from chatmemory.llm.base import ChatModel
+from chatmemory.memory.longterm import UserMemoryCache, UserMemoryRepository, UserMemoryStore
 from chatmemory.memory.manager import MemoryManager
 from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.memory.scheduler import LambdaScheduler, ThreadScheduler, UpdateScheduler
 from chatmemory.memory.tokens import TokenEstimator
 from chatmemory.memory.updater import MemoryUpdater
+from chatmemory.memory_controls import MemoryControls
 from chatmemory.sender import ConnectionSender
 from chatmemory.sessions import SessionService
 from chatmemory.store import TurnStore
@@ -126,13 +128,24 @@ class Services:
         self.memory_state = MemoryStateRepository(
             store, cache, self.breakers, lambda: int(clock()) + settings.memory.session_ttl_seconds
         )
-        self.updater = MemoryUpdater(self.memory_state, store, lambda: self.model, settings.memory)
+        self.user_memory = UserMemoryRepository(
+            UserMemoryStore(dynamodb.Table(settings.storage.sessions_table)),
+            UserMemoryCache(redis, settings.memory.cache_ttl_seconds) if redis is not None else None,
+            self.breakers,
+            settings.memory.max_facts,
+            settings.identity.guest_token_ttl_seconds,
+            clock,
+        )
+        self.updater = MemoryUpdater(
+            self.memory_state, store, lambda: self.model, settings.memory, self.user_memory
+        )
         self.scheduler = (scheduler_factory or self._default_scheduler)(self.updater)
         self.memory_manager = MemoryManager(
             settings.memory,
             TokenEstimator(settings.memory.chars_per_token),
             self.memory_state,
             self.scheduler,
+            self.user_memory,
         )
         self.registry = ConnectionRegistry(
             dynamodb.Table(settings.storage.connections_table), redis, self.breakers
@@ -174,7 +187,19 @@ class Services:
         return self._senders[url]
 
     def sessions(self, endpoint_url: str) -> SessionService:
-        return SessionService(self.registry, self.memory, self.sender(endpoint_url), self.clock)
+        return SessionService(
+            self.registry, self.memory, self.sender(endpoint_url), self.clock, self.memory_state
+        )
+
+    def memory_controls(self, endpoint_url: str) -> MemoryControls:
+        return MemoryControls(
+            self.sessions(endpoint_url),
+            self.memory,
+            self.memory_state,
+            self.user_memory,
+            self.sender(endpoint_url),
+            self.clock,
+        )
 
     def data_rights(self, endpoint_url: str) -> DataRights:
         return DataRights(self.sessions(endpoint_url), self.memory, self.sender(endpoint_url), self.clock)

@@ -8,9 +8,11 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 
+from chatmemory.config import StrategyName
 from chatmemory.connections import Binding, BindingUnavailable, ConnectionRegistry
 from chatmemory.errors import Forbidden, MemoryUnavailable, NoSession
 from chatmemory.history import DYNAMODB_FAULTS, SessionMemory
+from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.observability import logger, metrics
 from chatmemory.protocol import HistoryTurn, session_frame
 from chatmemory.sender import FrameSender
@@ -45,8 +47,10 @@ class SessionService:
         memory: SessionMemory,
         sender: FrameSender,
         clock: Callable[[], float],
+        memory_state: MemoryStateRepository | None = None,
     ) -> None:
         self._registry, self._memory, self._sender, self._clock = registry, memory, sender, clock
+        self._memory_state = memory_state
 
     def connect(
         self,
@@ -98,10 +102,20 @@ class SessionService:
             raise NoSession()
         return binding
 
-    def new_session(self, connection_id: str) -> dict[str, Any]:
+    def new_session(self, connection_id: str, strategy: StrategyName | None = None) -> dict[str, Any]:
         """Bind the connection to a fresh session (the old one stays, resumable by its owner)
-        and send its ``session`` frame."""
-        return self._announce(self.rebind(self.binding(connection_id)))
+        and send its ``session`` frame. With ``strategy``, the new session gets its own memory
+        strategy, stored before the connection moves to it (a failure leaves it where it was)."""
+        current = self.binding(connection_id)
+        session_id = str(uuid.uuid4())
+        if strategy is not None:
+            if self._memory_state is None:
+                raise MemoryUnavailable()
+            try:
+                self._memory_state.set_strategy(session_id, strategy)
+            except DYNAMODB_FAULTS as exc:
+                raise MemoryUnavailable() from exc
+        return self._announce(self.rebind(current, session_id), strategy)
 
     def fresh_session(self, binding: Binding) -> Binding:
         """Bind the connection to a fresh session and send its ``session`` frame."""
@@ -109,21 +123,23 @@ class SessionService:
         self._announce(fresh)
         return fresh
 
-    def _announce(self, binding: Binding) -> dict[str, Any]:
+    def _announce(self, binding: Binding, strategy: StrategyName | None = None) -> dict[str, Any]:
         frame = session_frame(
             str(binding.session_id),
             resumed=False,
             history=[],
             memory_mode="full",
             guest_token=binding.guest_token,
+            memory_strategy=strategy or self._memory.settings.strategy,
         )
         self._sender.send(binding.connection_id, frame)
         return frame
 
-    def rebind(self, binding: Binding) -> Binding:
-        """Bind the connection to a fresh session, for the same principal."""
+    def rebind(self, binding: Binding, session_id: str | None = None) -> Binding:
+        """Bind the connection to a fresh session (``session_id``, else a new one), for the
+        same principal."""
         fresh = binding.model_copy(
-            update={"session_id": str(uuid.uuid4()), "connected_at": int(self._clock())}
+            update={"session_id": session_id or str(uuid.uuid4()), "connected_at": int(self._clock())}
         )
         try:
             self._registry.bind(fresh)
@@ -182,6 +198,17 @@ class SessionService:
             ],
             memory_mode=history.mode,
             guest_token=binding.guest_token,
+            memory_strategy=self.strategy_of(binding.session_id) if history.mode != "stateless" else None,
         )
         self._sender.send(connection_id, frame)
         return frame
+
+    def strategy_of(self, session_id: str) -> StrategyName | None:
+        """The session's memory strategy (its own or the deployment's); ``None`` when its
+        memory state cannot be read."""
+        if self._memory_state is None:
+            return None
+        state = self._memory_state.get(session_id)
+        if state is None:
+            return None
+        return state.strategy or self._memory.settings.strategy

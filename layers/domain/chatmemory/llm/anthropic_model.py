@@ -79,6 +79,16 @@ class AnthropicChatModel:
         except MODEL_FAULTS as exc:
             raise LlmUnavailable(_describe(exc)) from exc
 
+    def count_tokens(self, prompt: Prompt) -> int:
+        """The model's own count of the prompt's input tokens (the Messages API's
+        ``count_tokens``), without generating anything: what the estimator is measured against."""
+        try:
+            system, messages = _request(prompt)
+            counted = self._client.messages.count_tokens(model=self._model, system=system, messages=messages)
+        except MODEL_FAULTS as exc:
+            raise LlmUnavailable(_describe(exc)) from exc
+        return counted.input_tokens
+
     @staticmethod
     def _chunks(events: MessageStream, reply: ReplyStream) -> Iterator[str]:
         try:

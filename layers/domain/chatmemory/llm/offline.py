@@ -2,8 +2,8 @@
 
 It is an HTTP transport for the SDK's own client, so requests are built, sent and the SSE
 stream parsed by exactly the code that talks to Claude. Its replies make memory visible:
-how many earlier turns it received, whether a summary or facts came with them, and the
-earlier user messages it can see, shortened.
+how many earlier turns it received, whether a summary, facts or the user's long-term facts
+came with them, and the earlier user messages it can see, shortened.
 
 It also does the memory tasks, recognised by their marker in the system prompt: it extends a
 summary with the user's first-person statements, and extracts facts from phrasings such as
@@ -74,6 +74,8 @@ def compose_reply(system: str, messages: list[dict[str, Any]]) -> str:
     earlier_user = [_text_of(m["content"]) for m in earlier if m["role"] == "user"]
     lowered = system.lower()
     extras = [name for name in ("summary", "facts") if f"<{name}>" in lowered]
+    if "<user-facts>" in lowered:
+        extras.append("long-term facts")
     said = _text_of(last["content"])
     if not earlier_user:
         memory = "I see no earlier turns of this conversation"
@@ -231,13 +233,16 @@ class _ReplyStream(httpx2.SyncByteStream):
 
 
 class OfflineMessagesApi(httpx2.BaseTransport):
-    """Answers ``POST /v1/messages`` (streamed or not) like the Messages API would."""
+    """Answers ``POST /v1/messages`` (streamed or not) and ``POST /v1/messages/count_tokens``
+    like the Messages API would."""
 
     def __init__(self, delay_seconds: float = 0.0) -> None:
         self._delay = delay_seconds
         self._cache = PromptCache()
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "POST" and request.url.path.endswith("/v1/messages/count_tokens"):
+            return self._count_tokens(request)
         if request.method != "POST" or not request.url.path.endswith("/v1/messages"):
             return _error(
                 404, "not_found_error", f"{request.method} {request.url.path} is not served offline"
@@ -284,6 +289,20 @@ class OfflineMessagesApi(httpx2.BaseTransport):
                 "usage": {**usage, "output_tokens": estimate_tokens(reply)},
             },
         )
+
+    def _count_tokens(self, request: httpx2.Request) -> httpx2.Response:
+        try:
+            body = json.loads(request.read())
+            tokens = _count(body.get("system") or "", body["messages"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return _error(400, "invalid_request_error", "malformed count_tokens request")
+        return httpx2.Response(200, json={"input_tokens": tokens})
+
+
+def _count(system: Any, messages: list[dict[str, Any]]) -> int:
+    """The offline model's count of a request's input, as its usage reports it."""
+    text = system if isinstance(system, str) else _text_of(system)
+    return estimate_tokens(text + "".join(_text_of(m["content"]) for m in messages))
 
 
 def _error(status: int, kind: str, message: str) -> httpx2.Response:

@@ -1,13 +1,14 @@
 """Fitting what a strategy wants into the token budget, and the prompt that results.
 
-The prompt is ordered stable first: system prompt, summary, facts, then the turns, oldest
-first, then the new message. The cache breakpoint goes on the last block before the new
-message, so the next turn's request finds all of it in the model's prompt cache.
+The prompt is ordered stable first: system prompt, the user's long-term facts (when they
+opted in), summary, facts, then the turns, oldest first, then the new message. The cache
+breakpoint goes on the last block before the new message, so the next turn's request finds
+all of it in the model's prompt cache.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chatmemory.config import MemorySettings
 from chatmemory.llm.base import Message, Prompt
@@ -20,6 +21,9 @@ from chatmemory.turns import Turn
 # by these tags.
 SUMMARY_INTRO = "\n\nWhat was said earlier in this conversation, summarised:\n<summary>\n{}\n</summary>"
 FACTS_INTRO = "\n\nWhat the user has told you about themselves and their work:\n<facts>\n{}\n</facts>"
+USER_FACTS_INTRO = (
+    "\n\nWhat the user asked you to remember from earlier conversations:\n<user-facts>\n{}\n</user-facts>"
+)
 
 
 @dataclass(frozen=True)
@@ -32,15 +36,17 @@ class Budget:
     facts: int
     history: int
     message: int
+    user_facts: int = 0  # the user's long-term facts (opt-in), carried over from other sessions
 
     @property
     def total(self) -> int:
-        return self.system + self.summary + self.facts + self.history + self.message
+        return self.system + self.user_facts + self.summary + self.facts + self.history + self.message
 
     def frame(self) -> dict[str, int]:
         return {
             "limit": self.limit,
             "system": self.system,
+            "userFacts": self.user_facts,
             "summary": self.summary,
             "facts": self.facts,
             "history": self.history,
@@ -56,9 +62,10 @@ class ContextPlan:
     turns: list[Turn]
     budget: Budget
     truncated: bool
+    user_facts: list[Fact] = field(default_factory=list)
 
     def prompt(self, system: str, message: str, max_tokens: int) -> Prompt:
-        system_text = system_block(system, self.summary, self.facts)
+        system_text = system_block(system, self.summary, self.facts, self.user_facts)
         messages: list[Message] = []
         for turn in self.turns:
             messages.append({"role": "user", "content": turn.user})
@@ -68,8 +75,12 @@ class ContextPlan:
         return Prompt(system=system_text, messages=messages, max_tokens=max_tokens, cache_after=breakpoint_at)
 
 
-def system_block(system: str, summary: str | None, facts: list[Fact]) -> str:
+def system_block(
+    system: str, summary: str | None, facts: list[Fact], user_facts: list[Fact] | None = None
+) -> str:
     text = system
+    if user_facts:
+        text += USER_FACTS_INTRO.format(render_facts(user_facts))
     if summary:
         text += SUMMARY_INTRO.format(summary)
     if facts:
@@ -90,11 +101,13 @@ def plan_context(
     message: str,
     settings: MemorySettings,
     estimator: TokenEstimator,
+    user_facts: list[Fact] | None = None,
 ) -> ContextPlan:
     """What goes into the request: the system prompt and the message always (the caller has
-    refused a message that cannot fit), then facts, then the summary, then as many of the
-    wanted turns as fit, dropped oldest first in whole blocks. ``truncated`` when anything
-    wanted is left out."""
+    refused a message that cannot fit), then facts, then the user's long-term facts (those the
+    session's own facts do not supersede), then the summary, then as many of the wanted turns
+    as fit, dropped oldest first in whole blocks. ``truncated`` when anything wanted is left
+    out."""
     wants: Wants = strategy.wants(state, turns, settings)
     limit = settings.budget_tokens
     system_tokens = estimator.estimate(system)
@@ -107,6 +120,13 @@ def plan_context(
     if facts_tokens > room:
         facts, facts_tokens, truncated = [], 0, True
     room -= facts_tokens
+
+    own_keys = {f.key for f in state.facts}
+    carried = [f for f in user_facts or [] if f.key not in own_keys]
+    carried_tokens = estimator.estimate(USER_FACTS_INTRO.format(render_facts(carried))) if carried else 0
+    if carried_tokens > room:
+        carried, carried_tokens, truncated = [], 0, True
+    room -= carried_tokens
 
     summary = state.summary if wants.summary else None
     summary_tokens = 0
@@ -127,8 +147,9 @@ def plan_context(
         facts=facts_tokens,
         history=sum(estimator.turn_tokens(t) for t in kept),
         message=message_cost,
+        user_facts=carried_tokens,
     )
-    return ContextPlan(strategy.name, summary, facts, kept, budget, truncated)
+    return ContextPlan(strategy.name, summary, facts, kept, budget, truncated, carried)
 
 
 def fit_turns(

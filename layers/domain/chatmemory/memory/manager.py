@@ -12,12 +12,13 @@ from chatmemory.errors import ChatError, ErrorCode
 from chatmemory.history import StartedTurn
 from chatmemory.llm.base import Prompt
 from chatmemory.memory.context import ContextPlan, message_tokens, plan_context
+from chatmemory.memory.longterm import UserMemoryRepository, eligible
 from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.memory.scheduler import UpdateScheduler
-from chatmemory.memory.state import MemoryState
+from chatmemory.memory.state import Fact, MemoryState
 from chatmemory.memory.strategies import Strategy, strategy_for, summary_target
 from chatmemory.memory.tokens import TokenEstimator
-from chatmemory.observability import metrics
+from chatmemory.observability import logger, metrics
 from chatmemory.turns import Usage
 
 
@@ -46,9 +47,15 @@ class MemoryManager:
         estimator: TokenEstimator,
         repository: MemoryStateRepository | None = None,
         scheduler: UpdateScheduler | None = None,
+        users: UserMemoryRepository | None = None,
     ) -> None:
         self._settings, self._estimator = settings, estimator
         self._repository, self._scheduler = repository, scheduler
+        self._users = users
+
+    @property
+    def estimator(self) -> TokenEstimator:
+        return self._estimator
 
     def check_message(self, system: str, message: str) -> None:
         """Refuse, before anything is stored or sent, a message that cannot fit any request."""
@@ -60,11 +67,19 @@ class MemoryManager:
         state = self._state(started)
         strategy = strategy_for(state, self._settings)
         plan = plan_context(
-            strategy, state, started.history.turns, system, message, self._settings, self._estimator
+            strategy,
+            state,
+            started.history.turns,
+            system,
+            message,
+            self._settings,
+            self._estimator,
+            self._user_facts(started),
         )
         for part, tokens in plan.budget.frame().items():
-            if part != "limit":
-                metrics.add_metric(name=f"Budget{part.title()}Tokens", unit=MetricUnit.Count, value=tokens)
+            if part != "limit":  # BudgetSystemTokens, BudgetUserFactsTokens, ...
+                name = f"Budget{part[0].upper()}{part[1:]}Tokens"
+                metrics.add_metric(name=name, unit=MetricUnit.Count, value=tokens)
         if plan.truncated:
             metrics.add_metric(name="MemoryTruncated", unit=MetricUnit.Count, value=1)
         return TurnContext(strategy, state, plan, plan.prompt(system, message, max_tokens))
@@ -78,6 +93,20 @@ class MemoryManager:
         own = self._estimator.estimate(message)
         if estimated <= 0 or reported <= 0:
             return own
+        # How far the budget's count of this request (stored turns at the model's own counts,
+        # new text estimated) was from the model's, before the estimator learns from it: what an
+        # operator reads to trust the budget (or tune MEMORY__CHARS_PER_TOKEN).
+        error = 100 * (budget.total - usage.prompt_tokens) / usage.prompt_tokens
+        metrics.add_metric(name="TokenEstimateErrorPercent", unit=MetricUnit.Percent, value=round(error, 2))
+        logger.info(
+            "token estimate against the model's count",
+            extra={
+                "estimated": budget.total,
+                "reported": usage.prompt_tokens,
+                "error_percent": round(error, 2),
+                "estimator_scale": round(self._estimator.scale, 3),
+            },
+        )
         self._estimator.observe(estimated, reported)
         return max(1, round(own * reported / estimated))
 
@@ -94,6 +123,15 @@ class MemoryManager:
         if self._repository is None:
             raise RuntimeError("no memory state store is configured")
         self._repository.set_strategy(session_id, strategy)
+
+    def _user_facts(self, started: StartedTurn) -> list[Fact]:
+        """The principal's long-term facts when they opted in; none when the memory cannot be
+        read (the turn never waits on it)."""
+        principal = started.turn.principal
+        if self._users is None or started.history.mode == "stateless" or not eligible(principal):
+            return []
+        memory = self._users.read(str(principal))
+        return [f.as_fact() for f in memory.active_facts] if memory is not None else []
 
     def _state(self, started: StartedTurn) -> MemoryState:
         if self._repository is None or started.history.mode == "stateless":

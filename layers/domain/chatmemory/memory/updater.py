@@ -16,6 +16,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from chatmemory.config import MemorySettings
 from chatmemory.llm.base import ChatModel
 from chatmemory.memory import tasks
+from chatmemory.memory.longterm import UserMemoryRepository, eligible
 from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.memory.state import MemoryState, merge_facts
 from chatmemory.memory.strategies import summary_target
@@ -29,6 +30,7 @@ class MemoryUpdater:
     store: TurnStore
     model: Callable[[], ChatModel]  # built on first use, like the conversation's
     settings: MemorySettings
+    users: UserMemoryRepository | None = None  # long-term memory of principals who opted in
 
     def update(self, session_id: str) -> bool:
         """Bring the session's summary and facts up to date; True if a new state was stored."""
@@ -47,6 +49,12 @@ class MemoryUpdater:
             model, state.summary, turns, self.settings.summary_max_tokens
         )
         changes = tasks.extract_facts(model, state.facts, turns)
+        # The principal's long-term memory first (merged once per block, a no-op unless they
+        # opted in): if it fails, the session's state is not advanced and the whole update is
+        # retried; if the session's write fails after it, the retry skips the merged block.
+        principal = next((t.principal for t in reversed(turns) if t.principal), None)
+        if self.users is not None and changes and eligible(principal):
+            self.users.merge_session(str(principal), session_id, target, changes)
         updated = MemoryState(
             summary=summary,
             summary_tokens=summary_tokens,

@@ -1,0 +1,351 @@
+"""Long-term user memory: the facts a user chose to keep, carried over to their new sessions.
+
+Opt-in, per principal. One item in ``ChatSessions`` under ``session_id = "user#" + principal``
+(``turn_number`` 0): ``long_term`` (the opt-in), ``facts`` (key, value, the session and turn
+they came from, when), ``version`` (optimistic concurrency: every write is conditional on the
+version it read), ``applied`` (the session blocks already merged, so a retried update is not
+merged twice) and, for guests, ``ttl``. Redis caches it at ``user:{<principal>}:memory``,
+including "not opted in", so a turn of a user who never opted in costs one Redis GET.
+
+Erasing everything of a principal means deleting that partition and that key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from boto3.dynamodb.conditions import Attr
+from botocore.exceptions import ClientError
+from pydantic import BaseModel, Field
+
+from chatmemory.breakers import Breakers
+from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS
+from chatmemory.memory.state import Fact, FactChange, normalize_key
+from chatmemory.observability import logger
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
+    from redis import Redis
+
+USER_PARTITION_PREFIX = "user#"
+PROFILE_TURN = 0
+_APPLIED_KEPT = 100  # merged session blocks remembered; a retry comes within minutes
+_WRITE_ATTEMPTS = 4  # optimistic writes retried when another writer got there first
+
+
+def user_partition(principal: str) -> str:
+    return USER_PARTITION_PREFIX + principal
+
+
+def user_key(principal: str) -> str:
+    return f"user:{{{principal}}}:memory"
+
+
+def eligible(principal: str | None) -> bool:
+    """Only an identified principal (a signed-in user or a guest holding its token) may keep
+    memory across sessions; ``anonymous`` (no authorizer) is everyone at once."""
+    return bool(principal) and str(principal).startswith(("user:", "guest:"))
+
+
+def is_guest(principal: str) -> bool:
+    return principal.startswith("guest:")
+
+
+class UserFact(BaseModel):
+    key: str
+    value: str
+    session_id: str = ""  # the session it was last stated in
+    turn: int = 0  # up to which turn of that session it was learnt
+    at: int = 0  # epoch seconds it was stored
+
+    def as_fact(self) -> Fact:
+        return Fact(key=self.key, value=self.value, turn=0)
+
+    def frame(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "value": self.value,
+            "sessionId": self.session_id,
+            "turn": self.turn,
+            "at": self.at,
+        }
+
+
+class UserMemory(BaseModel):
+    long_term: bool = False
+    facts: list[UserFact] = Field(default_factory=list)
+    version: int = 0
+    applied: list[str] = Field(default_factory=list)
+
+    @property
+    def active_facts(self) -> list[UserFact]:
+        """What a new session gets: the facts, when the user opted in."""
+        return self.facts if self.long_term else []
+
+
+def merge_user_facts(
+    current: list[UserFact], changes: list[FactChange], session_id: str, turn: int, at: int, limit: int
+) -> list[UserFact]:
+    """Apply a session's fact changes: a known key is superseded (never duplicated), ``None``
+    removes it, and past ``limit`` the oldest go first."""
+    by_key = {normalize_key(f.key): f for f in current}
+    for change in changes:
+        key = normalize_key(change.key)
+        if not key:
+            continue
+        if change.value is None or not change.value.strip():
+            by_key.pop(key, None)
+        else:
+            by_key[key] = UserFact(
+                key=key, value=" ".join(change.value.split()), session_id=session_id, turn=turn, at=at
+            )
+    return sorted(by_key.values(), key=lambda f: (f.at, f.key))[-limit:]
+
+
+class UserMemoryStore:
+    """The profile item in DynamoDB."""
+
+    def __init__(self, table: Table) -> None:
+        self._table = table
+
+    def get(self, principal: str, now: int) -> UserMemory:
+        """The stored memory: empty when there is none, or when it expired (DynamoDB deletes
+        expired items up to two days late; the version is kept for the next write)."""
+        response = self._table.get_item(
+            Key={"session_id": user_partition(principal), "turn_number": PROFILE_TURN},
+            ConsistentRead=True,
+        )
+        item: dict[str, Any] | None = response.get("Item")
+        if item is None:
+            return UserMemory()
+        version = int(item.get("version", 0))
+        if "ttl" in item and int(item["ttl"]) <= now:
+            return UserMemory(version=version)
+        return UserMemory(
+            long_term=bool(item.get("long_term", False)),
+            facts=[
+                UserFact(
+                    key=str(f["key"]),
+                    value=str(f["value"]),
+                    session_id=str(f.get("session_id", "")),
+                    turn=int(f.get("turn", 0)),
+                    at=int(f.get("at", 0)),
+                )
+                for f in item.get("facts", [])
+            ],
+            version=version,
+            applied=[str(a) for a in item.get("applied", [])],
+        )
+
+    def put(self, principal: str, memory: UserMemory, read_version: int, ttl: int | None) -> bool:
+        """Write ``memory`` if the item is still at ``read_version`` (absent for 0); False when
+        another writer got there first. Only UpdateItem: other attributes may live on it."""
+        names = {"#f": "facts", "#t": "ttl"}
+        values: dict[str, Any] = {
+            ":l": memory.long_term,
+            ":f": [f.model_dump() for f in memory.facts],
+            ":v": read_version + 1,
+            ":a": memory.applied,
+        }
+        expression = "SET long_term = :l, #f = :f, version = :v, applied = :a"
+        if ttl is None:
+            expression += " REMOVE #t"
+        else:
+            expression += ", #t = :t"
+            values[":t"] = ttl
+        condition = Attr("version").not_exists() if read_version == 0 else Attr("version").eq(read_version)
+        try:
+            self._table.update_item(
+                Key={"session_id": user_partition(principal), "turn_number": PROFILE_TURN},
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def delete(self, principal: str) -> None:
+        self._table.delete_item(Key={"session_id": user_partition(principal), "turn_number": PROFILE_TURN})
+
+
+class UserMemoryCache:
+    """The profile in Redis, one string per principal."""
+
+    def __init__(self, client: Redis[bytes], ttl_seconds: int) -> None:
+        self._redis, self._ttl = client, ttl_seconds
+
+    def get(self, principal: str) -> UserMemory | None:
+        raw = self._redis.get(user_key(principal))
+        return UserMemory.model_validate_json(raw) if raw else None
+
+    def put(self, principal: str, memory: UserMemory) -> None:
+        self._redis.set(user_key(principal), memory.model_dump_json(), ex=self._ttl)
+
+    def forget(self, principal: str) -> None:
+        self._redis.delete(user_key(principal))
+
+
+class UserMemoryUnavailable(Exception):
+    """The user's long-term memory could not be read or written (a store is failing)."""
+
+
+@dataclass
+class UserMemoryRepository:
+    store: UserMemoryStore
+    cache: UserMemoryCache | None
+    breakers: Breakers
+    max_facts: int
+    guest_ttl_seconds: int  # a guest's memory outlives its last change by its token's lifetime
+    clock: Callable[[], float] = time.time
+
+    # ---- reads --------------------------------------------------------------------------
+
+    def read(self, principal: str) -> UserMemory | None:
+        """For a turn: Redis, then DynamoDB (refilling Redis); ``None`` when neither answers
+        (the turn then goes on without long-term facts)."""
+        if self.cache is not None:
+            try:
+                cached = self.breakers.redis.call(self.cache.get, principal)
+                if cached is not None:
+                    return cached
+            except REDIS_FAULTS as exc:
+                logger.warning("Redis read of user memory failed", extra={"error": type(exc).__name__})
+        try:
+            memory = self.read_stored(principal)
+        except UserMemoryUnavailable:
+            return None
+        self._cache_put(principal, memory)
+        return memory
+
+    def read_stored(self, principal: str) -> UserMemory:
+        try:
+            memory: UserMemory = self.breakers.dynamodb.call(self.store.get, principal, int(self.clock()))
+        except DYNAMODB_FAULTS as exc:
+            logger.warning("DynamoDB read of user memory failed", extra={"error": type(exc).__name__})
+            raise UserMemoryUnavailable() from exc
+        return memory
+
+    # ---- writes -------------------------------------------------------------------------
+
+    def modify(self, principal: str, change: Callable[[UserMemory], UserMemory | None]) -> UserMemory:
+        """Read, change, write conditionally on the version read, and retry when another writer
+        got there first. ``change`` returns ``None`` for "nothing to write". The cache is
+        refreshed after DynamoDB accepted the write; raises ``UserMemoryUnavailable``."""
+        for _ in range(_WRITE_ATTEMPTS):
+            try:
+                current: UserMemory = self.breakers.dynamodb.call(
+                    self.store.get, principal, int(self.clock())
+                )
+                updated = change(current)
+                if updated is None:
+                    return current
+                updated = updated.model_copy(update={"applied": updated.applied[-_APPLIED_KEPT:]})
+                written = self.breakers.dynamodb.call(
+                    self.store.put, principal, updated, current.version, self._ttl(principal)
+                )
+            except DYNAMODB_FAULTS as exc:
+                logger.warning("DynamoDB write of user memory failed", extra={"error": type(exc).__name__})
+                raise UserMemoryUnavailable() from exc
+            if written:
+                stored = updated.model_copy(update={"version": current.version + 1})
+                self._refresh_cache(principal, stored)
+                return stored
+            logger.info("user memory changed concurrently; retrying")
+        raise UserMemoryUnavailable()
+
+    def merge_session(self, principal: str, session_id: str, through: int, changes: list[FactChange]) -> bool:
+        """Merge a session block's fact changes (the summarize worker, after a block): only
+        when the principal opted in, and once per block. True when something was written."""
+        token = f"{session_id}#{through}"
+        wrote = False
+
+        def change(memory: UserMemory) -> UserMemory | None:
+            nonlocal wrote
+            wrote = False
+            if not memory.long_term or token in memory.applied:
+                return None
+            wrote = True
+            facts = merge_user_facts(
+                memory.facts, changes, session_id, through, int(self.clock()), self.max_facts
+            )
+            return memory.model_copy(update={"facts": facts, "applied": [*memory.applied, token]})
+
+        self.modify(principal, change)
+        return wrote
+
+    def opt_in(self, principal: str, session_id: str, through: int, facts: list[Fact]) -> UserMemory:
+        """Turn long-term memory on, keeping the facts the current session already has."""
+        changes = [FactChange(key=f.key, value=f.value) for f in facts]
+
+        def change(memory: UserMemory) -> UserMemory | None:
+            merged = merge_user_facts(
+                memory.facts, changes, session_id, through, int(self.clock()), self.max_facts
+            )
+            return memory.model_copy(update={"long_term": True, "facts": merged})
+
+        return self.modify(principal, change)
+
+    def forget_fact(self, principal: str, key: str) -> tuple[UserMemory, bool]:
+        """Erase one fact, by key; the memory after, and whether the key was there."""
+        wanted = normalize_key(key)
+        found = False
+
+        def change(memory: UserMemory) -> UserMemory | None:
+            nonlocal found
+            kept = [f for f in memory.facts if normalize_key(f.key) != wanted]
+            found = len(kept) < len(memory.facts)
+            return memory.model_copy(update={"facts": kept}) if found else None
+
+        memory = self.modify(principal, change)
+        if not found:  # erased by an earlier attempt whose cache refresh failed: refresh it now
+            self._refresh_cache(principal, memory)
+        return memory, found
+
+    def forget_all(self, principal: str) -> None:
+        """Erase the user's long-term memory (facts and opt-in) from DynamoDB, then Redis.
+        Raises ``UserMemoryUnavailable`` unless both are gone."""
+        try:
+            self.breakers.dynamodb.call(self.store.delete, principal)
+        except DYNAMODB_FAULTS as exc:
+            logger.warning("DynamoDB erase of user memory failed", extra={"error": type(exc).__name__})
+            raise UserMemoryUnavailable() from exc
+        if self.cache is not None:
+            try:
+                self.breakers.redis.call(self.cache.forget, principal)
+            except REDIS_FAULTS as exc:
+                logger.warning("Redis erase of user memory failed", extra={"error": type(exc).__name__})
+                raise UserMemoryUnavailable() from exc
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def _ttl(self, principal: str) -> int | None:
+        return int(self.clock()) + self.guest_ttl_seconds if is_guest(principal) else None
+
+    def _cache_put(self, principal: str, memory: UserMemory) -> None:
+        if self.cache is None:
+            return
+        try:
+            self.breakers.redis.call(self.cache.put, principal, memory)
+        except REDIS_FAULTS as exc:
+            logger.warning("Redis write of user memory failed", extra={"error": type(exc).__name__})
+
+    def _refresh_cache(self, principal: str, memory: UserMemory) -> None:
+        """After a write: the new value, or at least no stale one. A Redis that accepts
+        neither is an error: a forgotten fact must not be served from the cache."""
+        if self.cache is None:
+            return
+        try:
+            self.breakers.redis.call(self.cache.put, principal, memory)
+        except REDIS_FAULTS as exc:
+            logger.warning("Redis write of user memory failed", extra={"error": type(exc).__name__})
+            try:
+                self.breakers.redis.call(self.cache.forget, principal)
+            except REDIS_FAULTS:
+                raise UserMemoryUnavailable() from exc
