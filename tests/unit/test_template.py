@@ -470,6 +470,9 @@ CACHE_USERS = {
     "DeleteSessionFunction",
     "ExportSessionFunction",
     "DeleteMyDataFunction",
+    "SetMemoryFunction",
+    "GetUserMemoryFunction",
+    "ForgetUserMemoryFunction",
 }
 NETWORK_AND_CACHE_TYPES = ("AWS::EC2::", "AWS::ElastiCache::")
 _NO_VALUE = object()
