@@ -22,26 +22,19 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
 from chatmemory.breakers import Breakers
+from chatmemory.cache import CacheClient
+from chatmemory.cache import user_memory_key as user_key
 from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS
 from chatmemory.memory.state import Fact, FactChange, normalize_key
 from chatmemory.observability import logger
+from chatmemory.store import user_memory_partition as user_partition
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table
-    from redis import Redis
 
-USER_PARTITION_PREFIX = "user#"
 PROFILE_TURN = 0
 _APPLIED_KEPT = 100  # merged session blocks remembered; a retry comes within minutes
 _WRITE_ATTEMPTS = 4  # optimistic writes retried when another writer got there first
-
-
-def user_partition(principal: str) -> str:
-    return USER_PARTITION_PREFIX + principal
-
-
-def user_key(principal: str) -> str:
-    return f"user:{{{principal}}}:memory"
 
 
 def eligible(principal: str | None) -> bool:
@@ -178,7 +171,7 @@ class UserMemoryStore:
 class UserMemoryCache:
     """The profile in Redis, one string per principal."""
 
-    def __init__(self, client: Redis[bytes], ttl_seconds: int) -> None:
+    def __init__(self, client: CacheClient, ttl_seconds: int) -> None:
         self._redis, self._ttl = client, ttl_seconds
 
     def get(self, principal: str) -> UserMemory | None:
