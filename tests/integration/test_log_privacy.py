@@ -14,10 +14,11 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from chatmemory.authentication import build_authenticator
 from chatmemory.config import Settings
 from chatmemory.identity import GuestTokens
 from chatmemory.observability import REDACTED, logger
-from chatmemory.services import Services, build_authenticator
+from chatmemory.services import Services
 
 from local.events import authorizer_event, connect_event
 from local.lambda_runtime import LambdaContext
