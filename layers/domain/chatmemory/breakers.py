@@ -33,6 +33,7 @@ class _StateListener(pybreaker.CircuitBreakerListener):
 class Breakers:
     redis: pybreaker.CircuitBreaker
     dynamodb: pybreaker.CircuitBreaker
+    outbox: pybreaker.CircuitBreaker  # SQS, where turns wait while DynamoDB is unavailable
 
     @classmethod
     def from_settings(cls, settings: BreakerSettings) -> Breakers:
@@ -45,4 +46,4 @@ class Breakers:
                 name=name,
             )
 
-        return cls(redis=make("redis"), dynamodb=make("dynamodb"))
+        return cls(redis=make("redis"), dynamodb=make("dynamodb"), outbox=make("outbox"))

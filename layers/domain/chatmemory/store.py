@@ -287,6 +287,56 @@ class TurnStore:
             ExpressionAttributeValues={":s": strategy, ":t": expires_at},
         )
 
+    # ---- turns replayed from the outbox (chatmemory.outbox) -------------------------------
+
+    def put_turn(self, turn: Turn, outbox_id: str) -> None:
+        """Store a whole finished turn in one conditional put, marked with the outbox message
+        it came from; ``TurnConflict`` if its number is taken."""
+        item: dict[str, Any] = {
+            "session_id": turn.session_id,
+            "turn_number": turn.turn,
+            "user_message": turn.user,
+            "status": turn.status,
+            "created_at": turn.at,
+            "ttl": turn.expires_at,
+            "input_tokens": turn.input_tokens,
+            "output_tokens": turn.output_tokens,
+            "user_tokens": turn.user_tokens,
+            "cache_read_tokens": turn.cache_read_tokens,
+            "cache_creation_tokens": turn.cache_creation_tokens,
+            "outbox_id": outbox_id,
+        }
+        if turn.assistant is not None:
+            item["assistant_reply"] = turn.assistant
+        if turn.principal:
+            item["principal"] = turn.principal
+        if turn.client_message_id:
+            item["client_message_id"] = turn.client_message_id
+        try:
+            self._table.put_item(Item=item, ConditionExpression=Attr("turn_number").not_exists())
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise TurnConflict(f"turn {turn.turn} of {turn.session_id} exists") from exc
+            raise
+
+    def find_outbox_turn(self, session_id: str, outbox_id: str) -> int | None:
+        """The number of the turn stored from this outbox message, ``None`` if there is none
+        (a strongly consistent read of the session's turns, newest first)."""
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key("session_id").eq(session_id) & _FIRST_TURN,
+            "FilterExpression": Attr("outbox_id").eq(outbox_id),
+            "ProjectionExpression": "turn_number",
+            "ScanIndexForward": False,
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self._table.query(**query)
+            if page["Items"]:
+                return int(page["Items"][0]["turn_number"])  # type: ignore[arg-type]
+            if "LastEvaluatedKey" not in page:
+                return None
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
 
 def _to_turn(item: dict[str, Any]) -> Turn:
     return Turn(
