@@ -56,6 +56,8 @@ class TurnResult:
     first_delta_s: float | None = None
     done_s: float | None = None
     model_delay_s: float = 0.0  # the model's pauses in this turn, subtracted from done_s
+    memory_mode: str | None = None
+    timed_out: bool = False  # API Gateway's "Endpoint request timed out" came (the turn goes on)
     error: str | None = None
 
 
@@ -107,7 +109,8 @@ def verify(sessions: list[SessionResult], stored: dict[str, list[dict[str, Any]]
         in_order = (
             numbers == list(range(1, len(items) + 1))
             and stored_order == [t.message for t in acked]
-            and all(by_number.get(t.turn or 0) == t.message for t in acked)
+            # a turn answered without DynamoDB (outbox) had a provisional number
+            and all(by_number.get(t.turn or 0) == t.message for t in acked if t.memory_mode == "full")
         )
         if not in_order:
             verdict.out_of_order_sessions += 1
@@ -198,10 +201,15 @@ async def run_session(
                         turn.model_delay_s = model_delay * chunks
                         turn.done_s = time.monotonic() - began - turn.model_delay_s
                         turn.turn = int(frame["turn"])
+                        turn.memory_mode = str(frame.get("memoryMode"))
                         gate.acknowledged += 1
                         break
-                    elif kind == "error" or "type" not in frame:
-                        turn.error = str(frame.get("code") or frame.get("message"))
+                    elif "type" not in frame:
+                        # API Gateway's own message after 29 s; the Lambda runs on, and clients
+                        # ignore frames without a type (docs/protocol.md): keep waiting.
+                        turn.timed_out = True
+                    elif kind == "error":
+                        turn.error = str(frame.get("code"))
                         break
                 if turn.error:
                     break
@@ -237,6 +245,33 @@ def stored_items(dynamodb_url: str, table: str, session_ids: list[str]) -> dict[
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
         out[session_id] = items
     return out
+
+
+def wait_for_outbox(sqs_url: str, timeout: float = 300.0) -> float | None:
+    """Seconds until the turn outbox is empty (its turns stored), ``None`` if there is none."""
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=sqs_url,
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    try:
+        url = sqs.get_queue_url(QueueName="TurnOutboxQueue.fifo")["QueueUrl"]
+    except sqs.exceptions.QueueDoesNotExist:
+        return None
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        if not int(attributes["ApproximateNumberOfMessages"]) + int(
+            attributes["ApproximateNumberOfMessagesNotVisible"]
+        ):
+            return round(time.monotonic() - began, 2)
+        time.sleep(0.5)
+    return round(time.monotonic() - began, 2)
 
 
 # ---- the stack --------------------------------------------------------------------------------
@@ -297,7 +332,7 @@ def start_stack(
     environ = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "LLM__PROVIDER")}
     moto, moto_url = start_moto() if separate_moto else (None, "")
     if moto is not None:
-        environ["DYNAMODB_ENDPOINT_URL"] = moto_url
+        environ["DYNAMODB_ENDPOINT_URL"] = environ["SQS_ENDPOINT_URL"] = moto_url
     environ.update(
         LLM__OFFLINE_DELAY_SECONDS=str(model_delay),
         POWERTOOLS_LOG_LEVEL="WARNING",
@@ -344,7 +379,7 @@ def start_stack(
 # ---- the run ----------------------------------------------------------------------------------
 
 
-async def drive(args: argparse.Namespace, url: str) -> tuple[list[SessionResult], dict[str, float]]:
+async def drive(args: argparse.Namespace, url: str) -> tuple[list[SessionResult], dict[str, float | None]]:
     connector = aiohttp.TCPConnector(limit=0)
     connecting = asyncio.Semaphore(args.connect_concurrency)
     gate = _Gate(args.sessions)
@@ -377,7 +412,7 @@ async def _progress(gate: _Gate, total: int) -> None:
 def report(
     args: argparse.Namespace,
     results: list[SessionResult],
-    timings: dict[str, float],
+    timings: dict[str, float | None],
     verdict: Verdict,
 ) -> dict[str, Any]:
     turns = [t for s in results for t in s.turns]
@@ -398,6 +433,9 @@ def report(
         "turns_per_second": round(len(acked) / timings["chat_s"], 1) if timings["chat_s"] else None,
         "first_delta": percentiles([t.first_delta_s for t in acked if t.first_delta_s is not None]),
         "done": percentiles([t.done_s for t in acked if t.done_s is not None]),
+        "memory_modes": Counter(t.memory_mode for t in acked),
+        "integration_timeouts": sum(1 for t in turns if t.timed_out),
+        "outbox_drained_s": timings.get("outbox_drained_s"),
         "session_errors": Counter(s.error.split(":")[0] for s in results if s.error),
         "turn_errors": Counter(t.error for t in turns if t.error),
         "verification": {k: v for k, v in asdict(verdict).items() if k != "problems"},
@@ -420,6 +458,8 @@ DynamoDB behind the fault proxy, Redis, the offline model) in its own process an
 | throughput | **{turns_per_second} turns/s** |
 | first delta p50 / p95 / p99 | {fd50} / {fd95} / {fd99} ms |
 | done p50 / p95 / p99 | {d50} / {d95} / {d99} ms |
+| memory mode of the acknowledged turns | {memory_modes} |
+| API Gateway "Endpoint request timed out" (turn went on) | {integration_timeouts} |
 | session / turn errors | {session_errors} / {turn_errors} |
 
 Latencies exclude the offline model's own pauses: it sleeps `LLM__OFFLINE_DELAY_SECONDS`
@@ -451,6 +491,7 @@ def render(data: dict[str, Any], notes: str = "") -> str:
         d50=done["p50_ms"],
         d95=done["p95_ms"],
         d99=done["p99_ms"],
+        memory_modes=", ".join(f"{k} {v}" for k, v in data["memory_modes"].items()),
         session_errors=sum(data["session_errors"].values()),
         turn_errors=sum(data["turn_errors"].values()),
         notes=notes,
@@ -470,6 +511,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connect-concurrency", type=int, default=50, help="handshakes in flight")
     parser.add_argument("--out", type=Path, help="write <out>.json and <out>.md (e.g. docs/load)")
     parser.add_argument("--notes", default="", help="a paragraph appended to the markdown report")
+    parser.add_argument("--stack-log", type=Path, help="write the started stack's output there")
     parser.add_argument(
         "--moto-in-stack",
         action="store_true",
@@ -493,11 +535,15 @@ def main(argv: list[str] | None = None) -> int:
         if dynamodb_url is None:
             print("no --dynamodb-url: nothing verified", file=sys.stderr)
             return 2
+        if stack is not None:
+            timings["outbox_drained_s"] = wait_for_outbox(stack.dynamodb_url)
         ids = [s.session_id for s in results if s.session_id]
         verdict = verify(results, stored_items(dynamodb_url, args.table, ids))
     finally:
         if stack is not None:
             stack.stop()
+            if args.stack_log:
+                args.stack_log.write_text("".join(stack.output))
     data = report(args, results, timings, verdict)
     print(json.dumps(data, indent=2))
     if args.out:

@@ -77,6 +77,7 @@ class Dependencies:
     sqs_proxy: FaultProxy | None = None
     tables: dict[str, str] = field(default_factory=dict)
     queues: dict[str, str] = field(default_factory=dict)  # logical id -> URL (moto's SQS)
+    sqs_endpoint: str = ""
     max_receive_count: int | None = None  # overrides the template's redrive policies (tests)
     _stops: list[Callable[[], Any]] = field(default_factory=list)
 
@@ -88,6 +89,10 @@ class Dependencies:
             "ConnectionsTable": environ.get("CONNECTIONS_TABLE", "ChatConnections"),
         }
         self.dynamodb_url = environ.get("DYNAMODB_ENDPOINT_URL") or self._start_moto()
+        # SQS: the moto we started, or one named (e.g. the moto server a DynamoDB URL points at).
+        self.sqs_endpoint = environ.get("SQS_ENDPOINT_URL") or (
+            "" if environ.get("DYNAMODB_ENDPOINT_URL") else self.dynamodb_url
+        )
         create_tables(
             boto3.resource("dynamodb", endpoint_url=self.dynamodb_url, region_name=os.environ["AWS_REGION"]),
             self.tables,
@@ -149,19 +154,19 @@ class Dependencies:
 
     def sqs_url(self) -> str:
         """The SQS endpoint the handlers use: moto's, through the SQS fault proxy."""
-        return self.sqs_proxy.url if self.sqs_proxy else self.dynamodb_url
+        return self.sqs_proxy.url if self.sqs_proxy else self.sqs_endpoint
 
     def sqs_client(self) -> Any:
         """SQS itself (moto), for the event source pollers: Lambda's service, not a handler."""
-        return boto3.client("sqs", endpoint_url=self.dynamodb_url, region_name=os.environ["AWS_REGION"])
+        return boto3.client("sqs", endpoint_url=self.sqs_endpoint, region_name=os.environ["AWS_REGION"])
 
     async def _start_queues(self, environ: Mapping[str, str]) -> None:
-        """The template's queues, on moto (the same server as DynamoDB) when it is ours."""
-        if environ.get("DYNAMODB_ENDPOINT_URL") or not load_template().queues():
-            self.say("Queues:    off (no local SQS with an external DynamoDB)")
+        """The template's queues, on the moto server we started or on ``SQS_ENDPOINT_URL``."""
+        if not self.sqs_endpoint or not load_template().queues():
+            self.say("Queues:    off (an external DynamoDB and no SQS_ENDPOINT_URL)")
             return
         self.queues = create_queues(self.sqs_client(), self.max_receive_count)
-        parts = urlsplit(self.dynamodb_url)
+        parts = urlsplit(self.sqs_endpoint)
         self.sqs_proxy = await FaultProxy(parts.hostname or "127.0.0.1", parts.port or 80).start()
         self.say(f"Queues:    {', '.join(self.queues)} on moto; SQS through {self.sqs_proxy.url}")
 
