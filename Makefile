@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 PORT ?= 8080
 
-.PHONY: help install dev test test-fast lint format validate bench eval resilience clean
+.PHONY: help install dev test test-fast lint format validate bench eval resilience load clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ resilience: install ## Re-measure the fault matrix into docs/resilience.md
 	@scripts/ensure-redis.sh
 	RESILIENCE_RESULTS=docs/resilience.json $(VENV)/pytest -q tests/e2e/test_fault_matrix.py
 	$(VENV)/python scripts/resilience_table.py
+
+load: install ## 500 WebSocket sessions x 20 turns on the local stack, checked exactly-once in DynamoDB (docs/load.md)
+	@scripts/ensure-redis.sh
+	$(VENV)/python -m local.load --out docs/load
 
 clean: ## Remove build and test leftovers
 	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -571,3 +571,58 @@ def test_a_handed_off_turn_outlives_the_integration_timeout_quietly() -> None:
     assert all("type" in f for f in frames), frames  # no "Endpoint request timed out"
     assert frames[-1]["type"] == "done" and arrived[-1] > 0.3, arrived
     assert stored["status"] == "complete" and stored["assistant_reply"] == reply(frames)
+
+
+# ---- a reply longer than API Gateway's 29 s, through the real default timeout -----------------
+
+LONG_REPLY_SECONDS = 40.0
+# Long enough that the offline model quotes only its first 60 characters: the directive after
+# them changes how fast the reply comes, not what it says.
+STORY = "Tell me the whole long story of the lighthouse keeper and the ships he saw pass by"
+
+
+@pytest.mark.slow
+def test_a_40_second_reply_arrives_whole_without_the_integration_timeout() -> None:
+    """The one slow test of CI (about 45 s): the default 29 s integration timeout of the local
+    gateway, the turn handed off (STREAM__HANDOFF=thread), a reply the model takes 40 s to give."""
+    stack = start_stack(extra_env={"STREAM__HANDOFF": "thread"})
+    try:
+        with open_socket(stack) as ws:
+            session_of(ws)
+            expected = reply(turn(ws, f"{STORY} [offline:slow=0]"))
+        chunks = -(-len(expected.split(" ")) // 3)  # the offline model's chunks of three words
+        pause = LONG_REPLY_SECONDS / chunks
+        message = f"{STORY} [offline:slow={pause:.3f}]"
+        with open_socket(stack) as ws:
+            session_id = session_of(ws)["sessionId"]
+            began = time.monotonic()
+            ws.send(json.dumps({"action": "sendMessage", "message": message}))
+            frames: list[dict[str, Any]] = []
+            arrived: list[float] = []
+            while not frames or frames[-1].get("type") not in ("done", "error"):
+                frames.append(json.loads(ws.recv(timeout=LONG_REPLY_SECONDS + 20)))
+                arrived.append(time.monotonic() - began)
+        item = wait_for_status(stack, session_id, message, timeout=5.0)
+    finally:
+        stop_stack(stack.process)
+
+    assert all("type" in f for f in frames), [f for f in frames if "type" not in f]  # no timeout message
+    assert frames[-1]["type"] == "done", frames[-1]
+    assert arrived[-1] >= 29.0, arrived[-1]  # it did outlive API Gateway's integration timeout
+    assert reply(frames) == expected  # whole
+    first_delta = arrived[[f["type"] for f in frames].index("delta")]
+    assert first_delta < 2 * pause + 2.0, first_delta  # it starts with the model's first chunk
+    assert item is not None and item["status"] == "complete" and item["assistant_reply"] == expected
+
+    ROWS.append(
+        Row(
+            fault=f"reply of {arrived[-1]:.0f} s (> 29 s integration timeout), handed off",
+            frames=shape(frames),
+            memory_mode=str(frames[-1]["memoryMode"]),
+            first_answer_s=round(arrived[-1], 3),
+            later_answer_s=None,
+            stored="turn complete, the whole reply",
+            notes=f"first delta after {first_delta:.2f} s (the model pauses {pause:.2f} s before each "
+            f"of its {chunks} chunks); no 'Endpoint request timed out' message",
+        )
+    )
