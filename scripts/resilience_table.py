@@ -95,7 +95,8 @@ rare duplicate would be answered as a second turn (not yet de-duplicated by requ
 `test_a_handed_off_turn_outlives_the_integration_timeout_quietly` proves no timeout message reaches
 the client and the turn completes, and
 `test_a_40_second_reply_arrives_whole_without_the_integration_timeout` (the row "reply of … s"
-above) does it with the real 29 s timeout and a reply the model takes 40 s to give. Not yet proven on AWS: the handoff's IAM statement names the
+above) does it with the real 29 s timeout and a reply the model takes 40 s to give.
+Not yet proven on AWS: the handoff's IAM statement names the
 function by its generated name (`<stack>-SendMessageFunction-*`).
 """
 

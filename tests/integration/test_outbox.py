@@ -236,3 +236,25 @@ def test_a_poison_message_ends_in_the_dead_letter_queue_without_blocking_other_s
         QueueUrl=outage.queues["TurnOutboxDeadLetterQueue"], MaxNumberOfMessages=10
     )
     assert [m["Body"] for m in dead.get("Messages", [])] == ["{not a turn"]
+
+
+def test_a_write_that_timed_out_yet_happened_is_finished_not_repeated(outage: Outage) -> None:
+    client = outage.client()
+    session_id = outage.session_of(client)
+    done_of(client.say("first"))
+    # The turn path's put of turn 2 reached the table but its answer did not (a read timeout):
+    # the turn was answered as not stored and queued with the same client message id.
+    pending = Turn(
+        session_id=session_id, turn=2, user="again", at=1, expires_at=2**31, client_message_id="c-1"
+    )
+    outage.services.memory.store.put_user_message(pending)
+    record = OutboxRecord(
+        turn=pending.model_copy(update={"assistant": "the reply", "status": "complete", "output_tokens": 3})
+    )
+    assert outage.services.outbox_replayer.replay(record) == 2
+    items = outage.items(session_id)
+    assert [(int(i["turn_number"]), i["user_message"], i["status"]) for i in items] == [
+        (1, "first", "complete"),
+        (2, "again", "complete"),
+    ]
+    assert items[1]["assistant_reply"] == "the reply"

@@ -14,7 +14,6 @@ from chatmemory.config import BreakerSettings
 from chatmemory.errors import TurnConflict
 from chatmemory.observability import logger, metrics
 
-
 T = TypeVar("T")
 
 

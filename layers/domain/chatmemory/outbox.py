@@ -16,10 +16,12 @@ back but before the queue drained is stored before them.
 
 Exactly once. SQS may deliver a message more than once, and a batch may fail after some of its
 writes. Every queued turn carries an ``outbox_id`` that is stored on its item; the replay looks it
-up first and only writes a turn that is not there. A message is deleted (reported as processed)
-only once its turn is stored and the cache entry is dropped; anything else is retried, and after
-the queue's ``maxReceiveCount`` receives it moves to the dead-letter queue (replaying it from
-there is safe for the same reason).
+up first and only writes a turn that is not there. A turn whose first write timed out on the turn
+path yet reached the table is recognised by its ``client_message_id`` (when the client sent one):
+that item is finished with the reply instead of a second one being added. A message is deleted
+(reported as processed) only once its turn is stored and the cache entry is dropped; anything
+else is retried, and after the queue's ``maxReceiveCount`` receives it moves to the dead-letter
+queue (replaying it from there is safe for the same reason).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from chatmemory.cache import TurnCache
 from chatmemory.errors import TurnConflict
 from chatmemory.observability import logger, metrics
 from chatmemory.store import TurnStore
-from chatmemory.turns import Turn
+from chatmemory.turns import Turn, Usage
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -85,17 +87,42 @@ class OutboxReplayer:
         """Store the record's turn (unless it already is) and drop the session's cache window.
         Returns the turn's stored number. Raises if either cannot be done now (retry later)."""
         session_id = record.turn.session_id
-        number = self._breakers.dynamodb.call(self._store.find_outbox_turn, session_id, record.outbox_id)
-        if number is None:
+        found = self._breakers.dynamodb.call(
+            self._store.find_outbox_turn, session_id, record.outbox_id, record.turn.client_message_id
+        )
+        if found is None:
             number = self._write(record)
             metrics.add_metric(name="OutboxTurnReplayed", unit=MetricUnit.Count, value=1)
         else:
+            number, replayed, status = found
+            if not replayed and status == "pending":
+                # The turn path's put timed out yet happened: finish that item, do not add one.
+                self._finish(record, number)
             logger.info("queued turn already stored", extra={"turn": number, "outbox_id": record.outbox_id})
             metrics.add_metric(name="OutboxDuplicateSkipped", unit=MetricUnit.Count, value=1)
         if self._cache is not None:
             # The window the cache holds lacks this turn: it must go (a read refills it).
             self._breakers.redis.call(self._cache.invalidate, session_id)
         return number
+
+    def _finish(self, record: OutboxRecord, number: int) -> None:
+        turn = record.turn
+        usage = Usage(
+            input_tokens=turn.input_tokens,
+            output_tokens=turn.output_tokens,
+            cache_read_input_tokens=turn.cache_read_tokens,
+            cache_creation_input_tokens=turn.cache_creation_tokens,
+        )
+        self._breakers.dynamodb.call(
+            self._store.finish_turn,
+            turn.session_id,
+            number,
+            turn.assistant or "",
+            turn.status,
+            usage,
+            max(turn.expires_at, int(self._clock()) + self._ttl),
+            turn.user_tokens,
+        )
 
     def _write(self, record: OutboxRecord) -> int:
         session_id = record.turn.session_id

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from boto3.dynamodb.conditions import Attr, Key
+from boto3.dynamodb.conditions import Attr, ConditionBase, Key
 from botocore.exceptions import ClientError
 
 from chatmemory.config import StrategyName
@@ -319,20 +319,29 @@ class TurnStore:
                 raise TurnConflict(f"turn {turn.turn} of {turn.session_id} exists") from exc
             raise
 
-    def find_outbox_turn(self, session_id: str, outbox_id: str) -> int | None:
-        """The number of the turn stored from this outbox message, ``None`` if there is none
-        (a strongly consistent read of the session's turns, newest first)."""
+    def find_outbox_turn(
+        self, session_id: str, outbox_id: str, client_message_id: str | None = None
+    ) -> tuple[int, bool, str] | None:
+        """The turn stored from this outbox message, or for the same client message (a write
+        of the turn path that timed out yet happened): ``(number, from the outbox, status)``,
+        ``None`` if there is none (a strongly consistent read, newest first)."""
+        found: ConditionBase = Attr("outbox_id").eq(outbox_id)
+        if client_message_id:
+            found = found | Attr("client_message_id").eq(client_message_id)
         query: dict[str, Any] = {
             "KeyConditionExpression": Key("session_id").eq(session_id) & _FIRST_TURN,
-            "FilterExpression": Attr("outbox_id").eq(outbox_id),
-            "ProjectionExpression": "turn_number",
+            "FilterExpression": found,
+            "ProjectionExpression": "turn_number, outbox_id, #s",
+            "ExpressionAttributeNames": {"#s": "status"},
             "ScanIndexForward": False,
             "ConsistentRead": True,
         }
         while True:
             page = self._table.query(**query)
             if page["Items"]:
-                return int(page["Items"][0]["turn_number"])  # type: ignore[arg-type]
+                item = page["Items"][0]
+                number = int(item["turn_number"])  # type: ignore[arg-type]
+                return number, item.get("outbox_id") == outbox_id, str(item.get("status", "pending"))
             if "LastEvaluatedKey" not in page:
                 return None
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
