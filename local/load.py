@@ -506,7 +506,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--url", help="a running stack's WebSocket URL (default: start one)")
     parser.add_argument("--dynamodb-url", help="its DynamoDB endpoint, to verify what is stored")
     parser.add_argument("--table", default="ChatSessions")
-    parser.add_argument("--workers", type=int, default=64, help="the started stack's handler threads")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=16,
+        help="the started stack's handler threads: Lambda concurrency of this one process. More "
+        "threads on 2 cores starve each other of the GIL until Redis and DynamoDB calls miss their "
+        "timeouts and memory degrades (64: most turns stateless)",
+    )
     parser.add_argument("--model-delay", type=float, default=0.01, help="LLM__OFFLINE_DELAY_SECONDS")
     parser.add_argument("--connect-concurrency", type=int, default=50, help="handshakes in flight")
     parser.add_argument("--out", type=Path, help="write <out>.json and <out>.md (e.g. docs/load)")
