@@ -45,6 +45,7 @@ from boto3.dynamodb.conditions import Key
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"WebSocket: (ws://127\.0\.0\.1:\d+/ws)")
 MOTO = re.compile(r"DynamoDB:  moto on (http://\S+)")
+SETTING_GROUPS = ("STORAGE__", "CACHE__", "BREAKER__", "OUTBOX__", "MEMORY__")
 CHUNK_WORDS = 3  # the offline model's chunk (chatmemory.llm.offline.CHUNK_WORDS)
 FRAME_TIMEOUT = 120.0
 
@@ -426,6 +427,8 @@ def report(
         "turns_per_session": args.turns,
         "workers": args.workers,
         "model_delay_s": args.model_delay,
+        # settings the stack got from this environment (the template's defaults otherwise)
+        "stack_settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith(SETTING_GROUPS)},
         "connect_s": timings["connect_s"],
         "chat_s": timings["chat_s"],
         "turns_sent": len(turns),
@@ -461,6 +464,7 @@ DynamoDB behind the fault proxy, Redis, the offline model) in its own process an
 | memory mode of the acknowledged turns | {memory_modes} |
 | API Gateway "Endpoint request timed out" (turn went on) | {integration_timeouts} |
 | session / turn errors | {session_errors} / {turn_errors} |
+| stack settings from the environment | {stack_settings} |
 
 Latencies exclude the offline model's own pauses: it sleeps `LLM__OFFLINE_DELAY_SECONDS`
 ({model_delay_s} s here) before each chunk of three words, so that much is subtracted from the first
@@ -492,6 +496,7 @@ def render(data: dict[str, Any], notes: str = "") -> str:
         d95=done["p95_ms"],
         d99=done["p99_ms"],
         memory_modes=", ".join(f"{k} {v}" for k, v in data["memory_modes"].items()),
+        stack_settings=", ".join(f"`{k}={v}`" for k, v in data["stack_settings"].items()) or "none",
         session_errors=sum(data["session_errors"].values()),
         turn_errors=sum(data["turn_errors"].values()),
         notes=notes,
