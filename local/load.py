@@ -7,10 +7,10 @@ that DynamoDB holds every acknowledged turn exactly once and in order.
 
 Each session is one WebSocket (a guest): ``getSession`` learns its id, then it sends its turns
 one after the other, each waiting for ``done``. A turn is *acknowledged* when its ``done`` frame
-arrives. Latencies are measured from sending ``sendMessage`` to the first ``delta`` and to
-``done``, minus the offline model's own pauses: it sleeps ``--model-delay`` seconds before each
-chunk of three words, so ``delay`` is subtracted from the first delta and
-``delay x ceil(words of the reply / 3)`` from ``done``.
+arrives without a ``not_remembered`` notice. Latencies are measured from sending
+``sendMessage`` to the first ``delta`` and to ``done``, minus the offline model's own pauses:
+it sleeps ``--model-delay`` seconds before each chunk of three words, so ``delay`` is
+subtracted from the first delta and ``delay x ceil(words of the reply / 3)`` from ``done``.
 
 Afterwards every session's items are read back from DynamoDB (the stack's moto server itself,
 not the fault proxy): an acknowledged turn missing from the table is *lost*, one stored more than
@@ -58,6 +58,7 @@ class TurnResult:
     done_s: float | None = None
     model_delay_s: float = 0.0  # the model's pauses in this turn, subtracted from done_s
     memory_mode: str | None = None
+    not_kept: bool = False  # a not_remembered notice: the user was told this turn is not kept
     timed_out: bool = False  # API Gateway's "Endpoint request timed out" came (the turn goes on)
     error: str | None = None
 
@@ -71,7 +72,8 @@ class SessionResult:
 
     @property
     def acknowledged(self) -> list[TurnResult]:
-        return [t for t in self.turns if t.turn is not None]
+        """Turns answered (``done``) without being told they are not kept: they must be stored."""
+        return [t for t in self.turns if t.turn is not None and not t.not_kept]
 
 
 @dataclass
@@ -205,6 +207,8 @@ async def run_session(
                         turn.memory_mode = str(frame.get("memoryMode"))
                         gate.acknowledged += 1
                         break
+                    elif kind == "notice" and frame.get("code") == "not_remembered":
+                        turn.not_kept = True
                     elif "type" not in frame:
                         # API Gateway's own message after 29 s; the Lambda runs on, and clients
                         # ignore frames without a type (docs/protocol.md): keep waiting.
@@ -417,7 +421,8 @@ def report(
     verdict: Verdict,
 ) -> dict[str, Any]:
     turns = [t for s in results for t in s.turns]
-    acked = [t for t in turns if t.turn is not None]
+    answered = [t for t in turns if t.turn is not None]
+    acked = [t for t in answered if not t.not_kept]
     return {
         "command": "python -m local.load " + " ".join(args.argv),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
@@ -432,11 +437,13 @@ def report(
         "connect_s": timings["connect_s"],
         "chat_s": timings["chat_s"],
         "turns_sent": len(turns),
+        "turns_answered": len(answered),
+        "turns_told_not_kept": len(answered) - len(acked),
         "turns_acknowledged": len(acked),
-        "turns_per_second": round(len(acked) / timings["chat_s"], 1) if timings["chat_s"] else None,
-        "first_delta": percentiles([t.first_delta_s for t in acked if t.first_delta_s is not None]),
-        "done": percentiles([t.done_s for t in acked if t.done_s is not None]),
-        "memory_modes": Counter(t.memory_mode for t in acked),
+        "turns_per_second": round(len(answered) / timings["chat_s"], 1) if timings["chat_s"] else None,
+        "first_delta": percentiles([t.first_delta_s for t in answered if t.first_delta_s is not None]),
+        "done": percentiles([t.done_s for t in answered if t.done_s is not None]),
+        "memory_modes": Counter(t.memory_mode for t in answered),
         "integration_timeouts": sum(1 for t in turns if t.timed_out),
         "outbox_drained_s": timings.get("outbox_drained_s"),
         "session_errors": Counter(s.error.split(":")[0] for s in results if s.error),
@@ -457,11 +464,12 @@ DynamoDB behind the fault proxy, Redis, the offline model) in its own process an
 |---|---|
 | sessions connected in | {connect_s} s |
 | chat phase | {chat_s} s |
-| turns sent / acknowledged (`done`) | {turns_sent} / {turns_acknowledged} |
+| turns sent / answered (`done`) | {turns_sent} / {turns_answered} |
+| of which the user was told they are not kept (`not_remembered`) | {turns_told_not_kept} |
 | throughput | **{turns_per_second} turns/s** |
 | first delta p50 / p95 / p99 | {fd50} / {fd95} / {fd99} ms |
 | done p50 / p95 / p99 | {d50} / {d95} / {d99} ms |
-| memory mode of the acknowledged turns | {memory_modes} |
+| memory mode of the answered turns | {memory_modes} |
 | API Gateway "Endpoint request timed out" (turn went on) | {integration_timeouts} |
 | session / turn errors | {session_errors} / {turn_errors} |
 | stack settings from the environment | {stack_settings} |
@@ -475,7 +483,8 @@ behind {sessions} sessions on one process.
 ## Exactly once, in order
 
 Read back from the stack's DynamoDB (the moto server itself, bypassing the fault proxy) after
-the run: every acknowledged turn must be stored once, numbered 1..n in the order it was sent.
+the run, once the turn outbox is empty: every acknowledged turn (answered, and not announced as
+`not_remembered`) must be stored once, numbered 1..n in the order it was sent.
 
 | acknowledged | stored | lost | duplicated | sessions out of order |
 |---|---|---|---|---|
@@ -563,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
         args.out.with_suffix(".md").write_text(render(data, args.notes))
     failed = verdict.lost or verdict.duplicated or verdict.out_of_order_sessions
-    return 1 if failed or data["turns_acknowledged"] < args.sessions * args.turns else 0
+    return 1 if failed or data["turns_answered"] < args.sessions * args.turns else 0
 
 
 if __name__ == "__main__":

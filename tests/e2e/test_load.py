@@ -43,7 +43,7 @@ def test_the_load_driver_chats_and_finds_every_turn_stored_once(tmp_path: Path) 
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads(out.with_suffix(".json").read_text())
-    assert data["turns_acknowledged"] == SESSIONS * TURNS
+    assert data["turns_answered"] == data["turns_acknowledged"] == SESSIONS * TURNS
     assert data["verification"] == {
         "acknowledged": SESSIONS * TURNS,
         "stored": SESSIONS * TURNS,
