@@ -8,7 +8,7 @@ SAM_CLI_VERSION ?= 1.170.0
 SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
 ENV ?= default
 
-.PHONY: help install dev test test-fast lint format validate sam-cli build deploy destroy bench eval resilience clean
+.PHONY: help install dev test test-fast lint format validate sam-cli build deploy destroy bench eval resilience load clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -69,6 +69,14 @@ resilience: install ## Re-measure the fault matrix into docs/resilience.md
 	@scripts/ensure-redis.sh
 	RESILIENCE_RESULTS=docs/resilience.json $(VENV)/pytest -q tests/e2e/test_fault_matrix.py
 	$(VENV)/python scripts/resilience_table.py
+
+# One process on 2 cores is an overloaded emulator: longer client timeouts than deployed (docs/load.md).
+LOAD_TIMEOUTS := STORAGE__CONNECT_TIMEOUT_SECONDS=2 STORAGE__READ_TIMEOUT_SECONDS=5 \
+	CACHE__SOCKET_TIMEOUT_SECONDS=2 CACHE__CONNECT_TIMEOUT_SECONDS=2 \
+	OUTBOX__CONNECT_TIMEOUT_SECONDS=2 OUTBOX__READ_TIMEOUT_SECONDS=5
+load: install ## 500 WebSocket sessions x 20 turns on the local stack, checked exactly-once in DynamoDB (docs/load.md)
+	@scripts/ensure-redis.sh
+	$(LOAD_TIMEOUTS) $(VENV)/python -m local.load --out docs/load
 
 clean: ## Remove build and test leftovers
 	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache

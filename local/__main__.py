@@ -17,6 +17,7 @@ import warnings
 
 from aiohttp import web
 
+from local.event_sources import QueuePoller
 from local.gateway import Gateway, Limits
 from local.lambda_runtime import load_handler
 from local.stack import Dependencies
@@ -47,6 +48,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds before a route's client gets 'Endpoint request timed out' (API Gateway: 29)",
     )
     parser.add_argument("--workers", type=int, default=32, help="concurrent handler invocations")
+    parser.add_argument(
+        "--queue-retry-seconds",
+        type=int,
+        default=2,
+        help="how soon a queued message a function failed comes back (AWS: the queue's visibility timeout)",
+    )
+    parser.add_argument(
+        "--max-receive-count",
+        type=int,
+        default=None,
+        help="receives before a failing message moves to its dead-letter queue (default: the template's)",
+    )
     return parser.parse_args(argv)
 
 
@@ -73,7 +86,8 @@ async def serve(args: argparse.Namespace) -> None:
     reachable = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
     base = f"http://{reachable}:{port}"
 
-    deps = await Dependencies(say=say).start(os.environ)
+    deps = await Dependencies(say=say, max_receive_count=args.max_receive_count).start(os.environ)
+    pollers: list[QueuePoller] = []
     try:
         env = {**LOCAL_DEFAULTS, **deps.environment(base, os.environ)}
         env.setdefault(
@@ -84,12 +98,31 @@ async def serve(args: argparse.Namespace) -> None:
         template = load_template()
         routes = template.routes()
         authorizer = template.connect_authorizer()
-        for function in [*routes.values(), *([authorizer.function] if authorizer else [])]:
+        mappings = [m for m in template.queue_mappings() if m.queue in deps.queues]
+        for function in [
+            *routes.values(),
+            *([authorizer.function] if authorizer else []),
+            *(m.function for m in mappings),
+        ]:
             load_handler(function)
         from chatmemory.services import get_services
 
         services = get_services()  # built now, from this environment, and failing here if it must
         say(f"Model:     {services.settings.llm.provider}")
+        for mapping in mappings:
+            pollers.append(
+                QueuePoller(
+                    deps.sqs_client(),
+                    deps.queues[mapping.queue],
+                    mapping,
+                    retry_seconds=args.queue_retry_seconds,
+                    say=say,
+                ).start()
+            )
+            say(
+                f"Events:    {mapping.queue} -> {mapping.function.logical_id}"
+                f" (batches of {mapping.batch_size})"
+            )
         gateway = Gateway(
             routes,
             template.route_selection_expression(),
@@ -116,6 +149,8 @@ async def serve(args: argparse.Namespace) -> None:
         await gateway.close()
         await runner.cleanup()
     finally:
+        for poller in pollers:
+            await poller.close()
         await deps.stop()
     say("Stopped.")
 

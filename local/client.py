@@ -31,7 +31,7 @@ EXIT_INTERRUPTED = 130
 
 MEMORY_WORDS = {
     "full": "full",
-    "cache_only": "cache only (this turn may not be remembered)",
+    "cache_only": "cache only (this turn is saved when the store is back)",
     "stateless": "off (nothing is remembered)",
 }
 

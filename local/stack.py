@@ -22,7 +22,7 @@ import boto3
 import redis
 
 from local.faults import FaultProxy
-from local.template import Function, create_tables, load_template
+from local.template import Function, create_queues, create_tables, load_template
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_OFFLINE_DELAY = "0.03"  # slow enough to see the reply stream in a browser
@@ -74,7 +74,11 @@ class Dependencies:
     redis_url: str | None = None
     proxy: FaultProxy | None = None
     redis_proxy: FaultProxy | None = None
+    sqs_proxy: FaultProxy | None = None
     tables: dict[str, str] = field(default_factory=dict)
+    queues: dict[str, str] = field(default_factory=dict)  # logical id -> URL (moto's SQS)
+    sqs_endpoint: str = ""
+    max_receive_count: int | None = None  # overrides the template's redrive policies (tests)
     _stops: list[Callable[[], Any]] = field(default_factory=list)
 
     async def start(self, environ: Mapping[str, str]) -> Dependencies:
@@ -85,11 +89,16 @@ class Dependencies:
             "ConnectionsTable": environ.get("CONNECTIONS_TABLE", "ChatConnections"),
         }
         self.dynamodb_url = environ.get("DYNAMODB_ENDPOINT_URL") or self._start_moto()
+        # SQS: the moto we started, or one named (e.g. the moto server a DynamoDB URL points at).
+        self.sqs_endpoint = environ.get("SQS_ENDPOINT_URL") or (
+            "" if environ.get("DYNAMODB_ENDPOINT_URL") else self.dynamodb_url
+        )
         create_tables(
             boto3.resource("dynamodb", endpoint_url=self.dynamodb_url, region_name=os.environ["AWS_REGION"]),
             self.tables,
         )
         await self._start_proxy()
+        await self._start_queues(environ)
         self.redis_url = self._redis(environ.get("REDIS_URL") or DEFAULT_REDIS_URL)
         if self.redis_url:
             parts = urlsplit(self.redis_url)
@@ -100,7 +109,7 @@ class Dependencies:
     @property
     def faults(self) -> dict[str, FaultProxy]:
         """The dependencies people and tests can make fail (POST /_local/faults)."""
-        named = {"dynamodb": self.proxy, "redis": self.redis_proxy}
+        named = {"dynamodb": self.proxy, "redis": self.redis_proxy, "sqs": self.sqs_proxy}
         return {name: proxy for name, proxy in named.items() if proxy is not None}
 
     def handler_redis_url(self) -> str | None:
@@ -133,7 +142,33 @@ class Dependencies:
         redis_url = self.handler_redis_url()
         if redis_url:
             env["REDIS_URL"] = redis_url
+        if self.queues:
+            # The functions' variables that name a queue (!Ref): its local URL. SQS requests
+            # go through the SQS fault proxy; the queue URL only names the queue.
+            for function in load_template().functions().values():
+                for name, value in function.environment.items():
+                    if isinstance(value, dict) and value.get("Ref") in self.queues:
+                        env[name] = self.queues[value["Ref"]]
+            env["OUTBOX__ENDPOINT_URL"] = self.sqs_url()
         return env
+
+    def sqs_url(self) -> str:
+        """The SQS endpoint the handlers use: moto's, through the SQS fault proxy."""
+        return self.sqs_proxy.url if self.sqs_proxy else self.sqs_endpoint
+
+    def sqs_client(self) -> Any:
+        """SQS itself (moto), for the event source pollers: Lambda's service, not a handler."""
+        return boto3.client("sqs", endpoint_url=self.sqs_endpoint, region_name=os.environ["AWS_REGION"])
+
+    async def _start_queues(self, environ: Mapping[str, str]) -> None:
+        """The template's queues, on the moto server we started or on ``SQS_ENDPOINT_URL``."""
+        if not self.sqs_endpoint or not load_template().queues():
+            self.say("Queues:    off (an external DynamoDB and no SQS_ENDPOINT_URL)")
+            return
+        self.queues = create_queues(self.sqs_client(), self.max_receive_count)
+        parts = urlsplit(self.sqs_endpoint)
+        self.sqs_proxy = await FaultProxy(parts.hostname or "127.0.0.1", parts.port or 80).start()
+        self.say(f"Queues:    {', '.join(self.queues)} on moto; SQS through {self.sqs_proxy.url}")
 
     async def stop(self) -> None:
         for proxy in self.faults.values():

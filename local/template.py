@@ -5,6 +5,7 @@ The local stack and the tests take everything from here, so nothing restates the
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -59,6 +60,27 @@ class Authorizer:
 
 
 @dataclass(frozen=True)
+class Queue:
+    """An SQS queue of the template, as CreateQueue takes it (its DLQ named by logical id)."""
+
+    logical_id: str
+    fifo: bool
+    attributes: dict[str, str]  # CreateQueue attributes other than the redrive policy
+    dead_letter_queue: str | None = None
+    max_receive_count: int | None = None
+
+
+@dataclass(frozen=True)
+class QueueMapping:
+    """An SQS event source mapping: the queue's batches go to the function."""
+
+    queue: str  # logical id
+    function: Function
+    batch_size: int
+    report_batch_item_failures: bool
+
+
+@dataclass(frozen=True)
 class Template:
     raw: dict[str, Any]
 
@@ -109,6 +131,49 @@ class Template:
             return Authorizer(functions[function_id], tuple(authorizer.get("IdentitySource", [])))
         return None
 
+    def queues(self) -> dict[str, Queue]:
+        """Logical id -> each SQS queue (the attributes that have a local meaning)."""
+        out = {}
+        names = {
+            "FifoQueue": "FifoQueue",
+            "ContentBasedDeduplication": "ContentBasedDeduplication",
+            "VisibilityTimeout": "VisibilityTimeout",
+            "MessageRetentionPeriod": "MessageRetentionPeriod",
+        }
+        for name, res in self.of_type("AWS::SQS::Queue").items():
+            props = res.get("Properties", {})
+            attributes = {
+                attr: str(props[key]).lower() if isinstance(props[key], bool) else str(props[key])
+                for key, attr in names.items()
+                if key in props
+            }
+            redrive = props.get("RedrivePolicy") or {}
+            target = redrive.get("deadLetterTargetArn", {}).get("Fn::GetAtt", [None])[0]
+            count = redrive.get("maxReceiveCount")
+            out[name] = Queue(
+                name, bool(props.get("FifoQueue")), attributes, target, int(count) if count else None
+            )
+        return out
+
+    def queue_mappings(self) -> list[QueueMapping]:
+        """The SQS event source mappings and the functions they invoke."""
+        functions = self.functions()
+        out = []
+        for res in self.of_type("AWS::Lambda::EventSourceMapping").values():
+            props = res["Properties"]
+            source = props["EventSourceArn"].get("Fn::GetAtt", [None])[0]
+            if source not in self.of_type("AWS::SQS::Queue"):
+                continue
+            out.append(
+                QueueMapping(
+                    source,
+                    functions[props["FunctionName"]["Ref"]],
+                    int(props.get("BatchSize", 10)),
+                    "ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
+                )
+            )
+        return out
+
     def table_definitions(self) -> dict[str, dict[str, Any]]:
         """Logical id -> the CreateTable arguments of each DynamoDB table (without a name)."""
         out = {}
@@ -156,3 +221,22 @@ def create_tables(dynamodb: Any, names: dict[str, str]) -> None:
                 TableName=name,
                 TimeToLiveSpecification={"Enabled": True, "AttributeName": spec["ttl_attribute"]},
             )
+
+
+def create_queues(sqs: Any, max_receive_count: int | None = None) -> dict[str, str]:
+    """Create the template's queues (dead-letter queues first) on an SQS endpoint; logical id
+    -> queue URL. ``max_receive_count`` overrides the redrive policies' (tests)."""
+    queues = load_template().queues()
+    urls: dict[str, str] = {}
+    ordered = sorted(queues.values(), key=lambda q: q.dead_letter_queue is not None)
+    for queue in ordered:
+        name = f"{queue.logical_id}.fifo" if queue.fifo else queue.logical_id
+        attributes = dict(queue.attributes)
+        if queue.dead_letter_queue:
+            dlq = sqs.get_queue_attributes(
+                QueueUrl=urls[queue.dead_letter_queue], AttributeNames=["QueueArn"]
+            )["Attributes"]["QueueArn"]
+            count = max_receive_count or queue.max_receive_count or 1
+            attributes["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": dlq, "maxReceiveCount": count})
+        urls[queue.logical_id] = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+    return urls

@@ -38,6 +38,41 @@ defaults are slower to give up (DynamoDB read timeout 1 s with 2 attempts, break
 so first answers under a stall take longer there; later answers do not wait on a failing store.
 """
 
+OUTBOX = """
+## No lost turns: the outbox
+
+A turn answered while DynamoDB is unavailable (`cache_only`, or `stateless` with a known session)
+is sent, once finished, to an SQS FIFO queue (`TurnOutboxQueue`, one message group per session,
+behind its own breaker and 0.5 s/1 s botocore timeouts), and the user is told it will be saved
+when the store is back. The outbox replay function (an SQS event source mapping with
+`ReportBatchItemFailures`, Powertools' `SqsFifoPartialProcessor` with `skip_group_on_error`)
+stores each turn when DynamoDB answers again:
+
+- **Order, no holes**: a session's turns are delivered one at a time, in the order they were
+  answered; each gets the next free turn number at the time it is written (the highest stored
+  number, expired or not, plus one) with a conditional put. The numbers the user saw while memory
+  was degraded are provisional (the session's last number was not known for sure). A turn
+  answered live after DynamoDB came back but before the queue drained is stored before the
+  queued ones.
+- **Exactly once**: each queued turn carries an `outbox_id`, stored on its item; a redelivered
+  message finds it and is not written again. A message is deleted only once its turn is stored and
+  the session's Redis window dropped (Redis failing in between keeps it queued), so the cache never
+  serves a history without it.
+- **Poison and long outages**: a failing message is retried at the queue's visibility timeout
+  (180 s) and dead-lettered after 30 receives (about 90 min); other sessions carry on meanwhile.
+  Replaying the dead-letter queue (`aws sqs start-message-move-task`) is safe for the same reason.
+- **Not covered**: when SQS fails too, the turn is answered and a `not_remembered` notice says it
+  was not kept; a session erased (`deleteSession`) after an outage but before its queued turns
+  were replayed gets them back.
+
+The local stack runs the same: the queues are created on moto from the template and a poller
+hands batches to the same handler as Lambda's event source mapping would
+(`--queue-retry-seconds`, `--max-receive-count`). The rows "DynamoDB stalled/refused",
+"DynamoDB outage, then back (outbox)" and "DynamoDB and the outbox (SQS) stalled" above are
+measured through it; `tests/integration/test_outbox.py` covers redelivery, a turn number taken
+meanwhile, Redis failing between the write and the cache drop, and the dead-letter queue.
+"""
+
 LONG_REPLIES = """
 ## Long replies and API Gateway's 29 s integration timeout
 
@@ -58,7 +93,10 @@ events may be delivered more than once: `MaximumRetryAttempts: 0` stops Lambda's
 rare duplicate would be answered as a second turn (not yet de-duplicated by request id). Locally,
 `STREAM__HANDOFF=thread` runs the turn in a thread;
 `test_a_handed_off_turn_outlives_the_integration_timeout_quietly` proves no timeout message reaches
-the client and the turn completes. Not yet proven on AWS: the handoff's IAM statement names the
+the client and the turn completes, and
+`test_a_40_second_reply_arrives_whole_without_the_integration_timeout` (the row "reply of … s"
+above) does it with the real 29 s timeout and a reply the model takes 40 s to give.
+Not yet proven on AWS: the handoff's IAM statement names the
 function by its generated name (`<stack>-SendMessageFunction-*`).
 """
 
@@ -97,7 +135,7 @@ def render(data: dict[str, Any]) -> str:
     notes = [f"- **{r['fault']}**: {r['notes']}" for r in rows if r.get("notes")]
     if notes:
         lines += ["", "Notes:", "", *notes]
-    return "\n".join(lines) + "\n" + LONG_REPLIES
+    return "\n".join(lines) + "\n" + OUTBOX + LONG_REPLIES
 
 
 def main(argv: list[str]) -> int:

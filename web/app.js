@@ -8,7 +8,7 @@
 const STORAGE = { session: "chatMemory.sessionId", token: "chatMemory.guestToken", strategy: "chatMemory.strategy" };
 const BACKOFF = { firstMs: 500, maxMs: 15000, factor: 2 };
 const MEMORY_LABELS = {
-  cache_only: ["cache only", "The long-term store is unreachable: recent turns come from the cache and this turn may not be remembered."],
+  cache_only: ["cache only", "The long-term store is unreachable: recent turns come from the cache and this turn is saved when it is back."],
   stateless: ["off", "Memory is unreachable: the assistant sees only your latest message and will not remember it."],
 };
 const STATE_LABELS = {

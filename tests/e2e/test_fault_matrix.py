@@ -15,6 +15,7 @@ import os
 import platform
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +39,11 @@ TURNS_UNDER_FAULT = FAIL_MAX + 1  # enough to open a breaker and answer once whi
 ANSWER_BOUND = 3.0
 RESULTS_ENV = "RESILIENCE_RESULTS"
 MATRIX_REDIS_URL = E2E_REDIS_URL.rpartition("/")[0] + "/13"
+# The outbox: a failed message is delivered again after 1 s; after 8 receives (an outage of
+# about 8 s, longer than any here) it is dead-lettered.
+MAX_RECEIVES = 8
+QUEUE_ARGS = ["--max-receive-count", str(MAX_RECEIVES), "--queue-retry-seconds", "1"]
+REPLAY_BOUND = 10.0  # seconds from recovery until every queued turn is stored
 
 
 @dataclass
@@ -60,7 +66,7 @@ def matrix() -> Iterator[Stack]:
     """A stack of its own, on a Redis database of its own: breakers opened here cannot slow down
     other tests, and other stacks starting (they flush theirs) cannot empty this one's cache.
     Not flushed: session ids are fresh UUIDs, and a concurrent run may be using it."""
-    started = start_stack(extra_env={"REDIS_URL": MATRIX_REDIS_URL})
+    started = start_stack(QUEUE_ARGS, extra_env={"REDIS_URL": MATRIX_REDIS_URL})
     yield started
     stop_stack(started.process)
     path = os.environ.get(RESULTS_ENV)
@@ -119,6 +125,36 @@ def stored_turns(stack: Stack, session_id: str) -> dict[str, dict[str, Any]]:
     return {str(item["user_message"]): item for item in items if "user_message" in item}
 
 
+def session_items(stack: Stack, session_id: str) -> list[dict[str, Any]]:
+    """Every turn item of the session, by turn number (duplicates and holes visible)."""
+    table = boto3.resource("dynamodb", endpoint_url=stack.dynamodb_url, region_name="us-east-1").Table(
+        "ChatSessions"
+    )
+    items = table.query(KeyConditionExpression=Key("session_id").eq(session_id) & Key("turn_number").gt(0))
+    return sorted(items["Items"], key=lambda i: int(i["turn_number"]))
+
+
+def wait_for_replay(stack: Stack, session_id: str, count: int, timeout: float = REPLAY_BOUND) -> float:
+    """Seconds until the session has ``count`` turn items (fails after ``timeout``)."""
+    began = time.monotonic()
+    while len(session_items(stack, session_id)) < count:
+        assert time.monotonic() - began < timeout, session_items(stack, session_id)
+        time.sleep(0.05)
+    return time.monotonic() - began
+
+
+def assert_stored_once_in_order(stack: Stack, session_id: str, messages: list[str]) -> None:
+    items = session_items(stack, session_id)
+    assert [int(i["turn_number"]) for i in items] == list(range(1, len(items) + 1)), items  # no hole
+    assert [str(i["user_message"]) for i in items] == messages  # in order, each once
+    assert all(i["status"] == "complete" and i["assistant_reply"] for i in items), items
+
+
+def queue_url(stack: Stack, logical_id: str) -> str:
+    sqs = boto3.client("sqs", endpoint_url=stack.dynamodb_url, region_name="us-east-1")
+    return str(sqs.get_queue_url(QueueName=f"{logical_id}.fifo")["QueueUrl"])
+
+
 def wait_until_cached(session_id: str) -> None:
     """The first turn is in Redis (the turn is written through just before ``done``)."""
     client = redis.Redis.from_url(MATRIX_REDIS_URL)
@@ -152,6 +188,7 @@ def breaker_changes(stack: Stack, since: int) -> list[tuple[str, str, str]]:
 MEMORY_FAULTS = [
     ("Redis stalled", {"redis": "stall"}, "full", []),
     ("Redis refused", {"redis": "refuse"}, "full", []),
+    # The turns go to the outbox and are stored when DynamoDB is back.
     ("DynamoDB stalled", {"dynamodb": "stall"}, "cache_only", ["memory_degraded"]),
     ("DynamoDB refused", {"dynamodb": "refuse"}, "cache_only", ["memory_degraded"]),
     ("both stalled", {"dynamodb": "stall", "redis": "stall"}, "stateless", ["memory_unavailable"]),
@@ -172,11 +209,22 @@ def test_memory_fault(
         try:
             answers = [timed_turn(ws, f"{fault} question {i}") for i in range(TURNS_UNDER_FAULT)]
         finally:
+            recovered = time.monotonic()
             recover(matrix)
+    deferred = memory_mode == "cache_only"
+    questions = [f"{fault} question {i}" for i in range(TURNS_UNDER_FAULT)]
+    replayed_s = None
+    if deferred:
+        wait_for_replay(matrix, session_id, 1 + TURNS_UNDER_FAULT)
+        replayed_s = time.monotonic() - recovered
+        assert_stored_once_in_order(matrix, session_id, ["My name is Ada", *questions])
     stored = stored_turns(matrix, session_id)
 
     for frames, seconds in answers:
         assert codes(frames, "notice") == notices, frames
+        notice_text = " ".join(f["message"] for f in frames if f["type"] == "notice")
+        # Deferred turns are announced honestly: they will be saved, not maybe forgotten.
+        assert ("will be saved" in notice_text) is deferred, notice_text
         assert frames[-1]["type"] == "done" and frames[-1]["memoryMode"] == memory_mode, frames
         assert seconds < ANSWER_BOUND, (fault, seconds)
         # Only stateless answers forget the first turn: the other store still has it.
@@ -184,7 +232,7 @@ def test_memory_fault(
     remembered = memory_mode == "full"
     for i in range(TURNS_UNDER_FAULT):
         item = stored.get(f"{fault} question {i}")
-        if remembered:
+        if remembered or deferred:
             assert item is not None and item["status"] == "complete" and item["assistant_reply"]
         else:
             assert item is None, item  # nothing reached the table
@@ -199,8 +247,120 @@ def test_memory_fault(
             memory_mode=memory_mode,
             first_answer_s=round(answers[0][1], 3),
             later_answer_s=round(answers[-1][1], 3),
-            stored="turn complete" if remembered else "nothing (turn not stored)",
+            stored="turn complete"
+            if remembered
+            else f"queued in the outbox; all {TURNS_UNDER_FAULT} turns stored in order, once, "
+            f"{replayed_s:.2f} s after recovery"
+            if deferred
+            else "nothing (turn not stored)",
             extra={"answers_s": [round(s, 3) for _, s in answers]},
+        )
+    )
+
+
+# ---- the outbox: no lost turns ---------------------------------------------------------------
+
+
+def dead_letters(stack: Stack) -> list[str]:
+    sqs = boto3.client("sqs", endpoint_url=stack.dynamodb_url, region_name="us-east-1")
+    url = queue_url(stack, "TurnOutboxDeadLetterQueue")
+    bodies = []
+    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        bodies.extend(m["Body"] for m in messages)
+        sqs.delete_message_batch(
+            QueueUrl=url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+        )
+    return bodies
+
+
+def test_turns_of_an_outage_are_stored_in_order_once_it_ends_and_poison_is_dead_lettered(
+    matrix: Stack,
+) -> None:
+    sqs = boto3.client("sqs", endpoint_url=matrix.dynamodb_url, region_name="us-east-1")
+    poison = f"not a turn {uuid.uuid4().hex}"
+    sqs.send_message(
+        QueueUrl=queue_url(matrix, "TurnOutboxQueue"),
+        MessageBody=poison,
+        MessageGroupId=f"poison-{uuid.uuid4().hex}",
+        MessageDeduplicationId=uuid.uuid4().hex,
+    )
+    poisoned = time.monotonic()
+    questions = [f"during the outage {i}" for i in range(3)]
+    with open_socket(matrix) as ws:
+        session_id = session_of(ws)["sessionId"]
+        assert turn(ws, "My name is Ada")[-1]["memoryMode"] == "full"
+        wait_until_cached(session_id)
+        matrix.faults(dynamodb="stall")
+        try:
+            answers = [timed_turn(ws, q) for q in questions]
+        finally:
+            matrix.faults(dynamodb="pass")
+        recovered = time.monotonic()
+        wait_for_replay(matrix, session_id, 1 + len(questions))
+        replayed_s = time.monotonic() - recovered
+        history = session_of(ws)["history"]
+
+    for frames, _ in answers:
+        assert codes(frames, "notice") == ["memory_degraded"], frames
+        assert "will be saved" in frames[0]["message"]
+        assert frames[-1]["type"] == "done" and frames[-1]["memoryMode"] == "cache_only"
+    assert_stored_once_in_order(matrix, session_id, ["My name is Ada", *questions])
+    # The session's history (DynamoDB's: the cache window without them was dropped) shows them.
+    assert [t["user"] for t in history] == ["My name is Ada", *questions]
+    # The poison, in a group of its own, never held these back and ends in the dead-letter queue.
+    deadline = time.monotonic() + MAX_RECEIVES + 10
+    dead: list[str] = []
+    while poison not in dead:
+        assert time.monotonic() < deadline, dead
+        dead += dead_letters(matrix)
+        time.sleep(0.2)
+    dead_s = time.monotonic() - poisoned
+
+    ROWS.append(
+        Row(
+            fault="DynamoDB outage, then back (outbox)",
+            frames=shape(answers[0][0]),
+            memory_mode="cache_only",
+            first_answer_s=round(answers[0][1], 3),
+            later_answer_s=round(answers[-1][1], 3),
+            stored=f"{len(questions)} turns queued, stored as turns 2-{1 + len(questions)} in order, once, "
+            f"{replayed_s:.2f} s after DynamoDB was back; getSession shows them",
+            notes=f"a poison message queued first (another session's group) reached the dead-letter "
+            f"queue after {MAX_RECEIVES} receives ({dead_s:.1f} s) without holding these turns back",
+        )
+    )
+
+
+def test_dynamodb_and_the_outbox_both_down_says_the_turn_is_not_saved(matrix: Stack) -> None:
+    with open_socket(matrix) as ws:
+        session_id = session_of(ws)["sessionId"]
+        assert turn(ws, "My name is Ada")[-1]["memoryMode"] == "full"
+        wait_until_cached(session_id)
+        matrix.faults(dynamodb="stall", sqs="stall")
+        try:
+            answers = [timed_turn(ws, f"nowhere to keep {i}") for i in range(TURNS_UNDER_FAULT)]
+        finally:
+            recover(matrix)
+            matrix.faults(sqs="pass")
+    time.sleep(2.0)  # nothing is on its way: the queue never took these turns
+
+    for frames, seconds in answers:
+        # Said first: it will be saved; then, when the queue refused it: it was not.
+        assert codes(frames, "notice") == ["memory_degraded", "not_remembered"], frames
+        assert frames[-1]["type"] == "done" and frames[-1]["memoryMode"] == "cache_only"
+        assert seconds < ANSWER_BOUND, seconds
+    assert [str(i["user_message"]) for i in session_items(matrix, session_id)] == ["My name is Ada"]
+
+    ROWS.append(
+        Row(
+            fault="DynamoDB and the outbox (SQS) stalled",
+            frames=shape(answers[0][0]),
+            memory_mode="cache_only",
+            first_answer_s=round(answers[0][1], 3),
+            later_answer_s=round(answers[-1][1], 3),
+            stored="nothing (the user is told: not_remembered)",
+            notes="the outbox has its own breaker and botocore timeouts",
         )
     )
 
@@ -334,15 +494,20 @@ def test_breaker_opens_fails_fast_probes_and_closes(matrix: Stack) -> None:
         assert time.monotonic() - opened < RESET_SECONDS, "too slow to see the open breaker"
         assert frames[-1]["memoryMode"] == "cache_only"
         time.sleep(max(0.0, opened + RESET_SECONDS + 0.1 - time.monotonic()))
-        mark_probe = len(matrix.output)
         frames, probe_seconds = timed_turn(ws, "after the reset timeout")
-        changes = breaker_changes(matrix, mark_probe)
+        # The process's breaker is shared: the probe is this turn's first DynamoDB call or the
+        # outbox replay's (it retries the turns queued meanwhile), whichever comes first.
+        changes = [c for c in breaker_changes(matrix, mark) if c[0] == "dynamodb"]
 
     # Each failing call waited for the read timeout; while open, no call waits at all.
     assert all(s >= READ_TIMEOUT for s in failing), failing
     assert open_seconds < READ_TIMEOUT, open_seconds
     # After the reset timeout one call probes (half-open); it succeeds and closes the breaker.
-    assert changes[:2] == [("dynamodb", "open", "half-open"), ("dynamodb", "half-open", "closed")], changes
+    assert changes[:3] == [
+        ("dynamodb", "closed", "open"),
+        ("dynamodb", "open", "half-open"),
+        ("dynamodb", "half-open", "closed"),
+    ], changes
     assert frames[-1]["memoryMode"] == "full" and not codes(frames, "notice")
 
     ROWS.append(
@@ -353,8 +518,8 @@ def test_breaker_opens_fails_fast_probes_and_closes(matrix: Stack) -> None:
             first_answer_s=round(failing[0], 3),
             later_answer_s=round(open_seconds, 3),
             stored="-",
-            notes=f"opened after {len(failing)} turns; the probe after {RESET_SECONDS:g} s closed it "
-            f"(that turn: {probe_seconds:.3f} s, full)",
+            notes=f"opened after {len(failing)} turns; the probe after {RESET_SECONDS:g} s (the next "
+            f"turn's or the outbox replay's call) closed it (that turn: {probe_seconds:.3f} s, full)",
         )
     )
 
@@ -411,3 +576,58 @@ def test_a_handed_off_turn_outlives_the_integration_timeout_quietly() -> None:
     assert all("type" in f for f in frames), frames  # no "Endpoint request timed out"
     assert frames[-1]["type"] == "done" and arrived[-1] > 0.3, arrived
     assert stored["status"] == "complete" and stored["assistant_reply"] == reply(frames)
+
+
+# ---- a reply longer than API Gateway's 29 s, through the real default timeout -----------------
+
+LONG_REPLY_SECONDS = 40.0
+# Long enough that the offline model quotes only its first 60 characters: the directive after
+# them changes how fast the reply comes, not what it says.
+STORY = "Tell me the whole long story of the lighthouse keeper and the ships he saw pass by"
+
+
+@pytest.mark.slow
+def test_a_40_second_reply_arrives_whole_without_the_integration_timeout() -> None:
+    """The one slow test of CI (about 45 s): the default 29 s integration timeout of the local
+    gateway, the turn handed off (STREAM__HANDOFF=thread), a reply the model takes 40 s to give."""
+    stack = start_stack(extra_env={"STREAM__HANDOFF": "thread"})
+    try:
+        with open_socket(stack) as ws:
+            session_of(ws)
+            expected = reply(turn(ws, f"{STORY} [offline:slow=0]"))
+        chunks = -(-len(expected.split(" ")) // 3)  # the offline model's chunks of three words
+        pause = LONG_REPLY_SECONDS / chunks
+        message = f"{STORY} [offline:slow={pause:.3f}]"
+        with open_socket(stack) as ws:
+            session_id = session_of(ws)["sessionId"]
+            began = time.monotonic()
+            ws.send(json.dumps({"action": "sendMessage", "message": message}))
+            frames: list[dict[str, Any]] = []
+            arrived: list[float] = []
+            while not frames or frames[-1].get("type") not in ("done", "error"):
+                frames.append(json.loads(ws.recv(timeout=LONG_REPLY_SECONDS + 20)))
+                arrived.append(time.monotonic() - began)
+        item = wait_for_status(stack, session_id, message, timeout=5.0)
+    finally:
+        stop_stack(stack.process)
+
+    assert all("type" in f for f in frames), [f for f in frames if "type" not in f]  # no timeout message
+    assert frames[-1]["type"] == "done", frames[-1]
+    assert arrived[-1] >= 29.0, arrived[-1]  # it did outlive API Gateway's integration timeout
+    assert reply(frames) == expected  # whole
+    first_delta = arrived[[f["type"] for f in frames].index("delta")]
+    assert first_delta < 2 * pause + 2.0, first_delta  # it starts with the model's first chunk
+    assert item is not None and item["status"] == "complete" and item["assistant_reply"] == expected
+
+    ROWS.append(
+        Row(
+            fault=f"reply of {arrived[-1]:.0f} s (> 29 s integration timeout), handed off",
+            frames=shape(frames),
+            memory_mode=str(frames[-1]["memoryMode"]),
+            first_answer_s=round(arrived[-1], 3),
+            later_answer_s=None,
+            stored="turn complete, the whole reply",
+            notes=f"first delta after {first_delta:.2f} s (the model pauses {pause:.2f} s before each "
+            f"of its {chunks} chunks); no 'Endpoint request timed out' message",
+        )
+    )

@@ -111,7 +111,7 @@ def test_a_stalled_table_degrades_to_the_cache_then_recovers(stack: Stack) -> No
             assert time.monotonic() < deadline, answer
             time.sleep(0.2)
         assert not [f for f in answer if f["type"] == "notice"]
-        assert stack.faults() == {"dynamodb": "pass", "redis": "pass"}
+        assert stack.faults() == {"dynamodb": "pass", "redis": "pass", "sqs": "pass"}
 
 
 def test_a_stalled_or_dead_cache_changes_nothing_the_user_sees(stack: Stack) -> None:

@@ -21,7 +21,7 @@ REQUIREMENTS = ROOT / "layers" / "dependencies" / "requirements.txt"
 LAMBDA_CODE = [ROOT / "layers" / "domain", ROOT / "functions"]
 OWN_PACKAGES = {"chatmemory", "apigw_websocket", "app"}
 # Type stubs are imported under TYPE_CHECKING only; the Lambda runtime brings boto3/botocore.
-TYPING_ONLY = {"mypy_boto3_dynamodb", "mypy_boto3_apigatewaymanagementapi"}
+TYPING_ONLY = {"mypy_boto3_dynamodb", "mypy_boto3_apigatewaymanagementapi", "mypy_boto3_sqs"}
 
 
 def project() -> dict[str, object]:

@@ -53,6 +53,7 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
         # PutItem: rebind a connection whose session was erased from another connection
         "ConnectionsTable": {"dynamodb:GetItem", "dynamodb:PutItem"},
         "@connections": {"execute-api:ManageConnections"},
+        "TurnOutboxQueue": {"sqs:SendMessage"},  # a turn DynamoDB could not take now
     },
     "GetSessionFunction": {
         "ChatSessionsTable": {"dynamodb:Query", "dynamodb:GetItem"},  # GetItem: the session's strategy
@@ -109,6 +110,12 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
         "@connections": {"execute-api:ManageConnections"},
     },
     "AuthorizerFunction": {},  # reads only its signing key (see the secrets test)
+    "OutboxReplayFunction": {
+        # Query: is this queued turn stored already, and the last turn number; PutItem: store it
+        "ChatSessionsTable": {"dynamodb:Query", "dynamodb:PutItem"},
+        # what its SQS event source mapping needs, on the outbox only
+        "TurnOutboxQueue": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"},
+    },
     "SummarizeFunction": {
         # ConditionCheckItem: the update's transaction checks that its last turn still exists
         "ChatSessionsTable": {
@@ -162,6 +169,8 @@ def resource_name(resource: Any) -> str:
         return "@connections"
     if resource == {"Fn::Sub": "${ChatSessionsTable.Arn}/index/by_principal"}:
         return "ChatSessionsIndex"
+    if resource == {"Fn::GetAtt": ["TurnOutboxQueue", "Arn"]}:
+        return "TurnOutboxQueue"
     return str(resource)
 
 
@@ -270,7 +279,7 @@ def test_functions_get_exactly_the_table_and_connection_actions_their_code_uses(
         granted: dict[str, set[str]] = {}
         for _, statement in statements(function["Properties"]["Policies"]):
             actions = as_list(statement["Action"])
-            if not any(a.startswith(("dynamodb:", "execute-api:")) for a in actions):
+            if not any(a.startswith(("dynamodb:", "execute-api:", "sqs:")) for a in actions):
                 continue
             assert statement["Effect"] == "Allow"
             for resource in as_list(statement["Resource"]):
@@ -429,6 +438,51 @@ def test_outputs_give_the_urls_and_table_names(raw: dict[str, Any]) -> None:
     assert outputs["ConnectionsTableName"]["Value"] == {"Ref": "ConnectionsTable"}
 
 
+# ---- the turn outbox ------------------------------------------------------------------------
+
+
+def test_the_turn_outbox_is_fifo_with_a_dead_letter_queue(raw: dict[str, Any]) -> None:
+    queue = raw["Resources"]["TurnOutboxQueue"]["Properties"]
+    dlq = raw["Resources"]["TurnOutboxDeadLetterQueue"]["Properties"]
+    # One message group per session keeps a session's turns in order; the DLQ of a FIFO queue is FIFO.
+    assert queue["FifoQueue"] is True and dlq["FifoQueue"] is True
+    assert queue["ContentBasedDeduplication"] is False  # the turn path sets MessageDeduplicationId
+    assert queue["RedrivePolicy"]["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["TurnOutboxDeadLetterQueue", "Arn"]
+    }
+    assert queue["RedrivePolicy"]["maxReceiveCount"] >= 2
+    assert queue["SqsManagedSseEnabled"] is True and dlq["SqsManagedSseEnabled"] is True
+    replay = raw["Resources"]["OutboxReplayFunction"]["Properties"]
+    # AWS's advice: a visibility timeout of at least six times the consumer's timeout.
+    assert queue["VisibilityTimeout"] >= 6 * replay["Timeout"]
+    assert queue["MessageRetentionPeriod"] == dlq["MessageRetentionPeriod"] == 14 * 86_400
+
+
+def test_the_outbox_is_consumed_by_its_replay_function_reporting_item_failures(raw: dict[str, Any]) -> None:
+    (mapping,) = resources_of(raw, "AWS::Lambda::EventSourceMapping").values()
+    props = mapping["Properties"]
+    assert props["EventSourceArn"] == {"Fn::GetAtt": ["TurnOutboxQueue", "Arn"]}
+    assert props["FunctionName"] == {"Ref": "OutboxReplayFunction"}
+    assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert 1 <= props["BatchSize"] <= 10  # a FIFO queue's largest batch
+    # No SAM SQS event: it would attach a managed policy granting every queue.
+    assert "Events" not in raw["Resources"]["OutboxReplayFunction"]["Properties"]
+    function = load_template().functions()["OutboxReplayFunction"]
+    assert function.module_file.is_file()
+
+
+def test_only_send_message_is_told_the_outbox_queue(raw: dict[str, Any]) -> None:
+    told = {
+        name
+        for name, function in resources_of(raw, "AWS::Serverless::Function").items()
+        if "OUTBOX__QUEUE_URL" in function["Properties"].get("Environment", {}).get("Variables", {})
+    }
+    assert told == {"SendMessageFunction"}
+    env = raw["Resources"]["SendMessageFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["OUTBOX__QUEUE_URL"] == {"Ref": "TurnOutboxQueue"}
+    assert _settings_field("OUTBOX__QUEUE_URL").default is None  # unset: turns are not queued
+
+
 # ---- samconfig.toml -------------------------------------------------------------------------
 
 
@@ -473,6 +527,7 @@ CACHE_USERS = {
     "SetMemoryFunction",
     "GetUserMemoryFunction",
     "ForgetUserMemoryFunction",
+    "OutboxReplayFunction",
 }
 NETWORK_AND_CACHE_TYPES = ("AWS::EC2::", "AWS::ElastiCache::")
 _NO_VALUE = object()

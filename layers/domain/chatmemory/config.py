@@ -54,6 +54,17 @@ class StorageSettings(BaseModel):
     max_attempts: int = Field(2, ge=1, le=10)
 
 
+class OutboxSettings(BaseModel):
+    """The SQS FIFO queue that keeps turns answered while DynamoDB is unavailable
+    (``chatmemory.outbox``); without a queue URL such turns are answered and not kept."""
+
+    queue_url: str | None = None
+    endpoint_url: str | None = Field(None, description="a local SQS endpoint (moto); unset on AWS")
+    connect_timeout_seconds: float = 0.5
+    read_timeout_seconds: float = 1.0
+    max_attempts: int = Field(2, ge=1, le=10)
+
+
 class CacheSettings(BaseModel):
     redis_url: str | None = Field(None, description="redis:// or, for TLS, rediss://host:port")
     socket_timeout_seconds: float = 0.25
@@ -123,6 +134,7 @@ class Settings(BaseSettings):
     llm: LlmSettings = LlmSettings()
     stream: StreamSettings = StreamSettings()
     identity: IdentitySettings = IdentitySettings()
+    outbox: OutboxSettings = OutboxSettings()
     aws_region: str = Field("us-east-1", validation_alias="AWS_REGION")
 
     # Conventional names, folded into their groups below.

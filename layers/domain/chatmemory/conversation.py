@@ -46,6 +46,20 @@ NOTICES = {
         "If it matters, briefly remind me what we were discussing.",
     ),
 }
+# The same situations when the turn is deferred: it waits in the outbox for DynamoDB.
+DEFERRED_NOTICES = {
+    "cache_only": (
+        NoticeCode.MEMORY_DEGRADED,
+        "My long-term memory is unavailable right now, so I am answering from recent memory only. "
+        "This exchange will be saved when my memory is back.",
+    ),
+    "stateless": (
+        NoticeCode.MEMORY_UNAVAILABLE,
+        "I can't reach my memory right now, so I am answering without our earlier conversation. "
+        "This exchange will be saved when my memory is back; if something earlier matters, "
+        "briefly remind me.",
+    ),
+}
 NOT_STORED = (
     NoticeCode.NOT_REMEMBERED,
     "This reply could not be saved, so I may not remember it in our next turns.",
@@ -118,14 +132,15 @@ class Conversation:
         mode = started.history.mode
         metrics.add_metric(name=f"MemoryMode_{mode}", unit=MetricUnit.Count, value=1)
         if mode in NOTICES:
-            self._sender.send(binding.connection_id, notice_frame(*NOTICES[mode]))
+            notices = DEFERRED_NOTICES if started.deferred else NOTICES
+            self._sender.send(binding.connection_id, notice_frame(*notices[mode]))
         context = self._manager.prepare(started, system, text, self._settings.llm.max_output_tokens)
         if context.plan.truncated:
             self._sender.send(binding.connection_id, notice_frame(*TRUNCATED))
         reply, usage = self._stream_reply(binding, started, context.prompt)
         user_tokens = self._manager.account(context, text, usage)
         stored = self._memory.finish_turn(started, reply, "complete", usage, user_tokens)
-        if started.persisted and not stored:
+        if (started.persisted or started.deferred) and not stored:
             self._sender.send(binding.connection_id, notice_frame(*NOT_STORED))
         self._sender.send(binding.connection_id, self._done(started, context, usage))
         # From the message to its done frame: what the user waited (alarmed on at p99).

@@ -4,8 +4,11 @@ Every call to a dependency goes through its circuit breaker, so a dead Redis or 
 costs one client timeout until the breaker opens and nothing after that. Memory modes:
 
 * ``full``: the history came from the cache or from DynamoDB, and the turn is stored;
-* ``cache_only``: DynamoDB is failing but the cache answered; the turn cannot be stored;
+* ``cache_only``: DynamoDB is failing but the cache answered;
 * ``stateless``: neither answered; the model sees only the new message.
+
+A turn of a known session that DynamoDB cannot take now is *deferred*: once answered, it goes to
+the outbox (``chatmemory.outbox``), which stores it when DynamoDB is back.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from chatmemory.cache import TurnCache
 from chatmemory.config import MemorySettings
 from chatmemory.errors import Busy, DuplicateTurn, SessionErased, TurnConflict
 from chatmemory.observability import logger, metrics, tracer
+from chatmemory.outbox import OutboxRecord, TurnOutbox
 from chatmemory.protocol import MemoryMode
 from chatmemory.store import TurnStore
 from chatmemory.turns import Turn, TurnStatus, Usage
@@ -56,6 +60,7 @@ class StartedTurn:
     turn: Turn
     history: History  # the turns before this one
     persisted: bool
+    deferred: bool = False  # not persisted: the finished turn goes to the outbox
 
 
 @dataclass
@@ -65,6 +70,7 @@ class SessionMemory:
     breakers: Breakers
     settings: MemorySettings
     clock: Callable[[], float]
+    outbox: TurnOutbox | None = None
     # Sessions whose cache entry may have missed a write while Redis was failing: dropped
     # before they are read again, so the cache never serves a history with a hole.
     _dirty: set[str] = field(default_factory=set)
@@ -153,7 +159,8 @@ class SessionMemory:
                 logger.warning("could not store the user's message", extra={"error": type(exc).__name__})
                 mode: MemoryMode = "cache_only" if history.source == "cache" else "stateless"
                 kept = history.turns if mode == "cache_only" else []
-                return StartedTurn(turn, History(kept, mode, history.source), persisted=False)
+                deferred = self.outbox is not None
+                return StartedTurn(turn, History(kept, mode, history.source), False, deferred)
         raise Busy()
 
     def slide_expiry(self, started: StartedTurn) -> None:
@@ -184,9 +191,10 @@ class SessionMemory:
     ) -> bool:
         """Store the reply on the turn item, then write the finished turn through to Redis.
 
-        Returns whether the reply is stored. The user's message is stored either way.
+        Returns whether the reply is stored (or, for a deferred turn, queued in the outbox). The
+        user's message is stored either way.
         """
-        if not started.persisted:
+        if not (started.persisted or started.deferred):
             return False
         turn = started.turn.model_copy(
             update={
@@ -200,6 +208,8 @@ class SessionMemory:
                 "expires_at": self._expiry(),
             }
         )
+        if not started.persisted:
+            return self._defer(turn)
         try:
             self.breakers.dynamodb.call(
                 self.store.finish_turn,
@@ -217,6 +227,18 @@ class SessionMemory:
         self._cache_write(
             turn.session_id, lambda c: c.append(turn.session_id, turn, first_turn=turn.turn == 1)
         )
+        return True
+
+    def _defer(self, turn: Turn) -> bool:
+        """Queue the finished turn for DynamoDB (behind the outbox's own breaker)."""
+        if self.outbox is None:
+            return False
+        try:
+            self.breakers.outbox.call(self.outbox.send, OutboxRecord(turn=turn))
+        except DYNAMODB_FAULTS as exc:  # botocore's errors and the open breaker, as for DynamoDB
+            logger.warning("could not queue the turn", extra={"error": type(exc).__name__})
+            return False
+        metrics.add_metric(name="OutboxTurnQueued", unit=MetricUnit.Count, value=1)
         return True
 
     # ---- helpers -----------------------------------------------------------------------

@@ -31,6 +31,7 @@ from chatmemory.memory.scheduler import LambdaScheduler, ThreadScheduler, Update
 from chatmemory.memory.tokens import TokenEstimator
 from chatmemory.memory.updater import MemoryUpdater
 from chatmemory.memory_controls import MemoryControls
+from chatmemory.outbox import OutboxReplayer, TurnOutbox
 from chatmemory.sender import ConnectionSender
 from chatmemory.sessions import SessionService
 from chatmemory.store import TurnStore
@@ -87,6 +88,22 @@ def redis_client(settings: Settings) -> CacheClient | None:
     )
 
 
+def outbox_client(settings: Settings) -> Any:
+    """SQS for the turn outbox, with timeouts as tight as DynamoDB's: a turn never waits long
+    on the queue either (its breaker opens after repeated failures)."""
+    outbox = settings.outbox
+    return boto3.client(
+        "sqs",
+        region_name=settings.aws_region,
+        endpoint_url=outbox.endpoint_url,
+        config=Config(
+            connect_timeout=outbox.connect_timeout_seconds,
+            read_timeout=outbox.read_timeout_seconds,
+            retries={"max_attempts": outbox.max_attempts, "mode": "standard"},
+        ),
+    )
+
+
 def management_client(endpoint_url: str, region: str) -> Any:
     return boto3.client(
         "apigatewaymanagementapi",
@@ -114,7 +131,9 @@ class Services:
         management_client_factory: Callable[[str], Any] | None = None,
         clock: Callable[[], float] = time.time,
         scheduler_factory: Callable[[MemoryUpdater], UpdateScheduler] | None = None,
+        sqs: Any = None,
     ) -> None:
+        """``sqs``: the turn outbox's client (built from the settings when a queue is named)."""
         self.settings = settings
         self.breakers = Breakers.from_settings(settings.breaker)
         self.redis = redis
@@ -122,8 +141,19 @@ class Services:
         if redis is not None:
             cache = TurnCache(redis, settings.memory.context_turns, settings.memory.cache_ttl_seconds)
         store = TurnStore(dynamodb.Table(settings.storage.sessions_table))
+        outbox = None
+        if settings.outbox.queue_url:
+            outbox = TurnOutbox(sqs or outbox_client(settings), settings.outbox.queue_url)
         self.memory = SessionMemory(
-            store=store, cache=cache, breakers=self.breakers, settings=settings.memory, clock=clock
+            store=store,
+            cache=cache,
+            breakers=self.breakers,
+            settings=settings.memory,
+            clock=clock,
+            outbox=outbox,
+        )
+        self.outbox_replayer = OutboxReplayer(
+            store, cache, self.breakers, settings.memory.session_ttl_seconds, clock
         )
         self.memory_state = MemoryStateRepository(
             store, cache, self.breakers, lambda: int(clock()) + settings.memory.session_ttl_seconds

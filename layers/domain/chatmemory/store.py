@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from boto3.dynamodb.conditions import Attr, Key
+from boto3.dynamodb.conditions import Attr, ConditionBase, Key
 from botocore.exceptions import ClientError
 
 from chatmemory.config import StrategyName
@@ -333,6 +333,65 @@ class TurnStore:
             ExpressionAttributeNames={"#st": "strategy", "#t": "ttl"},
             ExpressionAttributeValues={":s": strategy, ":t": expires_at},
         )
+
+    # ---- turns replayed from the outbox (chatmemory.outbox) -------------------------------
+
+    def put_turn(self, turn: Turn, outbox_id: str) -> None:
+        """Store a whole finished turn in one conditional put, marked with the outbox message
+        it came from; ``TurnConflict`` if its number is taken."""
+        item: dict[str, Any] = {
+            "session_id": turn.session_id,
+            "turn_number": turn.turn,
+            "user_message": turn.user,
+            "status": turn.status,
+            "created_at": turn.at,
+            "ttl": turn.expires_at,
+            "input_tokens": turn.input_tokens,
+            "output_tokens": turn.output_tokens,
+            "user_tokens": turn.user_tokens,
+            "cache_read_tokens": turn.cache_read_tokens,
+            "cache_creation_tokens": turn.cache_creation_tokens,
+            "outbox_id": outbox_id,
+        }
+        if turn.assistant is not None:
+            item["assistant_reply"] = turn.assistant
+        if turn.principal:
+            item["principal"] = turn.principal
+        if turn.client_message_id:
+            item["client_message_id"] = turn.client_message_id
+        try:
+            self._table.put_item(Item=item, ConditionExpression=Attr("turn_number").not_exists())
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise TurnConflict(f"turn {turn.turn} of {turn.session_id} exists") from exc
+            raise
+
+    def find_outbox_turn(
+        self, session_id: str, outbox_id: str, client_message_id: str | None = None
+    ) -> tuple[int, bool, str] | None:
+        """The turn stored from this outbox message, or for the same client message (a write
+        of the turn path that timed out yet happened): ``(number, from the outbox, status)``,
+        ``None`` if there is none (a strongly consistent read, newest first)."""
+        found: ConditionBase = Attr("outbox_id").eq(outbox_id)
+        if client_message_id:
+            found = found | Attr("client_message_id").eq(client_message_id)
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key("session_id").eq(session_id) & _FIRST_TURN,
+            "FilterExpression": found,
+            "ProjectionExpression": "turn_number, outbox_id, #s",
+            "ExpressionAttributeNames": {"#s": "status"},
+            "ScanIndexForward": False,
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self._table.query(**query)
+            if page["Items"]:
+                item = page["Items"][0]
+                number = int(item["turn_number"])  # type: ignore[arg-type]
+                return number, item.get("outbox_id") == outbox_id, str(item.get("status", "pending"))
+            if "LastEvaluatedKey" not in page:
+                return None
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def _to_turn(item: dict[str, Any]) -> Turn:
