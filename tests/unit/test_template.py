@@ -900,10 +900,19 @@ def test_an_alarm_for_each_way_the_service_degrades(raw: dict[str, Any]) -> None
             ]
         ]
         assert len(watching) == 1, f"{function}: {watching}"
-    # every queue is a dead-letter queue: its depth is alarmed on
-    for queue in resources_of(raw, "AWS::SQS::Queue"):
+    # a dead-letter queue's depth is alarmed on; the outbox's age (turns waiting to be stored)
+    watched = {
+        "TurnOutboxQueue": "ApproximateAgeOfOldestMessage",
+        **{
+            q: "ApproximateNumberOfMessagesVisible"
+            for q in resources_of(raw, "AWS::SQS::Queue")
+            if q.endswith("DeadLetterQueue")
+        },
+    }
+    assert set(watched) == set(resources_of(raw, "AWS::SQS::Queue"))
+    for queue, metric in watched.items():
         assert any(
-            a.get("MetricName") == "ApproximateNumberOfMessagesVisible"
+            a.get("MetricName") == metric
             and a["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [queue, "QueueName"]}}]
             for a in found.values()
         ), queue
