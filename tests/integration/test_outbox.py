@@ -158,6 +158,22 @@ def test_a_redelivered_turn_is_stored_once(outage: Outage) -> None:
     assert [i["user_message"] for i in outage.items(session_id)] == ["hi"]
 
 
+def test_a_turn_queued_before_its_session_was_erased_is_never_stored(outage: Outage) -> None:
+    client = outage.client()
+    session_id = outage.session_of(client)
+    done_of(client.say("My name is Ada"))
+    outage.dynamodb.stop()
+    done_of(client.say("queued while down"))
+    assert outage.queued() == 1
+    outage.dynamodb.start()
+    outage.recover()
+    # The user erases the conversation before the outbox has drained.
+    assert [f["type"] for f in client.send({"action": "deleteSession"})][:1] == ["deleted"]
+    outage.drain()
+    assert outage.queued() == 0
+    assert outage.items(session_id) == []  # the erased conversation does not come back
+
+
 def test_a_turn_number_taken_meanwhile_goes_to_the_next_free_one(outage: Outage) -> None:
     client = outage.client()
     session_id = outage.session_of(client)

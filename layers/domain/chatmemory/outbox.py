@@ -21,7 +21,8 @@ path yet reached the table is recognised by its ``client_message_id`` (when the 
 that item is finished with the reply instead of a second one being added. A message is deleted
 (reported as processed) only once its turn is stored and the cache entry is dropped; anything
 else is retried, and after the queue's ``maxReceiveCount`` receives it moves to the dead-letter
-queue (replaying it from there is safe for the same reason).
+queue (replaying it from there is safe for the same reason). A turn of a session erased since it
+was queued (``deleteSession``, ``deleteMyData``) is dropped, never stored.
 """
 
 from __future__ import annotations
@@ -85,8 +86,15 @@ class OutboxReplayer:
 
     def replay(self, record: OutboxRecord) -> int:
         """Store the record's turn (unless it already is) and drop the session's cache window.
-        Returns the turn's stored number. Raises if either cannot be done now (retry later)."""
+        Returns the turn's stored number (0 when its session was erased meanwhile: nothing is
+        stored). Raises if either cannot be done now (retry later)."""
         session_id = record.turn.session_id
+        if self._breakers.dynamodb.call(self._store.is_erased, session_id, int(self._clock())):
+            # The user erased the session after this turn was queued: storing it would bring the
+            # erased conversation back. The message is done with.
+            logger.info("queued turn of an erased session dropped", extra={"outbox_id": record.outbox_id})
+            metrics.add_metric(name="OutboxErasedSkipped", unit=MetricUnit.Count, value=1)
+            return 0
         found = self._breakers.dynamodb.call(
             self._store.find_outbox_turn, session_id, record.outbox_id, record.turn.client_message_id
         )

@@ -359,6 +359,8 @@ class TurnStore:
             item["principal"] = turn.principal
         if turn.client_message_id:
             item["client_message_id"] = turn.client_message_id
+        if turn.message_id:
+            item["message_id"] = turn.message_id
         try:
             self._table.put_item(Item=item, ConditionExpression=Attr("turn_number").not_exists())
         except ClientError as exc:
