@@ -7,9 +7,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import ModuleType
 from typing import Any
 
@@ -25,7 +23,7 @@ from local.lambda_runtime import LambdaContext
 from local.template import load_template
 from tests.support.frames import reply_text
 from tests.support.gateway import Client
-from tests.unit.test_identity import AUDIENCE, GUEST_KEY, ISSUER, Issuer
+from tests.support.identity import AUDIENCE, GUEST_KEY, ISSUER, Issuer, serving_jwks
 
 SECRET = "my locker code is platypus-4711"
 
@@ -47,22 +45,8 @@ def log_output() -> Iterator[io.StringIO]:
 @pytest.fixture
 def jwks_url() -> Iterator[tuple[Issuer, str]]:
     issuer = Issuer()
-    body = json.dumps(issuer.jwks).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield issuer, f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json"
-    server.shutdown()
+    with serving_jwks(issuer) as url:
+        yield issuer, url
 
 
 def authorizer_module(settings: Settings) -> ModuleType:

@@ -2,35 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
 import pytest
 from chatmemory.identity import Authenticator, GuestTokens, Unauthorized, UserTokens
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-ISSUER = "https://idp.example.test/pool"
-AUDIENCE = "chat-client"
-GUEST_KEY = "k" * 40
-
-
-class Issuer:
-    """An identity provider of our own: an RSA key pair and its JWKS over HTTP."""
-
-    def __init__(self) -> None:
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
-        self.jwks = {"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]}
-
-    def token(self, **overrides: Any) -> str:
-        now = int(time.time())
-        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 300, **overrides}
-        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "k1"})
+from tests.support.identity import AUDIENCE, GUEST_KEY, ISSUER, Issuer, serving_jwks
 
 
 @pytest.fixture(scope="module")
@@ -40,22 +20,8 @@ def issuer() -> Issuer:
 
 @pytest.fixture(scope="module")
 def jwks_url(issuer: Issuer) -> Iterator[str]:
-    body = json.dumps(issuer.jwks).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json"
-    server.shutdown()
+    with serving_jwks(issuer) as url:
+        yield url
 
 
 @pytest.fixture

@@ -49,6 +49,11 @@ class TurnStore:
 
     def put_user_message(self, turn: Turn) -> None:
         """Persist the user's message under a new turn number; ``TurnConflict`` if it is taken."""
+        self._put_new_turn(turn, {})
+
+    def _put_new_turn(self, turn: Turn, extra: dict[str, Any]) -> None:
+        """One conditional put of a turn under its number: a taken number is a ``TurnConflict``,
+        never an overwrite."""
         item: dict[str, Any] = {
             "session_id": turn.session_id,
             "turn_number": turn.turn,
@@ -56,6 +61,7 @@ class TurnStore:
             "status": turn.status,
             "created_at": turn.at,
             "ttl": turn.expires_at,
+            **extra,
         }
         if turn.principal:
             item["principal"] = turn.principal
@@ -339,13 +345,7 @@ class TurnStore:
     def put_turn(self, turn: Turn, outbox_id: str) -> None:
         """Store a whole finished turn in one conditional put, marked with the outbox message
         it came from; ``TurnConflict`` if its number is taken."""
-        item: dict[str, Any] = {
-            "session_id": turn.session_id,
-            "turn_number": turn.turn,
-            "user_message": turn.user,
-            "status": turn.status,
-            "created_at": turn.at,
-            "ttl": turn.expires_at,
+        extra: dict[str, Any] = {
             "input_tokens": turn.input_tokens,
             "output_tokens": turn.output_tokens,
             "user_tokens": turn.user_tokens,
@@ -354,19 +354,8 @@ class TurnStore:
             "outbox_id": outbox_id,
         }
         if turn.assistant is not None:
-            item["assistant_reply"] = turn.assistant
-        if turn.principal:
-            item["principal"] = turn.principal
-        if turn.client_message_id:
-            item["client_message_id"] = turn.client_message_id
-        if turn.message_id:
-            item["message_id"] = turn.message_id
-        try:
-            self._table.put_item(Item=item, ConditionExpression=Attr("turn_number").not_exists())
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise TurnConflict(f"turn {turn.turn} of {turn.session_id} exists") from exc
-            raise
+            extra["assistant_reply"] = turn.assistant
+        self._put_new_turn(turn, extra)
 
     def find_outbox_turn(
         self, session_id: str, outbox_id: str, client_message_id: str | None = None
