@@ -6,6 +6,7 @@ redis-server; the replay runs the template's outbox function through the local S
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -274,3 +275,33 @@ def test_a_write_that_timed_out_yet_happened_is_finished_not_repeated(outage: Ou
         (2, "again", "complete"),
     ]
     assert items[1]["assistant_reply"] == "the reply"
+
+
+def test_a_reply_dynamodb_could_not_take_is_put_on_its_stored_message_later(outage: Outage) -> None:
+    client = outage.client()
+    session_id = outage.session_of(client)
+    done_of(client.say("first"))
+    # The message is stored, then DynamoDB goes away while the model is still answering.
+    answer: list[list[dict[str, Any]]] = []
+    speaking = threading.Thread(target=lambda: answer.append(client.say("[offline:slow=0.15] second")))
+    speaking.start()
+    deadline = time.monotonic() + 5
+    while len(outage.items(session_id)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    outage.dynamodb.stop()
+    speaking.join()
+    (frames,) = answer
+    assert done_of(frames)["turn"] == 2
+    notices = [f["message"] for f in frames if f["type"] == "notice"]
+    assert any("this reply will be saved" in n for n in notices), frames
+    assert outage.queued() == 1
+
+    outage.dynamodb.start()
+    outage.recover()
+    outage.drain()
+    items = outage.items(session_id)
+    assert [(int(i["turn_number"]), i["user_message"], i["status"]) for i in items] == [
+        (1, "first", "complete"),
+        (2, "[offline:slow=0.15] second", "complete"),
+    ]
+    assert "".join(f["text"] for f in frames if f["type"] == "delta") == items[1]["assistant_reply"]

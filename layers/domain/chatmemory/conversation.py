@@ -64,6 +64,10 @@ NOT_STORED = (
     NoticeCode.NOT_REMEMBERED,
     "This reply could not be saved, so I may not remember it in our next turns.",
 )
+REPLY_DEFERRED = (
+    NoticeCode.MEMORY_DEGRADED,
+    "My memory stopped answering while I replied: this reply will be saved when it is back.",
+)
 TRUNCATED = (
     NoticeCode.MEMORY_TRUNCATED,
     "Our conversation no longer fits in what I can read at once, so I am answering without some of "
@@ -142,6 +146,8 @@ class Conversation:
         stored = self._memory.finish_turn(started, reply, "complete", usage, user_tokens)
         if (started.persisted or started.deferred) and not stored:
             self._sender.send(binding.connection_id, notice_frame(*NOT_STORED))
+        elif started.reply_deferred:
+            self._sender.send(binding.connection_id, notice_frame(*REPLY_DEFERRED))
         self._sender.send(binding.connection_id, self._done(started, context, usage))
         # From the message to its done frame: what the user waited (alarmed on at p99).
         metrics.add_metric(

@@ -61,6 +61,7 @@ class StartedTurn:
     history: History  # the turns before this one
     persisted: bool
     deferred: bool = False  # not persisted: the finished turn goes to the outbox
+    reply_deferred: bool = False  # persisted, but its reply went to the outbox (set by finish_turn)
 
 
 @dataclass
@@ -222,19 +223,22 @@ class SessionMemory:
                 user_tokens,
             )
         except DYNAMODB_FAULTS as exc:
+            # The message is stored, its reply is not: the outbox finishes that very item later.
             logger.warning("could not store the reply", extra={"error": type(exc).__name__})
-            return False
+            started.reply_deferred = self._defer(turn, stored=True)
+            return started.reply_deferred
         self._cache_write(
             turn.session_id, lambda c: c.append(turn.session_id, turn, first_turn=turn.turn == 1)
         )
         return True
 
-    def _defer(self, turn: Turn) -> bool:
-        """Queue the finished turn for DynamoDB (behind the outbox's own breaker)."""
+    def _defer(self, turn: Turn, stored: bool = False) -> bool:
+        """Queue the finished turn for DynamoDB (behind the outbox's own breaker); ``stored``:
+        its message already is, under ``turn.turn``, and only the reply is missing."""
         if self.outbox is None:
             return False
         try:
-            self.breakers.outbox.call(self.outbox.send, OutboxRecord(turn=turn))
+            self.breakers.outbox.call(self.outbox.send, OutboxRecord(turn=turn, stored=stored))
         except DYNAMODB_FAULTS as exc:  # botocore's errors and the open breaker, as for DynamoDB
             logger.warning("could not queue the turn", extra={"error": type(exc).__name__})
             return False

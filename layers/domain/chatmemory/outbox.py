@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
 from chatmemory.breakers import Breakers
@@ -53,6 +54,8 @@ class OutboxRecord(BaseModel):
 
     outbox_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     turn: Turn
+    # The user's message is stored under ``turn.turn`` already; only its reply failed to be.
+    stored: bool = False
 
 
 class TurnOutbox:
@@ -95,23 +98,44 @@ class OutboxReplayer:
             logger.info("queued turn of an erased session dropped", extra={"outbox_id": record.outbox_id})
             metrics.add_metric(name="OutboxErasedSkipped", unit=MetricUnit.Count, value=1)
             return 0
-        found = self._breakers.dynamodb.call(
-            self._store.find_outbox_turn, session_id, record.outbox_id, record.turn.client_message_id
-        )
-        if found is None:
-            number = self._write(record)
-            metrics.add_metric(name="OutboxTurnReplayed", unit=MetricUnit.Count, value=1)
-        else:
-            number, replayed, status = found
-            if not replayed and status == "pending":
-                # The turn path's put timed out yet happened: finish that item, do not add one.
-                self._finish(record, number)
-            logger.info("queued turn already stored", extra={"turn": number, "outbox_id": record.outbox_id})
-            metrics.add_metric(name="OutboxDuplicateSkipped", unit=MetricUnit.Count, value=1)
+        number = self._finish_stored(record) if record.stored else self._store_whole(record)
         if self._cache is not None:
             # The window the cache holds lacks this turn: it must go (a read refills it).
             self._breakers.redis.call(self._cache.invalidate, session_id)
         return number
+
+    def _store_whole(self, record: OutboxRecord) -> int:
+        found = self._breakers.dynamodb.call(
+            self._store.find_outbox_turn,
+            record.turn.session_id,
+            record.outbox_id,
+            record.turn.client_message_id,
+        )
+        if found is None:
+            number = self._write(record)
+            metrics.add_metric(name="OutboxTurnReplayed", unit=MetricUnit.Count, value=1)
+            return number
+        number, replayed, status = found
+        if not replayed and status == "pending":
+            # The turn path's put timed out yet happened: finish that item, do not add one.
+            self._finish(record, number)
+        logger.info("queued turn already stored", extra={"turn": number, "outbox_id": record.outbox_id})
+        metrics.add_metric(name="OutboxDuplicateSkipped", unit=MetricUnit.Count, value=1)
+        return number
+
+    def _finish_stored(self, record: OutboxRecord) -> int:
+        """Put the reply on the item the turn path stored the message in. Its number is the
+        turn's own (numbers are never reused while the item lives), so finishing it twice
+        writes the same reply twice; an item gone meanwhile (expired) is left gone."""
+        try:
+            self._finish(record, record.turn.turn)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            logger.info("queued reply's turn is gone", extra={"turn": record.turn.turn})
+            return record.turn.turn
+        metrics.add_metric(name="OutboxReplyStored", unit=MetricUnit.Count, value=1)
+        return record.turn.turn
 
     def _finish(self, record: OutboxRecord, number: int) -> None:
         turn = record.turn
