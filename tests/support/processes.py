@@ -40,6 +40,7 @@ class RedisProcess:
         self.extra_args = extra_args
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory(prefix="redis-cluster-") if cluster else None
+        self._bus_port = free_port() if cluster else 0
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisProcess:
@@ -56,7 +57,9 @@ class RedisProcess:
             *self.extra_args,
         ]
         if self._dir is not None:
+            # The cluster bus defaults to port + 10000, past 65535 for a high free port: pick it too.
             args += ["--cluster-enabled", "yes", "--cluster-config-file", f"{self._dir.name}/nodes.conf"]
+            args += ["--cluster-port", str(self._bus_port)]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis.from_url(self.url, socket_timeout=0.2)
         deadline = time.monotonic() + 5
