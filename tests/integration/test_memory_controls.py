@@ -15,7 +15,7 @@ from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.llm.base import ChatModel, Prompt, ReplyStream
 from chatmemory.memory.longterm import user_key, user_partition
 from chatmemory.memory.scheduler import ThreadScheduler
-from chatmemory.memory.state import FactChange
+from chatmemory.memory.state import Fact, FactChange
 from chatmemory.memory.tasks import FACTS_TASK, SUMMARY_TASK
 from chatmemory.services import Services, redis_client, use_services
 
@@ -336,14 +336,18 @@ def test_a_retried_merge_is_applied_once_and_cannot_revive_a_forgotten_fact(
     users = services.user_memory
     users.opt_in("guest:ada", "s-1", 0, [])
     changes = [FactChange(key="name", value="Ada")]
-    assert users.merge_session("guest:ada", "s-1", 2, changes) is True
+    read = users.read_stored("guest:ada")
+    assert users.merge_turns("guest:ada", read, "s-1", 2, changes) is True
     users.forget_fact("guest:ada", "name")
 
-    assert users.merge_session("guest:ada", "s-1", 2, changes) is False  # the worker's retry
+    assert users.merge_turns("guest:ada", read, "s-1", 2, changes) is False  # the worker's retry
 
     (item,) = user_items(aws, "guest:ada")
-    assert item["facts"] == []
-    assert users.merge_session("guest:ada", "s-1", 4, changes) is True  # a new block is merged
+    assert item["facts"] == [] and item["cursors"] == {"s-1": 2}
+    # A merge that read the memory before the erasure is told to read it again, not written.
+    assert users.merge_turns("guest:ada", read, "s-1", 4, changes) is None
+    fresh = users.read_stored("guest:ada")
+    assert users.merge_turns("guest:ada", fresh, "s-1", 4, changes) is True  # a new block is merged
 
 
 def test_a_guests_memory_expires_with_its_token_a_users_does_not(services: Services, aws: Any) -> None:
@@ -361,10 +365,8 @@ def test_the_budget_holds_when_the_kept_facts_do_not_fit(aws: Any, redis_url: st
     services = Services(settings, aws, redis_client(settings), build_chat_model(settings.llm, None))
     use_services(services)
     try:
-        services.user_memory.opt_in("guest:ada", "s-0", 0, [])
-        services.user_memory.merge_session(
-            "guest:ada", "s-0", 2, [FactChange(key=f"topic {i}", value="x" * 300) for i in range(8)]
-        )
+        facts = [Fact(key=f"topic {i}", value="x" * 300, turn=0) for i in range(8)]
+        services.user_memory.opt_in("guest:ada", "s-0", 0, facts)
         ada = Client("big-1", principal="guest:ada")
         ada.connect()
         frames = ada.say("Hello")
