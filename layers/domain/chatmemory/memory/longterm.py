@@ -3,12 +3,14 @@
 Opt-in, per principal. One item in ``ChatSessions`` under ``session_id = "user#" + principal``
 (``turn_number`` 0): ``long_term`` (the opt-in), ``facts`` (key, value, the session and turn
 they came from, when), ``version`` (optimistic concurrency: every write is conditional on the
-version it read; a new item starts at a version derived from the clock, so an item erased and
-created again never matches a version a late writer read before the erasure), ``cursors`` (per
-session, the last turn already merged: a retried or duplicate merge finds nothing to do),
-``since`` and ``since_session`` (turns accepted at or before ``since`` are never merged, except
-those of ``since_session``: set by an erasure, and by opting in, when the chat the user opts in
-from is exempt), ``applied`` (the merges done, by session and turn) and, for guests, ``ttl``.
+version it read; a new item starts at a version taken from the clock, in microseconds, so an
+item erased and created again never matches a version a late writer read before the erasure),
+``generation`` (that first version: a merge extracted from a memory of another generation is
+not written), ``cursors`` (per session, the last turn already merged: a retried or duplicate
+merge finds nothing to do), ``since`` (turns accepted before it are never merged: set by an
+erasure, so that what was said before it and not merged yet stays out, and by opting in, so that
+only what was said with the user's consent is collected), ``applied`` (the merges done, by
+session and turn) and, for guests, ``ttl``.
 Redis caches it at ``user:{<principal>}:memory``, including "not opted in", so a turn of a user
 who never opted in costs one Redis GET.
 
@@ -80,19 +82,18 @@ class UserMemory(BaseModel):
     version: int = 0
     applied: list[str] = Field(default_factory=list)
     cursors: dict[str, int] = Field(default_factory=dict)  # session -> last turn merged
-    since: int = 0  # epoch seconds: turns accepted until then are not merged (but see since_session)
-    since_session: str = ""  # the chat opted in from: its turns before ``since`` may still be merged
+    since: int = 0  # epoch seconds: turns accepted until then are not merged
+    generation: int = 0  # the item's first version: an item erased and created again has another
 
     def cursor(self, session_id: str) -> int:
         return self.cursors.get(session_id, 0)
 
     def mergeable(self, turn: Turn) -> bool:
         """Whether a turn said in a session may still reach this memory: after its session's
-        cursor, and after the last erasure (or opt-in, for other chats than the one opted in
-        from)."""
+        cursor, and after the last erasure or opt-in."""
         if turn.turn <= self.cursor(turn.session_id):
             return False
-        return turn.at > self.since or (bool(self.since_session) and turn.session_id == self.since_session)
+        return turn.at > self.since
 
     @property
     def active_facts(self) -> list[UserFact]:
@@ -154,7 +155,7 @@ class UserMemoryStore:
             applied=[str(a) for a in item.get("applied", [])],
             cursors={str(k): int(v) for k, v in item.get("cursors", {}).items()},
             since=int(item.get("since", 0)),
-            since_session=str(item.get("since_session", "")),
+            generation=int(item.get("generation", 0)),
         )
 
     def put(
@@ -171,11 +172,11 @@ class UserMemoryStore:
             ":a": memory.applied,
             ":c": memory.cursors,
             ":s": memory.since,
-            ":ss": memory.since_session,
+            ":g": memory.generation,
         }
         expression = (
             "SET long_term = :l, #f = :f, version = :v, applied = :a, cursors = :c, since = :s,"
-            " since_session = :ss"
+            " generation = :g"
         )
         if ttl is None:
             expression += " REMOVE #t"
@@ -276,9 +277,11 @@ class UserMemoryRepository:
                 updated = updated.model_copy(
                     update={"applied": updated.applied[-_APPLIED_KEPT:], "cursors": cursors}
                 )
-                # A new item's version comes from the clock (milliseconds), never 1: a writer
+                # A new item's version comes from the clock (microseconds), never 1: a writer
                 # that read the item before it was erased cannot match the one created after.
-                new_version = current.version + 1 if current.version else int(self.clock() * 1000)
+                new_version = current.version + 1 if current.version else int(self.clock() * 1_000_000)
+                if not current.version:
+                    updated = updated.model_copy(update={"generation": new_version})
                 written = self.breakers.dynamodb.call(
                     self.store.put, principal, updated, current.version, new_version, self._ttl(principal)
                 )
@@ -307,10 +310,11 @@ class UserMemoryRepository:
             outcome = False
             if not memory.long_term or memory.cursor(session_id) >= through or token in memory.applied:
                 return None
-            if memory.cursor(session_id) != read.cursor(session_id) or (
-                memory.since,
-                memory.since_session,
-            ) != (read.since, read.since_session):
+            if (memory.generation, memory.since, memory.cursor(session_id)) != (
+                read.generation,
+                read.since,
+                read.cursor(session_id),
+            ):
                 outcome = None  # merged by another run, or erased meanwhile: extract again
                 return None
             outcome = True
@@ -326,9 +330,9 @@ class UserMemoryRepository:
         return outcome
 
     def opt_in(self, principal: str, session_id: str, through: int, facts: list[Fact]) -> UserMemory:
-        """Turn long-term memory on, keeping the facts the current session already has (its
-        turns after ``through`` follow with the next merges). Turning it on from off, what other
-        chats said before now is not merged: it may be what the user erased."""
+        """Turn long-term memory on, keeping the facts the current session already has. Turning
+        it on from off, nothing else said before now is merged: it was said without consent,
+        and may be what the user erased."""
         changes = [FactChange(key=f.key, value=f.value) for f in facts]
 
         def change(memory: UserMemory) -> UserMemory | None:
@@ -336,10 +340,8 @@ class UserMemoryRepository:
             merged = merge_user_facts(memory.facts, changes, session_id, through, now, self.max_facts)
             update: dict[str, Any] = {"long_term": True, "facts": merged}
             if not memory.long_term:
-                cursors = {k: v for k, v in memory.cursors.items() if k != session_id}
-                cursors[session_id] = max(through, memory.cursor(session_id))
                 # Turns from this second on are merged (an erasure's second is not: see forget_fact).
-                update.update(cursors=cursors, since=now - 1, since_session=session_id)
+                update["since"] = now - 1
             return memory.model_copy(update=update)
 
         return self.modify(principal, change)
@@ -355,7 +357,7 @@ class UserMemoryRepository:
             found = len(kept) < len(memory.facts)
             # What was said before the erasure and not merged yet stays out: a merge pending
             # now cannot bring the fact back.
-            update: dict[str, Any] = {"facts": kept, "since": int(self.clock()), "since_session": ""}
+            update: dict[str, Any] = {"facts": kept, "since": int(self.clock())}
             return memory.model_copy(update=update) if found else None
 
         memory = self.modify(principal, change)
