@@ -329,10 +329,13 @@ class UserMemoryRepository:
         self.modify(principal, change)
         return outcome
 
-    def opt_in(self, principal: str, session_id: str, through: int, facts: list[Fact]) -> UserMemory:
-        """Turn long-term memory on, keeping the facts the current session already has. Turning
-        it on from off, nothing else said before now is merged: it was said without consent,
-        and may be what the user erased."""
+    def opt_in(
+        self, principal: str, session_id: str, through: int, facts: list[Fact], said: int = 0
+    ) -> UserMemory:
+        """Turn long-term memory on, keeping the facts the current session already has (up to
+        turn ``through``). Turning it on from off, nothing else said before now is merged: it
+        was said without consent, and may be what the user erased. In this session that is its
+        turns up to ``said`` (its last); in others, the turns accepted before this second."""
         changes = [FactChange(key=f.key, value=f.value) for f in facts]
 
         def change(memory: UserMemory) -> UserMemory | None:
@@ -340,8 +343,11 @@ class UserMemoryRepository:
             merged = merge_user_facts(memory.facts, changes, session_id, through, now, self.max_facts)
             update: dict[str, Any] = {"long_term": True, "facts": merged}
             if not memory.long_term:
-                # Turns from this second on are merged (an erasure's second is not: see forget_fact).
-                update["since"] = now - 1
+                # Other chats' turns from this second on are merged (an erasure's second is
+                # not: see forget_fact); this chat's from its next turn on.
+                cursors = {k: v for k, v in memory.cursors.items() if k != session_id}
+                cursors[session_id] = max(said, memory.cursor(session_id))
+                update.update(since=now - 1, cursors=cursors)
             return memory.model_copy(update=update)
 
         return self.modify(principal, change)
