@@ -586,3 +586,19 @@ def test_a_merge_that_read_the_memory_before_an_erasure_writes_nothing(services:
     assert users.merge_turns("guest:ada", before, "s-1", 3, [FactChange(key="name", value="Ada")]) is None
     assert kept(aws, "guest:ada") == []
     assert int(user_items(aws, "guest:ada")[0]["version"]) != before.version
+
+
+def test_a_merge_while_the_user_talks_leaves_the_sessions_prompt_prefix_unchanged(
+    default_cadence: Services, aws: Any, model: RecordingModel
+) -> None:
+    ada = Client("k-7", principal="guest:ada")
+    ada.connect()
+    ada.send({"action": "setMemory", "longTerm": True})
+    talk(ada, default_cadence, "My name is Ada Lovelace.")  # kept: the next session starts with it
+    ada.send({"action": "newSession"})
+    before = len(model.prompts)
+    talk(ada, default_cadence, "Hello.", "I prefer short answers.", "Tell me about rivers.", "And lakes?")
+
+    assert kept(aws, "guest:ada") == [("name", "Ada Lovelace"), ("preference", "short answers")]
+    systems = {p.system for p in model.prompts[before:]}
+    assert len(systems) == 1 and "Ada Lovelace" in next(iter(systems))  # merged mid-session, prefix intact

@@ -69,7 +69,14 @@ class MemoryManager:
         state = self._state(started)
         strategy = strategy_for(state, self._settings)
         user_memory = self._user_memory(started)
-        user_facts = [f.as_fact() for f in user_memory.active_facts] if user_memory is not None else []
+        # Not the facts learnt from this session: its own turns hold them, and leaving them out
+        # keeps the prompt's prefix unchanged when a merge adds them while the user talks.
+        session_id = started.turn.session_id
+        user_facts = [
+            f.as_fact()
+            for f in (user_memory.active_facts if user_memory is not None else [])
+            if f.session_id != session_id
+        ]
         plan = plan_context(
             strategy,
             state,
