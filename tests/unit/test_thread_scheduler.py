@@ -29,8 +29,9 @@ def test_a_request_while_running_runs_once_more_after_it() -> None:
     assert runs == ["s-1", "s-1"]
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_a_failing_run_frees_the_session_for_the_next_request() -> None:
+def test_a_failing_run_frees_the_session_for_the_next_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    raised: list[type[BaseException]] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: raised.append(args.exc_type))
     runs: list[str] = []
 
     def run(session_id: str) -> None:
@@ -45,3 +46,4 @@ def test_a_failing_run_frees_the_session_for_the_next_request() -> None:
     scheduler.drain()
 
     assert runs == ["s-1", "s-1"]
+    assert raised == [RuntimeError]
