@@ -602,3 +602,26 @@ def test_a_merge_while_the_user_talks_leaves_the_sessions_prompt_prefix_unchange
     assert kept(aws, "guest:ada") == [("name", "Ada Lovelace"), ("preference", "short answers")]
     systems = {p.system for p in model.prompts[before:]}
     assert len(systems) == 1 and "Ada Lovelace" in next(iter(systems))  # merged mid-session, prefix intact
+
+
+def test_delete_my_data_while_a_merge_is_pending_stays_erased(
+    pending: tuple[Services, ShiftedClock], aws: Any
+) -> None:
+    services, _ = pending
+    ada = Client("k-8", principal="guest:ada")
+    ada.connect()
+    ada.send({"action": "setMemory", "longTerm": True})
+    ada.say("My name is Ada.")
+    queued(services).run()
+    ada.say("I prefer tea.")
+    waiting = list(queued(services).pending)
+    assert waiting and kept(aws, "guest:ada") == [("name", "Ada")]
+
+    assert any(f["type"] == "deleted" for f in ada.send({"action": "deleteMyData"}))
+    queued(services).pending = waiting
+    queued(services).run()  # late, and retried
+    queued(services).pending = waiting
+    queued(services).run()
+
+    assert user_items(aws, "guest:ada") == []
+    assert not services.redis or not services.redis.exists(user_key("guest:ada"))
