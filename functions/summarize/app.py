@@ -1,4 +1,5 @@
-"""Summarize: bring one session's summary and facts up to date. Invoked asynchronously
+"""Summarize: bring one session's summary and facts up to date, and merge the facts its recent
+turns state into its principal's long-term memory when they opted in. Invoked asynchronously
 (``InvocationType="Event"``) by sendMessage after a turn's ``done``, with ``{"sessionId": ...}``.
 
 A failure raises, so Lambda's own retry runs once; after that the session's next turn, finding

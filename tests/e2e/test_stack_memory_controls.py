@@ -29,6 +29,15 @@ def user_memory(ws: ClientConnection) -> dict[str, Any]:
     return frame
 
 
+def kept_facts(ws: ClientConnection) -> list[dict[str, Any]]:
+    """The long-term facts once there are some (the merge runs after the reply, off the hot
+    path), or none after 15 s."""
+    deadline = time.monotonic() + 15
+    while not (facts := user_memory(ws)["facts"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return facts
+
+
 def user_items(stack: Stack, principal: str) -> list[dict[str, Any]]:
     table = boto3.resource("dynamodb", endpoint_url=stack.dynamodb_url, region_name="us-east-1").Table(
         "ChatSessions"
@@ -43,13 +52,11 @@ def test_long_term_memory_reaches_the_guests_next_session_only(stack: Stack) -> 
         token = first["guestToken"]
         assert first["memoryStrategy"] == "hybrid"
         assert send(ws, {"action": "setMemory", "longTerm": True})["longTerm"] is True
+        # a three-turn chat: the session's own facts wait for turn 20, long-term memory does not
         turn(ws, "My name is Ada Lovelace.")
-        # the default window (10) and block (10): turns 1-10 are summarised after turn 20
-        for i in range(19):
+        for i in range(2):
             assert turn(ws, f"Tell me something about river number {i}.")[-1]["type"] == "done"
-        deadline = time.monotonic() + 15
-        while not (facts := user_memory(ws)["facts"]) and time.monotonic() < deadline:
-            time.sleep(0.2)  # the update runs after the reply, off the hot path
+        facts = kept_facts(ws)
         assert [(f["key"], f["value"]) for f in facts] == [("name", "Ada Lovelace")]
         assert facts[0]["sessionId"] == first["sessionId"]
 
@@ -59,6 +66,8 @@ def test_long_term_memory_reaches_the_guests_next_session_only(stack: Stack) -> 
         frames = turn(ws, "Hello, do you know me?")
         assert "long-term facts" in reply(frames)
         assert frames[-1]["usage"]["budget"]["userFacts"] > 0
+        budget = frames[-1]["usage"]["budget"]
+        assert sum(v for k, v in budget.items() if k != "limit") <= budget["limit"]
 
         with open_socket(stack) as other:  # another guest
             frames = turn(other, "Hello, do you know me?")
@@ -73,6 +82,28 @@ def test_long_term_memory_reaches_the_guests_next_session_only(stack: Stack) -> 
         assert user_items(stack, principal) == []
         assert not redis.Redis.from_url(E2E_REDIS_URL).exists("user:{" + principal + "}:memory")
         assert "long-term facts" not in reply(turn(ws, "And now?"))
+
+
+def test_a_fact_erased_while_its_merge_may_be_pending_does_not_come_back(stack: Stack) -> None:
+    with open_socket(stack) as ws:
+        session_of(ws)
+        assert send(ws, {"action": "setMemory", "longTerm": True})["longTerm"] is True
+        turn(ws, "My name is Ada Lovelace.")
+        assert kept_facts(ws)
+        # a fact stated, its merge scheduled after the reply, and erased at once: pending or not
+        assert turn(ws, "I prefer green tea.")[-1]["type"] == "done"
+        erased = send(ws, {"action": "forgetUserMemory"})
+        assert erased["type"] == "userMemory" and erased["facts"] == [] and erased["longTerm"] is False
+        time.sleep(1.5)  # whatever was pending has run by now, into a memory that is off
+        assert user_memory(ws)["facts"] == []
+
+        # opting in again in the same chat does not collect what was said before the erasure
+        assert send(ws, {"action": "setMemory", "longTerm": True})["longTerm"] is True
+        for i in range(3):
+            assert turn(ws, f"Tell me about lake number {i}.")[-1]["type"] == "done"
+        assert turn(ws, "My deadline is Friday.")[-1]["type"] == "done"
+        facts = kept_facts(ws)
+        assert [(f["key"], f["value"]) for f in facts] == [("deadline", "Friday")]
 
 
 def test_a_new_chat_with_its_own_strategy(stack: Stack) -> None:

@@ -206,11 +206,10 @@ def test_a_cache_that_missed_a_write_is_never_served(live: Live) -> None:
 def test_long_term_memory_with_redis_dead_is_read_from_dynamodb_and_erasure_says_it_is_not_done(
     live: Live,
 ) -> None:
-    from chatmemory.memory.state import FactChange
+    from chatmemory.memory.state import Fact
 
     users = live.services.user_memory
-    users.opt_in("guest:ada", "s-0", 0, [])
-    users.merge_session("guest:ada", "s-0", 2, [FactChange(key="name", value="Ada Lovelace")])
+    users.opt_in("guest:ada", "s-0", 0, [Fact(key="name", value="Ada Lovelace", turn=0)])
     client = Client(f"conn-{uuid.uuid4().hex[:12]}", principal="guest:ada")
     assert client.connect() == {"statusCode": 200}
     assert "long-term facts" in reply_text(client.say("Hello"))  # cached in Redis now

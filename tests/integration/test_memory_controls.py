@@ -4,6 +4,7 @@ longTerm, getUserMemory, forgetUserMemory, carried into the principal's new sess
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -15,8 +16,9 @@ from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.llm.base import ChatModel, Prompt, ReplyStream
 from chatmemory.memory.longterm import user_key, user_partition
 from chatmemory.memory.scheduler import ThreadScheduler
-from chatmemory.memory.state import FactChange
+from chatmemory.memory.state import Fact, FactChange
 from chatmemory.memory.tasks import FACTS_TASK, SUMMARY_TASK
+from chatmemory.memory.updater import MemoryUpdater
 from chatmemory.services import Services, redis_client, use_services
 
 from tests.conftest import make_settings
@@ -336,14 +338,18 @@ def test_a_retried_merge_is_applied_once_and_cannot_revive_a_forgotten_fact(
     users = services.user_memory
     users.opt_in("guest:ada", "s-1", 0, [])
     changes = [FactChange(key="name", value="Ada")]
-    assert users.merge_session("guest:ada", "s-1", 2, changes) is True
+    read = users.read_stored("guest:ada")
+    assert users.merge_turns("guest:ada", read, "s-1", 2, changes) is True
     users.forget_fact("guest:ada", "name")
 
-    assert users.merge_session("guest:ada", "s-1", 2, changes) is False  # the worker's retry
+    assert users.merge_turns("guest:ada", read, "s-1", 2, changes) is False  # the worker's retry
 
     (item,) = user_items(aws, "guest:ada")
-    assert item["facts"] == []
-    assert users.merge_session("guest:ada", "s-1", 4, changes) is True  # a new block is merged
+    assert item["facts"] == [] and item["cursors"] == {"s-1": 2}
+    # A merge that read the memory before the erasure is told to read it again, not written.
+    assert users.merge_turns("guest:ada", read, "s-1", 4, changes) is None
+    fresh = users.read_stored("guest:ada")
+    assert users.merge_turns("guest:ada", fresh, "s-1", 4, changes) is True  # a new block is merged
 
 
 def test_a_guests_memory_expires_with_its_token_a_users_does_not(services: Services, aws: Any) -> None:
@@ -361,10 +367,8 @@ def test_the_budget_holds_when_the_kept_facts_do_not_fit(aws: Any, redis_url: st
     services = Services(settings, aws, redis_client(settings), build_chat_model(settings.llm, None))
     use_services(services)
     try:
-        services.user_memory.opt_in("guest:ada", "s-0", 0, [])
-        services.user_memory.merge_session(
-            "guest:ada", "s-0", 2, [FactChange(key=f"topic {i}", value="x" * 300) for i in range(8)]
-        )
+        facts = [Fact(key=f"topic {i}", value="x" * 300, turn=0) for i in range(8)]
+        services.user_memory.opt_in("guest:ada", "s-0", 0, facts)
         ada = Client("big-1", principal="guest:ada")
         ada.connect()
         frames = ada.say("Hello")
@@ -393,3 +397,231 @@ def test_each_turn_reports_the_budgets_token_error_against_the_models_count(serv
     reported = usage["inputTokens"] + usage["cacheReadInputTokens"] + usage["cacheCreationInputTokens"]
     assert error == round(100 * (counted - reported) / reported, 2)
     metrics.clear_metrics()
+
+
+# ---- long-term memory within a few turns ------------------------------------------------------
+
+
+class ShiftedClock:
+    """The real clock, moved on by the test (so a turn can come a second after an erasure)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+class PendingScheduler:
+    """Keeps the memory updates asked for, for the test to run when it wants: an asynchronous
+    invocation still queued (or a retry not yet run) when the user does something else."""
+
+    def __init__(self, updater: MemoryUpdater) -> None:
+        self.updater = updater
+        self.pending: list[str] = []
+
+    def schedule(self, session_id: str) -> None:
+        self.pending.append(session_id)
+
+    def run(self) -> None:
+        queued, self.pending = self.pending, []
+        for session_id in queued:
+            self.updater.update(session_id)
+
+
+@pytest.fixture
+def default_cadence(aws: Any, redis_url: str, model: RecordingModel) -> Iterator[Services]:
+    """The deployment's defaults: the session's own facts only after turn 20."""
+    settings = make_settings(redis_url)
+    built = Services(settings, aws, redis_client(settings), model)
+    use_services(built)
+    yield built
+    use_services(None)
+
+
+@pytest.fixture
+def pending(aws: Any, redis_url: str, model: RecordingModel) -> Iterator[tuple[Services, ShiftedClock]]:
+    settings = make_settings(redis_url)
+    clock = ShiftedClock()
+    built = Services(
+        settings, aws, redis_client(settings), model, clock=clock, scheduler_factory=PendingScheduler
+    )
+    use_services(built)
+    yield built, clock
+    use_services(None)
+
+
+def queued(services: Services) -> PendingScheduler:
+    assert isinstance(services.scheduler, PendingScheduler)
+    return services.scheduler
+
+
+def kept(aws: Any, principal: str) -> list[tuple[str, str]]:
+    items = user_items(aws, principal)
+    return [(f["key"], f["value"]) for f in items[0]["facts"]] if items else []
+
+
+def test_a_fact_stated_in_a_three_turn_chat_is_in_the_next_sessions_context(
+    default_cadence: Services, aws: Any, model: RecordingModel
+) -> None:
+    ada = Client("k-1", principal="guest:ada")
+    ada.connect()
+    ada.send({"action": "setMemory", "longTerm": True})
+    talk(ada, default_cadence, "My name is Ada Lovelace.", "Tell me about rivers.", "And about lakes?")
+
+    first = session_of(ada)["sessionId"]
+    state = meta_item(aws, first) or {}
+    assert int(state.get("summarized_through", 0)) == 0 and not state.get("facts")  # its cadence is unchanged
+    assert kept(aws, "guest:ada") == [("name", "Ada Lovelace")]
+
+    ada.send({"action": "newSession"})
+    frames = ada.say("Hello again, who am I?")
+    assert "Ada Lovelace" in model.prompts[-1].system
+    assert frames[-1]["usage"]["budget"]["userFacts"] > 0
+    budget = frames[-1]["usage"]["budget"]
+    assert sum(v for k, v in budget.items() if k != "limit") <= budget["limit"]
+
+
+def test_the_long_term_cursor_moves_every_k_turns_and_at_once_after_a_stated_fact(
+    pending: tuple[Services, ShiftedClock], aws: Any
+) -> None:
+    services, _ = pending
+    every = services.settings.memory.long_term_every_turns
+    ada = Client("k-2", principal="guest:ada")
+    ada.connect()
+    ada.send({"action": "setMemory", "longTerm": True})
+    session = session_of(ada)["sessionId"]
+    for n in range(1, every):
+        ada.say(f"Tell me about river number {n}.")
+    assert queued(services).pending == []  # small talk: not yet due
+    ada.say("And the sea?")  # turn K
+    assert queued(services).pending == [session]
+    queued(services).run()
+    assert user_items(aws, "guest:ada")[0]["cursors"] == {session: every}
+
+    ada.say("I prefer short answers.")  # states a fact: due at once
+    assert queued(services).pending == [session]
+    queued(services).run()
+    queued(services).run()  # a duplicate run finds nothing to do
+    assert kept(aws, "guest:ada") == [("preference", "short answers")]
+    assert user_items(aws, "guest:ada")[0]["cursors"] == {session: every + 1}
+
+
+def test_nothing_is_collected_without_opting_in(pending: tuple[Services, ShiftedClock], aws: Any) -> None:
+    services, _ = pending
+    ada = Client("k-3", principal="guest:ada")
+    ada.connect()
+    for message in ("My name is Ada.", "I prefer tea.", "More.", "More still."):
+        ada.say(message)
+    assert queued(services).pending == []
+    assert user_items(aws, "guest:ada") == []
+
+
+def test_a_fact_erased_while_its_merge_is_pending_does_not_come_back(
+    pending: tuple[Services, ShiftedClock], aws: Any, model: RecordingModel
+) -> None:
+    services, clock = pending
+    ada = Client("k-4", principal="guest:ada")
+    ada.connect()
+    ada.send({"action": "setMemory", "longTerm": True})
+    ada.say("My name is Ada.")
+    queued(services).run()
+    assert kept(aws, "guest:ada") == [("name", "Ada")]
+
+    # another chat restates it; its merge is still queued when she erases the fact
+    ada.send({"action": "newSession"})
+    ada.say("My name is Ada Lovelace.")
+    waiting = list(queued(services).pending)
+    assert waiting
+    only(ada.send({"action": "forgetUserMemory", "key": "name"}), "userMemory")
+    queued(services).run()
+    queued(services).pending = waiting
+    queued(services).run()  # and Lambda's retry of it
+    assert kept(aws, "guest:ada") == []
+
+    # what she says after the erasure is kept again
+    clock.offset += 2
+    ada.say("My name is Countess Ada.")
+    queued(services).run()
+    assert kept(aws, "guest:ada") == [("name", "Countess Ada")]
+
+
+def test_everything_erased_while_a_merge_is_pending_stays_erased_after_opting_in_again(
+    pending: tuple[Services, ShiftedClock], aws: Any, model: RecordingModel
+) -> None:
+    services, clock = pending
+    ada = Client("k-5", principal="guest:ada")
+    ada.connect()
+    ada.send({"action": "setMemory", "longTerm": True})
+    ada.say("My name is Ada.")
+    waiting = list(queued(services).pending)
+    assert waiting
+
+    only(ada.send({"action": "forgetUserMemory"}), "userMemory")  # or setMemory longTerm false
+    queued(services).run()  # a merge running after the erasure: not opted in, nothing kept
+    assert user_items(aws, "guest:ada") == []
+
+    clock.offset += 2
+    other = Client("k-6", principal="guest:ada")
+    other.connect()
+    other.send({"action": "setMemory", "longTerm": True})  # from another chat
+    queued(services).pending = waiting
+    queued(services).run()  # the first chat's merge, retried late
+    assert kept(aws, "guest:ada") == []
+    ada.say("Tell me about rivers.")
+    ada.say("And lakes?")
+    ada.say("And the sea?")
+    queued(services).run()  # the first chat's next merges: its turns before the erasure stay out
+    assert kept(aws, "guest:ada") == []
+    assert "Ada" not in model.prompts[-1].system
+
+
+def test_a_merge_that_read_the_memory_before_an_erasure_writes_nothing(services: Services, aws: Any) -> None:
+    users = services.user_memory
+    users.opt_in("guest:ada", "s-1", 0, [])
+    before = users.read_stored("guest:ada")
+    users.forget_all("guest:ada")
+    users.opt_in("guest:ada", "s-2", 0, [])  # a new item, as far as versions go
+
+    assert users.merge_turns("guest:ada", before, "s-1", 3, [FactChange(key="name", value="Ada")]) is None
+    assert kept(aws, "guest:ada") == []
+    assert int(user_items(aws, "guest:ada")[0]["version"]) != before.version
+
+
+def test_a_merge_while_the_user_talks_leaves_the_sessions_prompt_prefix_unchanged(
+    default_cadence: Services, aws: Any, model: RecordingModel
+) -> None:
+    ada = Client("k-7", principal="guest:ada")
+    ada.connect()
+    ada.send({"action": "setMemory", "longTerm": True})
+    talk(ada, default_cadence, "My name is Ada Lovelace.")  # kept: the next session starts with it
+    ada.send({"action": "newSession"})
+    before = len(model.prompts)
+    talk(ada, default_cadence, "Hello.", "I prefer short answers.", "Tell me about rivers.", "And lakes?")
+
+    assert kept(aws, "guest:ada") == [("name", "Ada Lovelace"), ("preference", "short answers")]
+    systems = {p.system for p in model.prompts[before:]}
+    assert len(systems) == 1 and "Ada Lovelace" in next(iter(systems))  # merged mid-session, prefix intact
+
+
+def test_delete_my_data_while_a_merge_is_pending_stays_erased(
+    pending: tuple[Services, ShiftedClock], aws: Any
+) -> None:
+    services, _ = pending
+    ada = Client("k-8", principal="guest:ada")
+    ada.connect()
+    ada.send({"action": "setMemory", "longTerm": True})
+    ada.say("My name is Ada.")
+    queued(services).run()
+    ada.say("I prefer tea.")
+    waiting = list(queued(services).pending)
+    assert waiting and kept(aws, "guest:ada") == [("name", "Ada")]
+
+    assert any(f["type"] == "deleted" for f in ada.send({"action": "deleteMyData"}))
+    queued(services).pending = waiting
+    queued(services).run()  # late, and retried
+    queued(services).pending = waiting
+    queued(services).run()
+
+    assert user_items(aws, "guest:ada") == []
+    assert not services.redis or not services.redis.exists(user_key("guest:ada"))

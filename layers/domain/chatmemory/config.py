@@ -33,6 +33,9 @@ class MemorySettings(BaseModel):
     )
     summary_max_tokens: int = Field(400, ge=50, le=4_000, description="length asked of the running summary")
     max_facts: int = Field(40, ge=1, le=500, description="facts kept per session, the stalest dropped first")
+    long_term_every_turns: int = Field(
+        3, ge=1, le=100, description="an opted-in user's facts reach long-term memory at least this often"
+    )
     chars_per_token: float = Field(3.5, gt=0, description="the token estimator's starting ratio")
     summarize_function: str | None = Field(
         None, description="Lambda run asynchronously for summaries and facts; unset: a thread in-process"

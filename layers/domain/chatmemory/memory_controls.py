@@ -66,9 +66,13 @@ class MemoryControls:
             state = self._state.read_stored(session_id)
             if state is None:
                 raise MemoryUnavailable()
+            try:  # what this chat said so far is not collected, besides its facts
+                said = self._state.breakers.dynamodb.call(self._state.store.last_turn_number, session_id)
+            except DYNAMODB_FAULTS as exc:
+                raise MemoryUnavailable() from exc
             self._user_op(
                 lambda: self._users.opt_in(
-                    binding.principal, session_id, state.summarized_through, state.facts
+                    binding.principal, session_id, state.summarized_through, state.facts, said
                 )
             )
             logger.info("long-term memory on", extra={"facts": len(state.facts)})

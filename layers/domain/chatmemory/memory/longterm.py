@@ -3,9 +3,16 @@
 Opt-in, per principal. One item in ``ChatSessions`` under ``session_id = "user#" + principal``
 (``turn_number`` 0): ``long_term`` (the opt-in), ``facts`` (key, value, the session and turn
 they came from, when), ``version`` (optimistic concurrency: every write is conditional on the
-version it read), ``applied`` (the session blocks already merged, so a retried update is not
-merged twice) and, for guests, ``ttl``. Redis caches it at ``user:{<principal>}:memory``,
-including "not opted in", so a turn of a user who never opted in costs one Redis GET.
+version it read; a new item starts at a version taken from the clock, in microseconds, so an
+item erased and created again never matches a version a late writer read before the erasure),
+``generation`` (that first version: a merge extracted from a memory of another generation is
+not written), ``cursors`` (per session, the last turn already merged: a retried or duplicate
+merge finds nothing to do), ``since`` (turns accepted before it are never merged: set by an
+erasure, so that what was said before it and not merged yet stays out, and by opting in, so that
+only what was said with the user's consent is collected), ``applied`` (the merges done, by
+session and turn) and, for guests, ``ttl``.
+Redis caches it at ``user:{<principal>}:memory``, including "not opted in", so a turn of a user
+who never opted in costs one Redis GET.
 
 Erasing everything of a principal means deleting that partition and that key.
 """
@@ -28,12 +35,14 @@ from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS
 from chatmemory.memory.state import Fact, FactChange, normalize_key
 from chatmemory.observability import logger
 from chatmemory.store import user_memory_partition as user_partition
+from chatmemory.turns import Turn
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table
 
 PROFILE_TURN = 0
 _APPLIED_KEPT = 100  # merged session blocks remembered; a retry comes within minutes
+_CURSORS_KEPT = 100  # sessions whose long-term cursor is kept, the most recently merged
 _WRITE_ATTEMPTS = 4  # optimistic writes retried when another writer got there first
 
 
@@ -72,6 +81,19 @@ class UserMemory(BaseModel):
     facts: list[UserFact] = Field(default_factory=list)
     version: int = 0
     applied: list[str] = Field(default_factory=list)
+    cursors: dict[str, int] = Field(default_factory=dict)  # session -> last turn merged
+    since: int = 0  # epoch seconds: turns accepted until then are not merged
+    generation: int = 0  # the item's first version: an item erased and created again has another
+
+    def cursor(self, session_id: str) -> int:
+        return self.cursors.get(session_id, 0)
+
+    def mergeable(self, turn: Turn) -> bool:
+        """Whether a turn said in a session may still reach this memory: after its session's
+        cursor, and after the last erasure or opt-in."""
+        if turn.turn <= self.cursor(turn.session_id):
+            return False
+        return turn.at > self.since
 
     @property
     def active_facts(self) -> list[UserFact]:
@@ -131,19 +153,31 @@ class UserMemoryStore:
             ],
             version=version,
             applied=[str(a) for a in item.get("applied", [])],
+            cursors={str(k): int(v) for k, v in item.get("cursors", {}).items()},
+            since=int(item.get("since", 0)),
+            generation=int(item.get("generation", 0)),
         )
 
-    def put(self, principal: str, memory: UserMemory, read_version: int, ttl: int | None) -> bool:
-        """Write ``memory`` if the item is still at ``read_version`` (absent for 0); False when
-        another writer got there first. Only UpdateItem: other attributes may live on it."""
+    def put(
+        self, principal: str, memory: UserMemory, read_version: int, new_version: int, ttl: int | None
+    ) -> bool:
+        """Write ``memory`` at ``new_version`` if the item is still at ``read_version`` (absent
+        for 0); False when another writer got there first. Only UpdateItem: other attributes may
+        live on it."""
         names = {"#f": "facts", "#t": "ttl"}
         values: dict[str, Any] = {
             ":l": memory.long_term,
             ":f": [f.model_dump() for f in memory.facts],
-            ":v": read_version + 1,
+            ":v": new_version,
             ":a": memory.applied,
+            ":c": memory.cursors,
+            ":s": memory.since,
+            ":g": memory.generation,
         }
-        expression = "SET long_term = :l, #f = :f, version = :v, applied = :a"
+        expression = (
+            "SET long_term = :l, #f = :f, version = :v, applied = :a, cursors = :c, since = :s,"
+            " generation = :g"
+        )
         if ttl is None:
             expression += " REMOVE #t"
         else:
@@ -239,49 +273,82 @@ class UserMemoryRepository:
                 updated = change(current)
                 if updated is None:
                     return current
-                updated = updated.model_copy(update={"applied": updated.applied[-_APPLIED_KEPT:]})
+                cursors = dict(list(updated.cursors.items())[-_CURSORS_KEPT:])
+                updated = updated.model_copy(
+                    update={"applied": updated.applied[-_APPLIED_KEPT:], "cursors": cursors}
+                )
+                # A new item's version comes from the clock (microseconds), never 1: a writer
+                # that read the item before it was erased cannot match the one created after.
+                new_version = current.version + 1 if current.version else int(self.clock() * 1_000_000)
+                if not current.version:
+                    updated = updated.model_copy(update={"generation": new_version})
                 written = self.breakers.dynamodb.call(
-                    self.store.put, principal, updated, current.version, self._ttl(principal)
+                    self.store.put, principal, updated, current.version, new_version, self._ttl(principal)
                 )
             except DYNAMODB_FAULTS as exc:
                 logger.warning("DynamoDB write of user memory failed", extra={"error": type(exc).__name__})
                 raise UserMemoryUnavailable() from exc
             if written:
-                stored = updated.model_copy(update={"version": current.version + 1})
+                stored = updated.model_copy(update={"version": new_version})
                 self._refresh_cache(principal, stored)
                 return stored
             logger.info("user memory changed concurrently; retrying")
         raise UserMemoryUnavailable()
 
-    def merge_session(self, principal: str, session_id: str, through: int, changes: list[FactChange]) -> bool:
-        """Merge a session block's fact changes (the summarize worker, after a block): only
-        when the principal opted in, and once per block. True when something was written."""
+    def merge_turns(
+        self, principal: str, read: UserMemory, session_id: str, through: int, changes: list[FactChange]
+    ) -> bool | None:
+        """Merge the fact changes extracted from a session's turns after ``read``'s cursor up
+        to ``through``, and move the cursor there. Written only if the memory is still as it
+        was read (opted in, same cursor, no erasure since): ``None`` when it changed meanwhile
+        (read it again and extract again), else whether something was written."""
         token = f"{session_id}#{through}"
-        wrote = False
+        outcome: bool | None = False
 
         def change(memory: UserMemory) -> UserMemory | None:
-            nonlocal wrote
-            wrote = False
-            if not memory.long_term or token in memory.applied:
+            nonlocal outcome
+            outcome = False
+            if not memory.long_term or memory.cursor(session_id) >= through or token in memory.applied:
                 return None
-            wrote = True
-            facts = merge_user_facts(
-                memory.facts, changes, session_id, through, int(self.clock()), self.max_facts
+            if (memory.generation, memory.since, memory.cursor(session_id)) != (
+                read.generation,
+                read.since,
+                read.cursor(session_id),
+            ):
+                outcome = None  # merged by another run, or erased meanwhile: extract again
+                return None
+            outcome = True
+            now = int(self.clock())
+            facts = merge_user_facts(memory.facts, changes, session_id, through, now, self.max_facts)
+            cursors = {k: v for k, v in memory.cursors.items() if k != session_id}
+            cursors[session_id] = through
+            return memory.model_copy(
+                update={"facts": facts, "applied": [*memory.applied, token], "cursors": cursors}
             )
-            return memory.model_copy(update={"facts": facts, "applied": [*memory.applied, token]})
 
         self.modify(principal, change)
-        return wrote
+        return outcome
 
-    def opt_in(self, principal: str, session_id: str, through: int, facts: list[Fact]) -> UserMemory:
-        """Turn long-term memory on, keeping the facts the current session already has."""
+    def opt_in(
+        self, principal: str, session_id: str, through: int, facts: list[Fact], said: int = 0
+    ) -> UserMemory:
+        """Turn long-term memory on, keeping the facts the current session already has (up to
+        turn ``through``). Turning it on from off, nothing else said before now is merged: it
+        was said without consent, and may be what the user erased. In this session that is its
+        turns up to ``said`` (its last); in others, the turns accepted before this second."""
         changes = [FactChange(key=f.key, value=f.value) for f in facts]
 
         def change(memory: UserMemory) -> UserMemory | None:
-            merged = merge_user_facts(
-                memory.facts, changes, session_id, through, int(self.clock()), self.max_facts
-            )
-            return memory.model_copy(update={"long_term": True, "facts": merged})
+            now = int(self.clock())
+            merged = merge_user_facts(memory.facts, changes, session_id, through, now, self.max_facts)
+            update: dict[str, Any] = {"long_term": True, "facts": merged}
+            if not memory.long_term:
+                # Other chats' turns from this second on are merged (an erasure's second is
+                # not: see forget_fact); this chat's from its next turn on.
+                cursors = {k: v for k, v in memory.cursors.items() if k != session_id}
+                cursors[session_id] = max(said, memory.cursor(session_id))
+                update.update(since=now - 1, cursors=cursors)
+            return memory.model_copy(update=update)
 
         return self.modify(principal, change)
 
@@ -294,7 +361,10 @@ class UserMemoryRepository:
             nonlocal found
             kept = [f for f in memory.facts if normalize_key(f.key) != wanted]
             found = len(kept) < len(memory.facts)
-            return memory.model_copy(update={"facts": kept}) if found else None
+            # What was said before the erasure and not merged yet stays out: a merge pending
+            # now cannot bring the fact back.
+            update: dict[str, Any] = {"facts": kept, "since": int(self.clock())}
+            return memory.model_copy(update=update) if found else None
 
         memory = self.modify(principal, change)
         if not found:  # erased by an earlier attempt whose cache refresh failed: refresh it now

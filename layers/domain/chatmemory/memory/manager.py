@@ -11,11 +11,12 @@ from chatmemory.config import MemorySettings, StrategyName
 from chatmemory.errors import ChatError, ErrorCode
 from chatmemory.history import StartedTurn
 from chatmemory.llm.base import Prompt
+from chatmemory.memory import tasks
 from chatmemory.memory.context import ContextPlan, message_tokens, plan_context
-from chatmemory.memory.longterm import UserMemoryRepository, eligible
+from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, eligible
 from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.memory.scheduler import UpdateScheduler
-from chatmemory.memory.state import Fact, MemoryState
+from chatmemory.memory.state import MemoryState
 from chatmemory.memory.strategies import Strategy, strategy_for, summary_target
 from chatmemory.memory.tokens import TokenEstimator
 from chatmemory.observability import logger, metrics
@@ -38,6 +39,7 @@ class TurnContext:
     state: MemoryState
     plan: ContextPlan
     prompt: Prompt
+    user_memory: UserMemory | None = None  # the principal's long-term memory, as read for the turn
 
 
 class MemoryManager:
@@ -66,6 +68,15 @@ class MemoryManager:
     def prepare(self, started: StartedTurn, system: str, message: str, max_tokens: int) -> TurnContext:
         state = self._state(started)
         strategy = strategy_for(state, self._settings)
+        user_memory = self._user_memory(started)
+        # Not the facts learnt from this session: its own turns hold them, and leaving them out
+        # keeps the prompt's prefix unchanged when a merge adds them while the user talks.
+        session_id = started.turn.session_id
+        user_facts = [
+            f.as_fact()
+            for f in (user_memory.active_facts if user_memory is not None else [])
+            if f.session_id != session_id
+        ]
         plan = plan_context(
             strategy,
             state,
@@ -74,7 +85,7 @@ class MemoryManager:
             message,
             self._settings,
             self._estimator,
-            self._user_facts(started),
+            user_facts,
         )
         for part, tokens in plan.budget.frame().items():
             if part != "limit":  # BudgetSystemTokens, BudgetUserFactsTokens, ...
@@ -82,7 +93,7 @@ class MemoryManager:
                 metrics.add_metric(name=name, unit=MetricUnit.Count, value=tokens)
         if plan.truncated:
             metrics.add_metric(name="MemoryTruncated", unit=MetricUnit.Count, value=1)
-        return TurnContext(strategy, state, plan, plan.prompt(system, message, max_tokens))
+        return TurnContext(strategy, state, plan, plan.prompt(system, message, max_tokens), user_memory)
 
     def account(self, context: TurnContext, message: str, usage: Usage) -> int:
         """Calibrate the estimator with the model's count, and return the message's tokens: its
@@ -111,11 +122,27 @@ class MemoryManager:
         return max(1, round(own * reported / estimated))
 
     def after_turn(self, started: StartedTurn, context: TurnContext) -> None:
-        """Schedule a summary and facts update when the stored ones are a block behind; the
-        reply has been sent by now. An earlier failed update is retried the same way."""
-        if self._scheduler is None or not started.persisted or not context.strategy.cursor:
+        """Schedule a memory update when the session's summary and facts are a block behind, or
+        when the principal opted in to long-term memory and this turn states a fact or their
+        memory is ``long_term_every_turns`` behind the session; the reply has been sent by now.
+        An earlier failed update is retried the same way."""
+        if self._scheduler is None or not started.persisted:
             return
-        if summary_target(context.state.summarized_through, started.turn.turn, self._settings) is not None:
+        turn = started.turn.turn
+        session_due = context.strategy.cursor and (
+            summary_target(context.state.summarized_through, turn, self._settings) is not None
+        )
+        memory = context.user_memory
+        long_term_due = (
+            memory is not None
+            and memory.long_term
+            and turn > memory.cursor(started.turn.session_id)
+            and (
+                turn - memory.cursor(started.turn.session_id) >= self._settings.long_term_every_turns
+                or tasks.states_fact(started.turn.user)
+            )
+        )
+        if session_due or long_term_due:
             self._scheduler.schedule(started.turn.session_id)
 
     def set_strategy(self, session_id: str, strategy: StrategyName) -> None:
@@ -124,14 +151,13 @@ class MemoryManager:
             raise RuntimeError("no memory state store is configured")
         self._repository.set_strategy(session_id, strategy)
 
-    def _user_facts(self, started: StartedTurn) -> list[Fact]:
-        """The principal's long-term facts when they opted in; none when the memory cannot be
-        read (the turn never waits on it)."""
+    def _user_memory(self, started: StartedTurn) -> UserMemory | None:
+        """The principal's long-term memory (its facts count only when they opted in); none
+        when it cannot be read (the turn never waits on it)."""
         principal = started.turn.principal
         if self._users is None or started.history.mode == "stateless" or not eligible(principal):
-            return []
-        memory = self._users.read(str(principal))
-        return [f.as_fact() for f in memory.active_facts] if memory is not None else []
+            return None
+        return self._users.read(str(principal))
 
     def _state(self, started: StartedTurn) -> MemoryState:
         if self._repository is None or started.history.mode == "stateless":

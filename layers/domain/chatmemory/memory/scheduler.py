@@ -34,16 +34,19 @@ class InlineScheduler:
 
 class ThreadScheduler:
     """Runs each update in a daemon thread; at most one per session at a time (a request for a
-    session whose update is running is dropped: the next turn asks again if still needed)."""
+    session whose update is running makes it run once more when it ends, so a turn that came
+    meanwhile, say one stating a fact, is not left for a next turn that may never come)."""
 
     def __init__(self, run: Callable[[str], None]) -> None:
         self._run = run
         self._lock = threading.Lock()
         self._running: dict[str, threading.Thread] = {}
+        self._again: set[str] = set()
 
     def schedule(self, session_id: str) -> None:
         with self._lock:
             if session_id in self._running:
+                self._again.add(session_id)
                 return
             thread = threading.Thread(
                 target=self._work, args=(session_id,), daemon=True, name="memory-update"
@@ -52,18 +55,28 @@ class ThreadScheduler:
         thread.start()
 
     def drain(self, timeout: float = 10.0) -> None:
-        """Wait for the updates under way (tests, shutdown)."""
-        with self._lock:
-            threads = list(self._running.values())
-        for thread in threads:
-            thread.join(timeout)
+        """Wait for the updates under way, re-runs included (tests, shutdown)."""
+        for _ in range(3):
+            with self._lock:
+                threads = list(self._running.values())
+            for thread in threads:
+                thread.join(timeout)
 
     def _work(self, session_id: str) -> None:
+        done = False
         try:
-            self._run(session_id)
+            while not done:
+                self._run(session_id)
+                with self._lock:  # checked and released at once: a request cannot slip between
+                    done = session_id not in self._again
+                    self._again.discard(session_id)
+                    if done:
+                        self._running.pop(session_id, None)
         finally:
-            with self._lock:
-                self._running.pop(session_id, None)
+            if not done:
+                with self._lock:
+                    self._running.pop(session_id, None)
+                    self._again.discard(session_id)
 
 
 class LambdaScheduler:

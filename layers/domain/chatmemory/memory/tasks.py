@@ -32,12 +32,25 @@ FACTS_SYSTEM = (
     "one. Answer [] when nothing durable was stated. No prose."
 )
 
+# A message that looks like it states something durable about the user: their long-term memory
+# is brought up to date after that turn rather than a few turns later. Only a hint: the model
+# decides what is a fact; a miss waits for the next regular merge.
+STATES_FACT = re.compile(
+    r"\b(?:my (?:[a-z]+ ){0,2}?[a-z]+ (?:is|are|was)|i am|i'm|call me|remember"
+    r"|i (?:prefer|like|love|hate|live|work|decided|have decided|want)|i've decided)\b",
+    re.IGNORECASE,
+)
+
 _changes: TypeAdapter[list[FactChange]] = TypeAdapter(list[FactChange])
 _JSON_ARRAY = re.compile(r"\[.*\]", re.DOTALL)
 
 
 class MemoryTaskFailed(Exception):
     """The model's answer could not be used; nothing is stored and the update is retried."""
+
+
+def states_fact(message: str) -> bool:
+    return STATES_FACT.search(message) is not None
 
 
 def transcript(turns: list[Turn]) -> str:

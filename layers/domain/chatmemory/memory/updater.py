@@ -4,6 +4,11 @@ Idempotent: it reads the stored state, works out how far the summary should reac
 the result with a conditional update that only succeeds if no one got there first. Running it
 twice, or twice at once, stores one result. If it fails, nothing changes and the next turn,
 seeing the summary still behind, schedules it again.
+
+Long-term memory has its own cursor, per session, in the principal's memory: the same run
+extracts the facts of the turns after it (every few turns, or after a turn that states one),
+merges them and moves it, in one conditional write. The session's summary and facts keep their
+own cadence.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from aws_lambda_powertools.metrics import MetricUnit
 from chatmemory.config import MemorySettings
 from chatmemory.llm.base import ChatModel
 from chatmemory.memory import tasks
-from chatmemory.memory.longterm import UserMemoryRepository, eligible
+from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, UserMemoryUnavailable, eligible
 from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.memory.state import MemoryState, merge_facts
-from chatmemory.memory.strategies import summary_target
+from chatmemory.memory.strategies import strategy_for, summary_target
 from chatmemory.observability import logger, metrics
 from chatmemory.store import TurnStore
+
+_MERGE_ATTEMPTS = 3  # a merge that found the memory changed (another run, an erasure) extracts again
 
 
 @dataclass
@@ -33,11 +40,20 @@ class MemoryUpdater:
     users: UserMemoryRepository | None = None  # long-term memory of principals who opted in
 
     def update(self, session_id: str) -> bool:
-        """Bring the session's summary and facts up to date; True if a new state was stored."""
+        """Bring the session's summary and facts up to date, then the principal's long-term
+        memory; True if a new session state was stored. Each part is idempotent; a failure
+        raises (after the part that succeeded is stored) and the update is retried."""
         state = self.repository.read_stored(session_id)
         if state is None:
             raise MemoryUnreachable(session_id)
         last = self.repository.breakers.dynamodb.call(self.store.last_turn_number, session_id)
+        stored = False
+        if strategy_for(state, self.settings).cursor:
+            stored = self._update_session(session_id, state, last)
+        self.remember(session_id, last)
+        return stored
+
+    def _update_session(self, session_id: str, state: MemoryState, last: int) -> bool:
         target = summary_target(state.summarized_through, last, self.settings)
         if target is None:
             return False
@@ -49,12 +65,6 @@ class MemoryUpdater:
             model, state.summary, turns, self.settings.summary_max_tokens
         )
         changes = tasks.extract_facts(model, state.facts, turns)
-        # The principal's long-term memory first (merged once per block, a no-op unless they
-        # opted in): if it fails, the session's state is not advanced and the whole update is
-        # retried; if the session's write fails after it, the retry skips the merged block.
-        principal = next((t.principal for t in reversed(turns) if t.principal), None)
-        if self.users is not None and changes and eligible(principal):
-            self.users.merge_session(str(principal), session_id, target, changes)
         updated = MemoryState(
             summary=summary,
             summary_tokens=summary_tokens,
@@ -71,6 +81,48 @@ class MemoryUpdater:
             name="MemoryUpdated" if stored else "MemoryUpdateRaced", unit=MetricUnit.Count, value=1
         )
         return stored
+
+    def remember(self, session_id: str, last: int) -> bool:
+        """Merge the facts stated in the session's turns after its long-term cursor into the
+        principal's memory, when they opted in; True if something was written. A no-op for
+        anyone else, and for turns said before an erasure."""
+        if self.users is None or last < 1:
+            return False
+        newest = self.repository.breakers.dynamodb.call(self.store.turns_between, session_id, last, last)
+        principal = newest[0].principal if newest else None
+        if not eligible(principal):
+            return False
+        for _ in range(_MERGE_ATTEMPTS):
+            memory = self.users.read_stored(str(principal))
+            outcome = self._merge(str(principal), memory, session_id, last)
+            if outcome is not None:
+                return outcome
+        raise UserMemoryUnavailable()  # changing under us each time: retried after a later turn
+
+    def _merge(self, principal: str, memory: UserMemory, session_id: str, last: int) -> bool | None:
+        cursor = memory.cursor(session_id)
+        if not memory.long_term or cursor >= last:
+            return False
+        first = max(cursor + 1, last - self.settings.context_turns + 1)
+        turns = [
+            t
+            for t in self.repository.breakers.dynamodb.call(self.store.turns_between, session_id, first, last)
+            if t.status != "pending" and t.principal == principal
+        ]
+        if not turns:
+            return False
+        through = turns[-1].turn
+        stated = [t for t in turns if t.answered and memory.mergeable(t)]
+        changes = (
+            tasks.extract_facts(self.model(), [f.as_fact() for f in memory.facts], stated) if stated else []
+        )
+        outcome = (
+            self.users.merge_turns(principal, memory, session_id, through, changes) if self.users else False
+        )
+        if outcome:
+            logger.info("long-term memory merged", extra={"through": through, "changes": len(changes)})
+            metrics.add_metric(name="UserMemoryMerged", unit=MetricUnit.Count, value=1)
+        return outcome
 
     def update_quietly(self, session_id: str) -> None:
         """``update`` for background runs: a failure is logged and counted, never raised."""
