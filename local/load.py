@@ -307,14 +307,21 @@ class StartedStack:
         return code
 
 
-def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    """moto's server in a process of its own (it answers every Query by sorting the whole
-    table, a cost that grows with the run: on its own core it does not hold the stack's GIL)."""
+def start_moto(stock: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """moto's server in a process of its own, so it does not hold the stack's GIL:
+    ``local.moto_server`` (moto without its whole-table Query and transaction costs) unless
+    ``stock``."""
     from local.stack import free_port
 
     port = free_port()
+    command = (
+        ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        if stock
+        else ["-m", "local.moto_server", str(port)]
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, *command],
+        cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -332,10 +339,14 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_stack(
-    workers: int, model_delay: float, env: dict[str, str] | None = None, separate_moto: bool = True
+    workers: int,
+    model_delay: float,
+    env: dict[str, str] | None = None,
+    separate_moto: bool = True,
+    stock_moto: bool = False,
 ) -> StartedStack:
     environ = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "LLM__PROVIDER")}
-    moto, moto_url = start_moto() if separate_moto else (None, "")
+    moto, moto_url = start_moto(stock_moto) if separate_moto else (None, "")
     if moto is not None:
         environ["DYNAMODB_ENDPOINT_URL"] = environ["SQS_ENDPOINT_URL"] = moto_url
     environ.update(
@@ -538,6 +549,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="let the stack run moto in its own process (default: moto in a process of its own)",
     )
+    parser.add_argument(
+        "--stock-moto",
+        action="store_true",
+        help="moto's own server, whose Query sorts the whole table and whose transactions copy it "
+        "(default: local.moto_server, which does neither)",
+    )
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     return args
@@ -548,7 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     stack = None
     url, dynamodb_url = args.url, args.dynamodb_url
     if url is None:
-        stack = start_stack(args.workers, args.model_delay, separate_moto=not args.moto_in_stack)
+        stack = start_stack(
+            args.workers, args.model_delay, separate_moto=not args.moto_in_stack, stock_moto=args.stock_moto
+        )
         url, dynamodb_url = stack.ws_url, stack.dynamodb_url
         print(f"stack: {url}, DynamoDB {dynamodb_url}", flush=True)
     try:
