@@ -425,6 +425,16 @@ async def _progress(gate: _Gate, total: int) -> None:
         print(f"{elapsed:5.0f} s: {gate.acknowledged}/{total} turns", file=sys.stderr, flush=True)
 
 
+def _moto_description(args: argparse.Namespace) -> str:
+    if args.url:
+        return f"the given stack's, {args.dynamodb_url}"
+    if args.moto_in_stack:
+        return "moto's server, started by the stack"
+    if args.stock_moto:
+        return "`python -m moto.server`"
+    return "`python -m local.moto_server`: moto without its whole-table Query and transaction costs"
+
+
 def report(
     args: argparse.Namespace,
     results: list[SessionResult],
@@ -443,6 +453,7 @@ def report(
         "turns_per_session": args.turns,
         "workers": args.workers,
         "model_delay_s": args.model_delay,
+        "moto": _moto_description(args),
         # settings the stack got from this environment (the template's defaults otherwise)
         "stack_settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith(SETTING_GROUPS)},
         "connect_s": timings["connect_s"],
@@ -467,9 +478,10 @@ def report(
 MARKDOWN = """# Load: {sessions} concurrent sessions x {turns_per_session} turns
 
 Measured with `{command}` on {machine}, {measured_at}. The driver (`local/load.py`) started
-`python -m local --workers {workers}` (the real handlers behind the local API Gateway, moto for
-DynamoDB behind the fault proxy, Redis, the offline model) in its own process and opened
-{sessions} WebSocket sessions at once, each sending {turns_per_session} messages one after the other.
+`python -m local --workers {workers}` (the real handlers behind the local API Gateway, DynamoDB
+behind the fault proxy, Redis, the offline model) in its own process, DynamoDB and SQS in
+another ({moto}), and opened {sessions} WebSocket sessions at once, each sending
+{turns_per_session} messages one after the other.
 
 | | |
 |---|---|
