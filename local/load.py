@@ -307,14 +307,21 @@ class StartedStack:
         return code
 
 
-def start_moto() -> tuple[subprocess.Popen[bytes], str]:
-    """moto's server in a process of its own (it answers every Query by sorting the whole
-    table, a cost that grows with the run: on its own core it does not hold the stack's GIL)."""
+def start_moto(stock: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """moto's server in a process of its own, so it does not hold the stack's GIL:
+    ``local.moto_server`` (moto without its whole-table Query and transaction costs) unless
+    ``stock``."""
     from local.stack import free_port
 
     port = free_port()
+    command = (
+        ["-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        if stock
+        else ["-m", "local.moto_server", str(port)]
+    )
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, *command],
+        cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -332,10 +339,14 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_stack(
-    workers: int, model_delay: float, env: dict[str, str] | None = None, separate_moto: bool = True
+    workers: int,
+    model_delay: float,
+    env: dict[str, str] | None = None,
+    separate_moto: bool = True,
+    stock_moto: bool = False,
 ) -> StartedStack:
     environ = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "LLM__PROVIDER")}
-    moto, moto_url = start_moto() if separate_moto else (None, "")
+    moto, moto_url = start_moto(stock_moto) if separate_moto else (None, "")
     if moto is not None:
         environ["DYNAMODB_ENDPOINT_URL"] = environ["SQS_ENDPOINT_URL"] = moto_url
     environ.update(
@@ -414,6 +425,16 @@ async def _progress(gate: _Gate, total: int) -> None:
         print(f"{elapsed:5.0f} s: {gate.acknowledged}/{total} turns", file=sys.stderr, flush=True)
 
 
+def _moto_description(args: argparse.Namespace) -> str:
+    if args.url:
+        return f"the given stack's, {args.dynamodb_url}"
+    if args.moto_in_stack:
+        return "moto's server, started by the stack"
+    if args.stock_moto:
+        return "`python -m moto.server`"
+    return "`python -m local.moto_server`: moto without its whole-table Query and transaction costs"
+
+
 def report(
     args: argparse.Namespace,
     results: list[SessionResult],
@@ -432,6 +453,7 @@ def report(
         "turns_per_session": args.turns,
         "workers": args.workers,
         "model_delay_s": args.model_delay,
+        "moto": _moto_description(args),
         # settings the stack got from this environment (the template's defaults otherwise)
         "stack_settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith(SETTING_GROUPS)},
         "connect_s": timings["connect_s"],
@@ -456,9 +478,10 @@ def report(
 MARKDOWN = """# Load: {sessions} concurrent sessions x {turns_per_session} turns
 
 Measured with `{command}` on {machine}, {measured_at}. The driver (`local/load.py`) started
-`python -m local --workers {workers}` (the real handlers behind the local API Gateway, moto for
-DynamoDB behind the fault proxy, Redis, the offline model) in its own process and opened
-{sessions} WebSocket sessions at once, each sending {turns_per_session} messages one after the other.
+`python -m local --workers {workers}` (the real handlers behind the local API Gateway, DynamoDB
+behind the fault proxy, Redis, the offline model) in its own process, DynamoDB and SQS in
+another ({moto}), and opened {sessions} WebSocket sessions at once, each sending
+{turns_per_session} messages one after the other.
 
 | | |
 |---|---|
@@ -538,6 +561,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="let the stack run moto in its own process (default: moto in a process of its own)",
     )
+    parser.add_argument(
+        "--stock-moto",
+        action="store_true",
+        help="moto's own server, whose Query sorts the whole table and whose transactions copy it "
+        "(default: local.moto_server, which does neither)",
+    )
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     return args
@@ -548,7 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     stack = None
     url, dynamodb_url = args.url, args.dynamodb_url
     if url is None:
-        stack = start_stack(args.workers, args.model_delay, separate_moto=not args.moto_in_stack)
+        stack = start_stack(
+            args.workers, args.model_delay, separate_moto=not args.moto_in_stack, stock_moto=args.stock_moto
+        )
         url, dynamodb_url = stack.ws_url, stack.dynamodb_url
         print(f"stack: {url}, DynamoDB {dynamodb_url}", flush=True)
     try:
