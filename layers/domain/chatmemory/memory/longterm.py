@@ -32,7 +32,7 @@ from chatmemory.breakers import Breakers
 from chatmemory.cache import CacheClient
 from chatmemory.cache import user_memory_key as user_key
 from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS
-from chatmemory.memory.state import Fact, FactChange, normalize_key
+from chatmemory.memory.state import Fact, FactChange, apply_fact_changes, normalize_key
 from chatmemory.observability import logger
 from chatmemory.store import user_memory_partition as user_partition
 from chatmemory.turns import Turn
@@ -104,20 +104,13 @@ class UserMemory(BaseModel):
 def merge_user_facts(
     current: list[UserFact], changes: list[FactChange], session_id: str, turn: int, at: int, limit: int
 ) -> list[UserFact]:
-    """Apply a session's fact changes: a known key is superseded (never duplicated), ``None``
-    removes it, and past ``limit`` the oldest go first."""
-    by_key = {normalize_key(f.key): f for f in current}
-    for change in changes:
-        key = normalize_key(change.key)
-        if not key:
-            continue
-        if change.value is None or not change.value.strip():
-            by_key.pop(key, None)
-        else:
-            by_key[key] = UserFact(
-                key=key, value=" ".join(change.value.split()), session_id=session_id, turn=turn, at=at
-            )
-    return sorted(by_key.values(), key=lambda f: (f.at, f.key))[-limit:]
+    """Apply a session's fact changes by key; past ``limit`` the oldest go first."""
+    facts = apply_fact_changes(
+        current,
+        changes,
+        lambda key, value: UserFact(key=key, value=value, session_id=session_id, turn=turn, at=at),
+    )
+    return sorted(facts, key=lambda f: (f.at, f.key))[-limit:]
 
 
 class UserMemoryStore:

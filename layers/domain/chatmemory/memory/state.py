@@ -4,6 +4,8 @@ they reach (``summarized_through``) and the session's own strategy, if it has on
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -37,9 +39,18 @@ def normalize_key(key: str) -> str:
     return _KEY_SPACES.sub(" ", key.lower()).strip()
 
 
-def merge_facts(current: list[Fact], changes: list[FactChange], turn: int, limit: int) -> list[Fact]:
-    """Apply changes by key: a known key is updated in place (never duplicated), ``None``
-    removes it, and past ``limit`` the least recently learnt facts go first."""
+class _Keyed(Protocol):
+    key: str
+
+
+K = TypeVar("K", bound=_Keyed)
+
+
+def apply_fact_changes(
+    current: Iterable[K], changes: Iterable[FactChange], make: Callable[[str, str], K]
+) -> list[K]:
+    """Changes by key: a known key is superseded (never duplicated) by ``make(key, value)``,
+    ``None`` or blank removes it."""
     by_key = {normalize_key(f.key): f for f in current}
     for change in changes:
         key = normalize_key(change.key)
@@ -48,8 +59,14 @@ def merge_facts(current: list[Fact], changes: list[FactChange], turn: int, limit
         if change.value is None or not change.value.strip():
             by_key.pop(key, None)
         else:
-            by_key[key] = Fact(key=key, value=" ".join(change.value.split()), turn=turn)
-    kept = sorted(by_key.values(), key=lambda f: f.turn)[-limit:]
+            by_key[key] = make(key, " ".join(change.value.split()))
+    return list(by_key.values())
+
+
+def merge_facts(current: list[Fact], changes: list[FactChange], turn: int, limit: int) -> list[Fact]:
+    """Apply changes by key; past ``limit`` the least recently learnt facts go first."""
+    facts = apply_fact_changes(current, changes, lambda key, value: Fact(key=key, value=value, turn=turn))
+    kept = sorted(facts, key=lambda f: f.turn)[-limit:]
     return sorted(kept, key=lambda f: (f.turn, f.key))
 
 
