@@ -11,25 +11,14 @@ from typing import Any
 import pytest
 from cfnlint.api import ManualArgs, lint, lint_file
 from chatmemory.config import Settings
+from chatmemory.protocol import KNOWN_ACTIONS
 from chatmemory.store import PRINCIPAL_INDEX
 from pydantic import BaseModel
 
 from local.template import ROOT, TEMPLATE, load_template
 
-ROUTES = {
-    "$connect",
-    "$disconnect",
-    "$default",
-    "sendMessage",
-    "getSession",
-    "newSession",
-    "deleteSession",
-    "exportSession",
-    "deleteMyData",
-    "setMemory",
-    "getUserMemory",
-    "forgetUserMemory",
-}
+# Every action the wire protocol knows has its route, besides API Gateway's own three.
+ROUTES = {"$connect", "$disconnect", "$default"} | KNOWN_ACTIONS
 
 # What each handler really calls (read from chatmemory's store, connections and sender modules),
 # and nothing more: resource -> actions. "@connections" is the stage's management API.
