@@ -65,6 +65,7 @@ class Breakers:
     redis: pybreaker.CircuitBreaker
     dynamodb: pybreaker.CircuitBreaker
     outbox: pybreaker.CircuitBreaker  # SQS, where turns wait while DynamoDB is unavailable
+    embeddings: pybreaker.CircuitBreaker  # the embedding model: retrieval falls back to keywords
 
     @classmethod
     def from_settings(cls, settings: BreakerSettings) -> Breakers:
@@ -77,4 +78,9 @@ class Breakers:
                 name=name,
             )
 
-        return cls(redis=make("redis"), dynamodb=make("dynamodb"), outbox=make("outbox"))
+        return cls(
+            redis=make("redis"),
+            dynamodb=make("dynamodb"),
+            outbox=make("outbox"),
+            embeddings=make("embeddings"),
+        )

@@ -38,6 +38,11 @@ def state_key(session_id: str) -> str:
     return f"chat:{{{session_id}}}:memory"
 
 
+def corpus_key(session_id: str) -> str:
+    """Every turn of the session as retrieval searches it (``chatmemory.memory.corpus``)."""
+    return f"chat:{{{session_id}}}:corpus"
+
+
 def user_memory_key(principal: str) -> str:
     """A principal's long-term memory (across sessions)."""
     return f"user:{{{principal}}}:memory"
@@ -100,9 +105,9 @@ class TurnCache:
         self._redis.delete(state_key(session_id))
 
     def forget(self, session_id: str) -> None:
-        """Drop everything cached for the session (its turns and its memory state): one
-        command, one slot."""
-        self._redis.delete(turns_key(session_id), state_key(session_id))
+        """Drop everything cached for the session (its turns, its memory state, its retrieval
+        corpus with the turns' vectors): one command, one slot."""
+        self._redis.delete(turns_key(session_id), state_key(session_id), corpus_key(session_id))
 
     def forget_user(self, principal: str) -> None:
         """Drop the principal's cached long-term memory."""

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # How a session's memory becomes the model's context (``chatmemory.memory.strategies``).
-StrategyName = Literal["window", "token_budget", "summary", "facts", "hybrid"]
+StrategyName = Literal["window", "token_budget", "summary", "facts", "hybrid", "retrieval"]
 
 
 class MemorySettings(BaseModel):
@@ -37,6 +37,12 @@ class MemorySettings(BaseModel):
         3, ge=1, le=100, description="an opted-in user's facts reach long-term memory at least this often"
     )
     chars_per_token: float = Field(3.5, gt=0, description="the token estimator's starting ratio")
+    retrieval_recent_share: float = Field(
+        0.25, ge=0, le=1, description="with retrieval: the share of the turns' room kept for the newest turns"
+    )
+    retrieval_resolve_query: bool = Field(
+        True, description="a short or referring message searches with the previous message too"
+    )
     summarize_function: str | None = Field(
         None, description="Lambda run asynchronously for summaries and facts; unset: a thread in-process"
     )
@@ -46,6 +52,16 @@ class MemorySettings(BaseModel):
         """Turns loaded (and cached) for a turn's context: the window, a block waiting to be
         summarised, and a block of slack for a summary that is late."""
         return self.history_turns + 2 * self.block_turns
+
+
+class EmbeddingSettings(BaseModel):
+    """Embeddings for retrieval memory (``chatmemory.embeddings``); ``none``: keywords alone."""
+
+    provider: Literal["offline", "bedrock", "none"] = "offline"
+    bedrock_model: str = "amazon.titan-embed-text-v2:0"
+    dimensions: int = Field(256, ge=64, le=1024, description="Titan V2: 256, 512 or 1024")
+    connect_timeout_seconds: float = 0.5
+    read_timeout_seconds: float = 2.0
 
 
 class StorageSettings(BaseModel):
@@ -138,6 +154,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = StreamSettings()
     identity: IdentitySettings = IdentitySettings()
     outbox: OutboxSettings = OutboxSettings()
+    embeddings: EmbeddingSettings = EmbeddingSettings()
     aws_region: str = Field("us-east-1", validation_alias="AWS_REGION")
 
     # Conventional names, folded into their groups below.

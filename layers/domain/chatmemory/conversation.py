@@ -222,6 +222,8 @@ class Conversation:
             cache_creation_input_tokens=usage.cache_creation_input_tokens,
             budget=context.plan.budget.frame(),
             strategy=context.strategy.name,
+            retrieval=context.plan.recall if context.strategy.retrieve else None,
+            retrieved_turns=[t.turn for t in context.plan.recalled] if context.strategy.retrieve else None,
         )
 
     def _stream_reply(self, binding: Binding, started: StartedTurn, prompt: Prompt) -> tuple[str, Usage]:

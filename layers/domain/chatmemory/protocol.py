@@ -293,9 +293,12 @@ def done_frame(
     cache_creation_input_tokens: int | None = None,
     budget: dict[str, int] | None = None,
     strategy: str | None = None,
+    retrieval: str | None = None,
+    retrieved_turns: list[int] | None = None,
 ) -> dict[str, Any]:
     """``done``; the optional fields (prompt cache counts, the budget's split, the memory
-    strategy) are added when known."""
+    strategy, how retrieval searched and which earlier turns it put in the prompt) are added
+    when known."""
     usage: dict[str, Any] = {"inputTokens": input_tokens, "outputTokens": output_tokens}
     if cache_read_input_tokens is not None:
         usage["cacheReadInputTokens"] = cache_read_input_tokens
@@ -312,6 +315,10 @@ def done_frame(
     }
     if strategy is not None:
         frame["memoryStrategy"] = strategy
+    if retrieval is not None:
+        frame["retrieval"] = retrieval
+    if retrieved_turns is not None:
+        frame["retrievedTurns"] = retrieved_turns
     return frame
 
 

@@ -22,11 +22,14 @@ from chatmemory.config import Settings, get_settings
 from chatmemory.connections import ConnectionRegistry
 from chatmemory.conversation import Conversation
 from chatmemory.data_rights import DataRights
+from chatmemory.embeddings import Embedder, build_embedder
 from chatmemory.history import SessionMemory
 from chatmemory.llm.base import ChatModel
+from chatmemory.memory.corpus import CorpusRepository
 from chatmemory.memory.longterm import UserMemoryCache, UserMemoryRepository, UserMemoryStore
 from chatmemory.memory.manager import MemoryManager
 from chatmemory.memory.repository import MemoryStateRepository
+from chatmemory.memory.retrieval import Recall
 from chatmemory.memory.scheduler import LambdaScheduler, ThreadScheduler, UpdateScheduler
 from chatmemory.memory.tokens import TokenEstimator
 from chatmemory.memory.updater import MemoryUpdater
@@ -132,6 +135,7 @@ class Services:
         clock: Callable[[], float] = time.time,
         scheduler_factory: Callable[[MemoryUpdater], UpdateScheduler] | None = None,
         sqs: Any = None,
+        embedder: Embedder | None = None,
     ) -> None:
         """``sqs``: the turn outbox's client (built from the settings when a queue is named)."""
         self.settings = settings
@@ -166,8 +170,13 @@ class Services:
             settings.identity.guest_token_ttl_seconds,
             clock,
         )
+        self.recall = Recall(
+            CorpusRepository(store, redis, self.breakers, settings.memory.cache_ttl_seconds, clock),
+            embedder if embedder is not None else build_embedder(settings.embeddings, settings.aws_region),
+            self.breakers,
+        )
         self.updater = MemoryUpdater(
-            self.memory_state, store, lambda: self.model, settings.memory, self.user_memory
+            self.memory_state, store, lambda: self.model, settings.memory, self.user_memory, self.recall
         )
         self.scheduler = (scheduler_factory or self._default_scheduler)(self.updater)
         self.memory_manager = MemoryManager(
@@ -176,6 +185,7 @@ class Services:
             self.memory_state,
             self.scheduler,
             self.user_memory,
+            self.recall,
         )
         self.registry = ConnectionRegistry(
             dynamodb.Table(settings.storage.connections_table), redis, self.breakers

@@ -207,6 +207,37 @@ class TurnStore:
                 return turns, meta
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
+    def searchable_turns(self, session_id: str, now: int) -> list[tuple[Turn, bytes | None]]:
+        """Every answered, unexpired turn of the session with its stored vector (``None`` if
+        not embedded yet), oldest first: what retrieval searches when Redis does not have it."""
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key("session_id").eq(session_id) & _FIRST_TURN,
+            "FilterExpression": Attr("ttl").gt(now) & Attr("status").eq("complete"),
+            "ConsistentRead": True,
+        }
+        found: list[tuple[Turn, bytes | None]] = []
+        while True:
+            page = self._table.query(**query)
+            for item in page["Items"]:
+                vector = item.get("vec")
+                found.append((_to_turn(item), bytes(vector) if vector is not None else None))  # type: ignore[arg-type]
+            if "LastEvaluatedKey" not in page:
+                return found
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def put_vector(self, session_id: str, turn_number: int, vector: bytes) -> None:
+        """Keep a turn's embedding on its item (erased with it); never creates an item."""
+        try:
+            self._table.update_item(
+                Key={"session_id": session_id, "turn_number": turn_number},
+                UpdateExpression="SET vec = :v",
+                ConditionExpression=Attr("session_id").exists(),
+                ExpressionAttributeValues={":v": vector},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise  # else: erased meanwhile, nothing to keep
+
     def item_owners(self, session_id: str) -> dict[int, str | None]:
         """Every item's turn number (the meta item's is 0) and the principal it was written
         for (``None`` for the meta item, which records none)."""

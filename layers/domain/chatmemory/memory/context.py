@@ -3,11 +3,13 @@
 The prompt is ordered stable first: system prompt, the user's long-term facts (when they
 opted in), summary, facts, then the turns, oldest first, then the new message. The cache
 breakpoint goes on the last block before the new message, so the next turn's request finds
-all of it in the model's prompt cache.
+all of it in the model's prompt cache. Retrieved turns change with every message, so they
+open the new message's own block (dated, both sides, oldest first) and never break that prefix.
 """
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 
 from chatmemory.config import MemorySettings
@@ -21,6 +23,11 @@ from chatmemory.turns import Turn
 # by these tags.
 SUMMARY_INTRO = "\n\nWhat was said earlier in this conversation, summarised:\n<summary>\n{}\n</summary>"
 FACTS_INTRO = "\n\nWhat the user has told you about themselves and their work:\n<facts>\n{}\n</facts>"
+RECALLED_INTRO = (
+    "Earlier in this conversation (retrieved for this message):\n<earlier-turns>\n{}\n</earlier-turns>\n\n"
+)
+RECALLED_TURN = '<turn number="{}" date="{}">\nUser: {}\nAssistant: {}\n</turn>'
+RECALLED_TURN_OVERHEAD = 16  # the tags and the date around a retrieved turn, in tokens
 USER_FACTS_INTRO = (
     "\n\nWhat the user asked you to remember from earlier conversations:\n<user-facts>\n{}\n</user-facts>"
 )
@@ -37,10 +44,19 @@ class Budget:
     history: int
     message: int
     user_facts: int = 0  # the user's long-term facts (opt-in), carried over from other sessions
+    retrieved: int = 0  # earlier turns retrieved for this message
 
     @property
     def total(self) -> int:
-        return self.system + self.user_facts + self.summary + self.facts + self.history + self.message
+        return (
+            self.system
+            + self.user_facts
+            + self.summary
+            + self.facts
+            + self.history
+            + self.retrieved
+            + self.message
+        )
 
     def frame(self) -> dict[str, int]:
         return {
@@ -50,6 +66,7 @@ class Budget:
             "summary": self.summary,
             "facts": self.facts,
             "history": self.history,
+            "retrieved": self.retrieved,
             "message": self.message,
         }
 
@@ -63,6 +80,8 @@ class ContextPlan:
     budget: Budget
     truncated: bool
     user_facts: list[Fact] = field(default_factory=list)
+    recalled: list[Turn] = field(default_factory=list)  # retrieved earlier turns, oldest first
+    recall: str = "off"  # retrieval's mode: off, hybrid, keyword, unavailable
 
     def prompt(self, system: str, message: str, max_tokens: int) -> Prompt:
         system_text = system_block(system, self.summary, self.facts, self.user_facts)
@@ -71,7 +90,7 @@ class ContextPlan:
             messages.append({"role": "user", "content": turn.user})
             messages.append({"role": "assistant", "content": turn.assistant or ""})
         breakpoint_at = len(messages) - 1  # the last turn's reply, or -1: the system prompt
-        messages.append({"role": "user", "content": message})
+        messages.append({"role": "user", "content": recalled_block(self.recalled) + message})
         return Prompt(system=system_text, messages=messages, max_tokens=max_tokens, cache_after=breakpoint_at)
 
 
@@ -88,6 +107,22 @@ def system_block(
     return text
 
 
+def recalled_block(turns: list[Turn]) -> str:
+    if not turns:
+        return ""
+    return RECALLED_INTRO.format(
+        "\n".join(
+            RECALLED_TURN.format(
+                t.turn,
+                datetime.datetime.fromtimestamp(t.at, datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+                t.user,
+                t.assistant or "",
+            )
+            for t in turns
+        )
+    )
+
+
 def message_tokens(system: str, message: str, estimator: TokenEstimator) -> int:
     """What the smallest possible request costs: the system prompt and the message alone."""
     return estimator.estimate(system) + estimator.estimate(message) + MESSAGE_OVERHEAD
@@ -102,12 +137,18 @@ def plan_context(
     settings: MemorySettings,
     estimator: TokenEstimator,
     user_facts: list[Fact] | None = None,
+    recalled: list[Turn] | None = None,
+    recall: str = "off",
 ) -> ContextPlan:
     """What goes into the request: the system prompt and the message always (the caller has
     refused a message that cannot fit), then facts, then the user's long-term facts (those the
     session's own facts do not supersede), then the summary, then as many of the wanted turns
     as fit, dropped oldest first in whole blocks. ``truncated`` when anything wanted is left
-    out."""
+    out.
+
+    With ``recalled`` (retrieval's candidates, best first) the newest turns get only
+    ``retrieval_recent_share`` of the room and the best candidates that fit take the rest:
+    turns left out are then searched, not lost, and only a failed search counts as truncation."""
     wants: Wants = strategy.wants(state, turns, settings)
     limit = settings.budget_tokens
     system_tokens = estimator.estimate(system)
@@ -138,18 +179,39 @@ def plan_context(
             summary, summary_tokens, truncated = None, 0, True
     room -= summary_tokens
 
+    searching = recalled is not None and recall != "unavailable"
     kept = fit_turns(wants.turns, room, wants.anchor, settings.block_turns, estimator)
-    truncated = truncated or len(kept) < len(wants.turns)
+    if searching and len(kept) < len(wants.turns):
+        # Not everything fits: the newest turns keep their share, the search fills the rest.
+        recent_room = round(max(room, 0) * settings.retrieval_recent_share)
+        kept = fit_turns(wants.turns, recent_room, wants.anchor, settings.block_turns, estimator)
+    history_tokens = sum(estimator.turn_tokens(t) for t in kept)
+    if not searching:
+        truncated = truncated or len(kept) < len(wants.turns)
+    chosen: list[Turn] = []
+    retrieved_tokens = estimator.estimate(RECALLED_INTRO.format(""))
+    in_prompt = {t.turn for t in kept}
+    for candidate in recalled or []:
+        if candidate.turn in in_prompt:
+            continue
+        cost = estimator.turn_tokens(candidate) + RECALLED_TURN_OVERHEAD
+        if history_tokens + retrieved_tokens + cost <= room:
+            chosen.append(candidate)
+            retrieved_tokens += cost
+    if not chosen:
+        retrieved_tokens = 0
+    chosen.sort(key=lambda t: t.turn)
     budget = Budget(
         limit=limit,
         system=system_tokens,
         summary=summary_tokens,
         facts=facts_tokens,
-        history=sum(estimator.turn_tokens(t) for t in kept),
+        history=history_tokens,
+        retrieved=retrieved_tokens,
         message=message_cost,
         user_facts=carried_tokens,
     )
-    return ContextPlan(strategy.name, summary, facts, kept, budget, truncated, carried)
+    return ContextPlan(strategy.name, summary, facts, kept, budget, truncated, carried, chosen, recall)
 
 
 def fit_turns(

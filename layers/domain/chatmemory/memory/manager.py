@@ -15,6 +15,7 @@ from chatmemory.memory import tasks
 from chatmemory.memory.context import ContextPlan, message_tokens, plan_context
 from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, eligible
 from chatmemory.memory.repository import MemoryStateRepository
+from chatmemory.memory.retrieval import Recall, Recalled, retrieval_query
 from chatmemory.memory.scheduler import UpdateScheduler
 from chatmemory.memory.state import MemoryState
 from chatmemory.memory.strategies import Strategy, strategy_for, summary_target
@@ -50,10 +51,11 @@ class MemoryManager:
         repository: MemoryStateRepository | None = None,
         scheduler: UpdateScheduler | None = None,
         users: UserMemoryRepository | None = None,
+        recall: Recall | None = None,
     ) -> None:
         self._settings, self._estimator = settings, estimator
         self._repository, self._scheduler = repository, scheduler
-        self._users = users
+        self._users, self._recall = users, recall
 
     @property
     def estimator(self) -> TokenEstimator:
@@ -77,6 +79,7 @@ class MemoryManager:
             for f in (user_memory.active_facts if user_memory is not None else [])
             if f.session_id != session_id
         ]
+        recalled = self._search(started, strategy, message)
         plan = plan_context(
             strategy,
             state,
@@ -86,6 +89,8 @@ class MemoryManager:
             self._settings,
             self._estimator,
             user_facts,
+            recalled.candidates if recalled is not None else None,
+            recalled.mode if recalled is not None else "off",
         )
         for part, tokens in plan.budget.frame().items():
             if part != "limit":  # BudgetSystemTokens, BudgetUserFactsTokens, ...
@@ -142,8 +147,19 @@ class MemoryManager:
                 or tasks.states_fact(started.turn.user)
             )
         )
-        if session_due or long_term_due:
+        if session_due or long_term_due or context.strategy.retrieve:  # retrieval: embed this turn
             self._scheduler.schedule(started.turn.session_id)
+
+    def _search(self, started: StartedTurn, strategy: Strategy, message: str) -> Recalled | None:
+        """Retrieval's candidates for the message; ``None`` when the strategy does not search."""
+        if not strategy.retrieve or self._recall is None:
+            return None
+        if started.history.mode == "stateless":
+            return Recalled()
+        query = retrieval_query(message, started.history.turns, self._settings.retrieval_resolve_query)
+        recalled = self._recall.search(started.turn.session_id, query, {started.turn.turn})
+        metrics.add_metric(name=f"Retrieval_{recalled.mode}", unit=MetricUnit.Count, value=1)
+        return recalled
 
     def set_strategy(self, session_id: str, strategy: StrategyName) -> None:
         """Give one session its own strategy (from its next turn), whatever the deployment's."""

@@ -5,7 +5,12 @@ what they want into the token budget, the same way for all of them.
 * ``token_budget``: as many recent turns as the budget holds.
 * ``summary``: a running summary of older turns, then every turn it does not cover yet.
 * ``facts``: durable facts the user stated, then every turn they do not cover yet.
-* ``hybrid``: summary and facts, then every turn they do not cover yet.
+* ``hybrid``: summary and facts, the earlier turns most relevant to the message (retrieval),
+  then the newest turns the summary does not cover yet.
+* ``retrieval``: the earlier turns most relevant to the message, then the newest turns.
+
+With retrieval (``chatmemory.memory.retrieval``) every earlier turn can come back, whatever
+the window: the newest turns get a share of the room, the retrieved ones the rest.
 
 The last three keep the turns after ``summarized_through`` verbatim. That cursor moves in
 whole blocks (``block_turns``), so the prompt's prefix stays byte-identical between the
@@ -36,12 +41,13 @@ class Strategy:
     summary: bool = False
     facts: bool = False
     cursor: bool = False  # keeps a summary/facts cursor, which the updater must move
+    retrieve: bool = False  # searches every earlier turn for the message
 
     def wants(self, state: MemoryState, turns: list[Turn], settings: MemorySettings) -> Wants:
         answered = [t for t in turns if t.answered]
         if self.name == "window":
             return Wants(False, False, answered[-settings.history_turns :], 1, missing=False)
-        if self.name == "token_budget":
+        if self.name in ("token_budget", "retrieval"):
             return Wants(False, False, answered, 1, missing=False)
         through = state.summarized_through
         # Turns after the cursor that fell out of the loaded window are in neither the summary
@@ -61,7 +67,8 @@ STRATEGIES: dict[StrategyName, Strategy] = {
     "token_budget": Strategy("token_budget"),
     "summary": Strategy("summary", summary=True, cursor=True),
     "facts": Strategy("facts", facts=True, cursor=True),
-    "hybrid": Strategy("hybrid", summary=True, facts=True, cursor=True),
+    "hybrid": Strategy("hybrid", summary=True, facts=True, cursor=True, retrieve=True),
+    "retrieval": Strategy("retrieval", retrieve=True),
 }
 
 

@@ -23,6 +23,7 @@ from chatmemory.llm.base import ChatModel
 from chatmemory.memory import tasks
 from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, UserMemoryUnavailable, eligible
 from chatmemory.memory.repository import MemoryStateRepository
+from chatmemory.memory.retrieval import Recall
 from chatmemory.memory.state import MemoryState, merge_facts
 from chatmemory.memory.strategies import strategy_for, summary_target
 from chatmemory.observability import logger, metrics
@@ -38,6 +39,7 @@ class MemoryUpdater:
     model: Callable[[], ChatModel]  # built on first use, like the conversation's
     settings: MemorySettings
     users: UserMemoryRepository | None = None  # long-term memory of principals who opted in
+    recall: Recall | None = None  # retrieval memory: embeds the turns after their reply
 
     def update(self, session_id: str) -> bool:
         """Bring the session's summary and facts up to date, then the principal's long-term
@@ -48,7 +50,13 @@ class MemoryUpdater:
             raise MemoryUnreachable(session_id)
         last = self.repository.breakers.dynamodb.call(self.store.last_turn_number, session_id)
         stored = False
-        if strategy_for(state, self.settings).cursor:
+        strategy = strategy_for(state, self.settings)
+        if strategy.retrieve and self.recall is not None and last >= 1:
+            recent = self.repository.breakers.dynamodb.call(
+                self.store.turns_between, session_id, max(1, last - self.settings.context_turns + 1), last
+            )
+            self.recall.index(session_id, recent)
+        if strategy.cursor:
             stored = self._update_session(session_id, state, last)
         self.remember(session_id, last)
         return stored
