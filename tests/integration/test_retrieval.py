@@ -96,7 +96,9 @@ def test_retrieved_turns_are_dated_both_sides_oldest_first_in_the_new_message(re
     assert turns == sorted(turns)
 
 
-def test_with_the_embedding_service_unreachable_keywords_still_find_the_turn(aws: Any, redis_url: str) -> None:
+def test_with_the_embedding_service_unreachable_keywords_still_find_the_turn(
+    aws: Any, redis_url: str
+) -> None:
     # A Bedrock client pointed at a port nobody listens on: a real connection failure.
     dead = boto3.client(
         "bedrock-runtime",

@@ -111,7 +111,8 @@ def test_everything_the_lambda_code_imports_comes_with_the_layer() -> None:
     missing: dict[str, str] = {}
     for folder in LAMBDA_CODE:
         for path in folder.rglob("*.py"):
-            for module in _imports(path) - OWN_PACKAGES - TYPING_ONLY - OPTIONAL - set(sys.stdlib_module_names):
+            imported = _imports(path) - OWN_PACKAGES - TYPING_ONLY - OPTIONAL
+            for module in imported - set(sys.stdlib_module_names):
                 dists = {canonicalize_name(d) for d in providers.get(module, [])}
                 if not dists & available:
                     missing.setdefault(module, path.relative_to(ROOT).as_posix())

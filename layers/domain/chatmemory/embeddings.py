@@ -47,7 +47,8 @@ def pack(vector: NDArray[Any]) -> bytes:
 
 def unpack(blob: bytes) -> Vectors:
     scale = np.frombuffer(blob[:4], dtype=np.float32)[0]
-    row: Vectors = normalise((np.frombuffer(blob[4:], dtype=np.int8).astype(np.float32) * scale / 127)[None, :])[0]
+    quantised = np.frombuffer(blob[4:], dtype=np.int8).astype(np.float32)
+    row: Vectors = normalise((quantised * scale / 127)[None, :])[0]
     return row
 
 
