@@ -61,6 +61,8 @@ def make_settings(redis_url: str | None, **overrides: Any) -> Settings:
         "memory": {"history_turns": 10},
         "cache": {"redis_url": redis_url},
         "llm": {"provider": "offline", "offline_delay_seconds": 0},
+        # The static embedding model: a tenth of E5's CPU per turn; ranking quality is the eval's.
+        "embeddings": {"provider": "wordllama"},
         "breaker": {"fail_max": 2, "reset_timeout_seconds": 0.5},
         "stream": {"flush_chars": 40, "flush_interval_seconds": 0.05},
     }

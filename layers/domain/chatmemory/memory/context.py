@@ -26,8 +26,7 @@ FACTS_INTRO = "\n\nWhat the user has told you about themselves and their work:\n
 RECALLED_INTRO = (
     "Earlier in this conversation (retrieved for this message):\n<earlier-turns>\n{}\n</earlier-turns>\n\n"
 )
-RECALLED_TURN = '<turn number="{}" date="{}">\nUser: {}\nAssistant: {}\n</turn>'
-RECALLED_TURN_OVERHEAD = 16  # the tags and the date around a retrieved turn, in tokens
+RECALLED_TURN = "[turn {} · {}]\nUser: {}\nAssistant: {}"
 USER_FACTS_INTRO = (
     "\n\nWhat the user asked you to remember from earlier conversations:\n<user-facts>\n{}\n</user-facts>"
 )
@@ -111,16 +110,18 @@ def recalled_block(turns: list[Turn]) -> str:
     if not turns:
         return ""
     return RECALLED_INTRO.format(
-        "\n".join(
-            RECALLED_TURN.format(
-                t.turn,
-                datetime.datetime.fromtimestamp(t.at, datetime.UTC).strftime("%Y-%m-%d %H:%M"),
-                t.user,
-                t.assistant or "",
-            )
-            for t in turns
-        )
+        "\n\n".join(RECALLED_TURN.format(t.turn, when(t.at), t.user, t.assistant or "") for t in turns)
     )
+
+
+def when(at: int) -> str:
+    return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%d %B %Y, %H:%M")
+
+
+def recalled_cost(turn: Turn, estimator: TokenEstimator) -> int:
+    """A retrieved turn's share of the prompt: its text at the model's counts, and its header."""
+    header = estimator.estimate(RECALLED_TURN.format(turn.turn, when(turn.at), "", "") + "\n\n")
+    return estimator.turn_tokens(turn) - 2 * MESSAGE_OVERHEAD + header
 
 
 def message_tokens(system: str, message: str, estimator: TokenEstimator) -> int:
@@ -194,7 +195,7 @@ def plan_context(
     for candidate in recalled or []:
         if candidate.turn in in_prompt:
             continue
-        cost = estimator.turn_tokens(candidate) + RECALLED_TURN_OVERHEAD
+        cost = recalled_cost(candidate, estimator)
         if history_tokens + retrieved_tokens + cost <= room:
             chosen.append(candidate)
             retrieved_tokens += cost

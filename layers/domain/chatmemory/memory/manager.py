@@ -15,7 +15,7 @@ from chatmemory.memory import tasks
 from chatmemory.memory.context import ContextPlan, message_tokens, plan_context
 from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, eligible
 from chatmemory.memory.repository import MemoryStateRepository
-from chatmemory.memory.retrieval import Recall, Recalled, retrieval_query
+from chatmemory.memory.retrieval import Recall, Recalled, retrieval_queries
 from chatmemory.memory.scheduler import UpdateScheduler
 from chatmemory.memory.state import MemoryState
 from chatmemory.memory.strategies import Strategy, strategy_for, summary_target
@@ -156,8 +156,8 @@ class MemoryManager:
             return None
         if started.history.mode == "stateless":
             return Recalled()
-        query = retrieval_query(message, started.history.turns, self._settings.retrieval_resolve_query)
-        recalled = self._recall.search(started.turn.session_id, query, {started.turn.turn})
+        queries = retrieval_queries(message, started.history.turns, self._settings.retrieval_resolve_query)
+        recalled = self._recall.search(started.turn.session_id, queries, {started.turn.turn})
         metrics.add_metric(name=f"Retrieval_{recalled.mode}", unit=MetricUnit.Count, value=1)
         return recalled
 

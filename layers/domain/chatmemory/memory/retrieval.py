@@ -1,7 +1,9 @@
 """Retrieval memory: the earlier turns most relevant to the new message, from anywhere in the
-session, like a search engine: a keyword ranking (BM25, for names, dates and numbers) and a
-semantic one (embeddings), fused by reciprocal rank. ``context.plan_context`` then fits the
-best of them into the retrieval share of the budget.
+session, like a search engine: a keyword ranking (BM25 over stemmed words, for names, dates and
+numbers) and a semantic one (embeddings), fused by reciprocal rank, then each turn credited with
+half its neighbours' scores (what answers a question is often said across consecutive turns:
+on LoCoMo this lifts evidence recall from 0.93 to 0.96). ``context.plan_context`` then fits the
+best of them into the budget.
 
 Only the query's work is on the hot path (one embedding, one ranking over the cached corpus);
 stored turns are embedded after their reply by the memory worker (``index``).
@@ -17,6 +19,7 @@ from typing import Literal
 
 import bm25s
 import numpy as np
+import Stemmer
 
 from chatmemory.breakers import Breakers
 from chatmemory.embeddings import Embedder, pack, unpack
@@ -26,6 +29,7 @@ from chatmemory.turns import Turn
 
 RecallMode = Literal["hybrid", "keyword", "unavailable"]
 RRF_K = 60  # the usual reciprocal-rank constant: ranks, not scores, are fused
+NEIGHBOUR_WEIGHT = 0.5  # tuned on LoCoMo's development conversations (docs/eval/)
 _REFERRING = re.compile(
     r"\b(it|its|that|this|those|these|they|them|he|she|him|her|one|ones|there|then|same)\b", re.I
 )
@@ -37,22 +41,31 @@ class Recalled:
     mode: RecallMode = "unavailable"
 
 
+EMBEDDED_CHARS = 2_000  # what an embedding reads of a turn (E5 stops at 512 tokens anyway)
+
+
 def passage_text(turn: Turn) -> str:
     return f"{turn.user}\n{turn.assistant or ''}"
 
 
-def retrieval_query(message: str, recent: list[Turn], resolve: bool) -> str:
-    """The message, resolved against the conversation: a short or referring message ("what
-    about the second one?") searches with the previous message too."""
-    if not resolve or not recent:
-        return message
-    if len(message.split()) > 12 and not _REFERRING.search(message):
-        return message
-    return f"{recent[-1].user}\n{message}"
+def retrieval_queries(message: str, recent: list[Turn], resolve: bool) -> list[str]:
+    """What to search for: the message, and when it refers back ("what about the second
+    one?") the previous exchange with it too, as a second query whose rankings are fused with
+    the message's own (so the message alone still counts most). A message that stands alone
+    searches alone: adding the previous exchange to it costs LoCoMo 0.03 of evidence recall."""
+    if not resolve or not recent or not _REFERRING.search(message):
+        return [message]
+    last = recent[-1]
+    return [message, f"{last.user}\n{(last.assistant or '')[:500]}\n{message}"]
+
+
+_STEMMER = Stemmer.Stemmer("english")
 
 
 def _tokens(texts: list[str]) -> list[list[str]]:
-    tokenized = bm25s.tokenize(texts, stopwords="en", show_progress=False, return_ids=False)
+    tokenized = bm25s.tokenize(
+        texts, stopwords="en", stemmer=_STEMMER.stemWords, show_progress=False, return_ids=False
+    )
     return [list(doc) for doc in tokenized]
 
 
@@ -88,12 +101,31 @@ def fuse(rankings: list[list[int]], k: int = RRF_K) -> list[int]:
     return sorted(scores, key=lambda position: -scores[position])
 
 
+def fused_scores(rankings: list[list[int]], size: int, k: int = RRF_K) -> np.ndarray:
+    scores = np.zeros(size)
+    for ranking in rankings:
+        for rank, position in enumerate(ranking):
+            scores[position] += 1.0 / (k + rank + 1)
+    return scores
+
+
+def with_neighbours(scores: np.ndarray, turns: list[int], weight: float = NEIGHBOUR_WEIGHT) -> np.ndarray:
+    """Each turn's score plus ``weight`` times those of the turns just before and after it
+    (consecutive turn numbers only: an expired or unanswered turn breaks the chain)."""
+    numbers = np.array(turns)
+    adjacent = numbers[1:] == numbers[:-1] + 1
+    smoothed = scores.copy()
+    smoothed[1:] += weight * scores[:-1] * adjacent
+    smoothed[:-1] += weight * scores[1:] * adjacent
+    return smoothed
+
+
 class Recall:
     def __init__(self, corpus: CorpusRepository, embedder: Embedder | None, breakers: Breakers) -> None:
         self._corpus, self._embedder, self._breakers = corpus, embedder, breakers
         self._keyword = _KeywordIndexes()
 
-    def search(self, session_id: str, query: str, exclude: set[int]) -> Recalled:
+    def search(self, session_id: str, queries: str | list[str], exclude: set[int]) -> Recalled:
         """Earlier turns ranked for ``query``, those in ``exclude`` (already in the prompt) left
         out. Keyword-only when the embedding model is unavailable or a turn is not embedded
         yet; ``unavailable`` when the corpus cannot be read (the turn answers without it)."""
@@ -103,11 +135,15 @@ class Recall:
             return Recalled()
         if not passages:
             return Recalled(mode="keyword" if self._embedder is None else "hybrid")
-        rankings = [self._keyword_ranking(session_id, passages, query)]
-        semantic = self._semantic_ranking(passages, query)
-        if semantic is not None:
-            rankings.append(semantic)
-        order = fuse(rankings)
+        rankings: list[list[int]] = []
+        semantic: list[int] | None = None
+        for query in [queries] if isinstance(queries, str) else queries:
+            rankings.append(self._keyword_ranking(session_id, passages, query))
+            semantic = self._semantic_ranking(passages, query)
+            if semantic is not None:
+                rankings.append(semantic)
+        scores = with_neighbours(fused_scores(rankings, len(passages)), [p.turn.turn for p in passages])
+        order = [int(i) for i in np.argsort(-scores, kind="stable") if scores[i] > 0]
         candidates = [passages[i].turn for i in order if passages[i].turn.turn not in exclude]
         return Recalled(candidates, "hybrid" if semantic is not None else "keyword")
 
@@ -125,7 +161,7 @@ class Recall:
             return None
         embedder = self._embedder
         try:
-            query_vector = self._breakers.embeddings.call(embedder.embed, [query])[0]
+            query_vector = self._breakers.embeddings.call(embedder.embed_query, query)
         except Exception as exc:  # any provider fault: keywords still answer
             logger.warning("query embedding failed; keywords only", extra={"error": type(exc).__name__})
             return None
@@ -144,7 +180,9 @@ class Recall:
         if self._embedder is not None:
             embedder = self._embedder
             try:
-                rows = self._breakers.embeddings.call(embedder.embed, [passage_text(t) for t in todo])
+                rows = self._breakers.embeddings.call(
+                    embedder.embed, [passage_text(t)[:EMBEDDED_CHARS] for t in todo]
+                )
                 vectors = [pack(row) for row in rows]
             except Exception as exc:  # the turns are still found by keyword; embedded later
                 logger.warning("embedding failed; keywords only", extra={"error": type(exc).__name__})
