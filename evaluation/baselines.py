@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-
 from chatmemory.llm.base import Message, Prompt
 from chatmemory.llm.offline import estimate_tokens
 from chatmemory.turns import Turn

@@ -126,3 +126,12 @@ def load(path: Path, conversations: int | None = None) -> list[Sample]:
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected LoCoMo's list of samples")
     return [to_sample(raw) for raw in data[:conversations]]
+
+
+def truncated(sample: Sample, turns: int | None = None, questions: int | None = None) -> Sample:
+    """The first ``turns`` turns, with the questions whose evidence they hold, at most
+    ``questions`` of those (for quick runs)."""
+    kept = sample.turns[:turns] if turns is not None else sample.turns
+    sides = {s.dia_id: s for t in kept for s in (t.user, t.assistant) if s is not None}
+    asked = [q for q in sample.questions if all(e in sides for e in q.evidence)]
+    return Sample(sample.sample_id, kept, asked[:questions], sides)

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import boto3
@@ -129,6 +130,7 @@ class Results:
     skipped_questions: int = 0  # no evidence id the conversation has
     unmapped_evidence: int = 0
     samples: list[str] = field(default_factory=list)
+    stored: dict[str, list[Turn]] = field(default_factory=dict)  # per sample, as read back from the store
 
 
 def score(request: Prompt, question: Question, sample: Sample) -> int:
@@ -218,11 +220,19 @@ def run_baselines(
     fused.index_seconds = results.timings["bm25"].index_seconds + results.timings["dense"].index_seconds
     for budget in budgets:
         for name, ranker in rankers.items():
-
-            def plan(message: str, ranker: baselines.Ranker = ranker, budget: int = budget) -> Prompt:
-                return baselines.baseline_prompt(ranker, turns, system, message, budget, costs)[0]
-
+            plan = partial(_baseline, ranker, turns, system, budget, costs)
             results.outcomes += ask(name, budget, sample, plan)
+
+
+def _baseline(
+    ranker: baselines.Ranker,
+    turns: Sequence[Turn],
+    system: str,
+    budget: int,
+    costs: Sequence[int],
+    message: str,
+) -> Prompt:
+    return baselines.baseline_prompt(ranker, turns, system, message, budget, costs)[0]
 
 
 def run(
@@ -235,10 +245,6 @@ def run(
     log: Callable[[str], None] = lambda _: None,
 ) -> Results:
     """Every strategy (default: all the domain registers) and every baseline, on ``samples``."""
-    from chatmemory.llm.anthropic_model import build_chat_model
-
-    from local.template import create_tables
-
     names = list(strategies or STRATEGIES)
     embedder = embedder or baselines.WordLlamaEmbedder()
     results = Results(samples=[s.sample_id for s in samples])
@@ -247,53 +253,72 @@ def run(
         results.skipped_questions += sum(not q.evidence for q in sample.questions)
         results.unmapped_evidence += sum(len(q.unmapped) for q in sample.questions)
         for index, strategy in enumerate(names):
-            settings = eval_settings(base, strategy, budgets[0], redis_url)
             session_id = f"locomo-{run_id}-{sample.sample_id}-{strategy}"
-            binding = Binding(connection_id="eval", session_id=session_id, principal="eval", connected_at=0)
-            clock = ReplayClock()
-            model = ScriptedModel(build_chat_model(settings.llm, settings.llm.api_key))
-            with mock_aws():
-                dynamodb = boto3.resource("dynamodb", region_name=settings.aws_region)
-                create_tables(dynamodb, TABLE_NAMES)
-                redis = redis_client(settings)
-
-                def services_for(budget: int) -> Services:
-                    return Services(
-                        eval_settings(base, strategy, budget, redis_url),
-                        dynamodb,
-                        redis,
-                        model,
-                        clock=clock,
-                        scheduler_factory=lambda updater: InlineScheduler(updater.update_quietly),
-                    )
-
-                services = services_for(budgets[0])
-                conversation = Conversation(
-                    services.memory, model, Discard(), settings, manager=services.memory_manager
-                )
-                seconds = replay(conversation, model, clock, binding, sample)
-                timing = results.timings.setdefault(strategy, Timing())
-                timing.turns += len(sample.turns)
-                timing.seconds += seconds
-                log(f"{sample.sample_id} {strategy}: {len(sample.turns)} turns in {seconds:.1f}s")
-                clock.now = sample.last_date.timestamp() + 86_400  # the questions come a day later
-                for budget in budgets:
-                    asking = services if budget == budgets[0] else services_for(budget)
-                    previewer = Conversation(
-                        asking.memory, model, Discard(), asking.settings, manager=asking.memory_manager
-                    )
-
-                    def plan(message: str, previewer: Conversation = previewer) -> Prompt:
-                        return previewer.preview(binding, message).prompt
-
-                    results.outcomes += ask(strategy, budget, sample, plan)
-                if index == 0:
-                    stored = services.memory.store.turns_between(session_id, 1, len(sample.turns))
-                    run_baselines(
-                        stored, sample, settings.llm.system_prompt, budgets, embedder, results
-                    )
-                if redis is not None:
-                    for key in redis.scan_iter(match=f"*{session_id}*"):
-                        redis.delete(key)
-                metrics.clear_metrics()
+            stored = run_strategy(sample, strategy, session_id, base, redis_url, budgets, results, log)
+            if index == 0:  # the stored turns are the same whatever the strategy: read back once
+                results.stored[sample.sample_id] = stored
+                run_baselines(stored, sample, base.llm.system_prompt, budgets, embedder, results)
     return results
+
+
+def run_strategy(
+    sample: Sample,
+    strategy: str,
+    session_id: str,
+    base: Settings,
+    redis_url: str | None,
+    budgets: Sequence[int],
+    results: Results,
+    log: Callable[[str], None],
+) -> list[Turn]:
+    """Replay ``sample`` with ``strategy`` on a fresh moto, ask its questions at each budget;
+    the session's turns as the store holds them at the end."""
+    from chatmemory.llm.anthropic_model import build_chat_model
+
+    from local.template import create_tables
+
+    settings = eval_settings(base, strategy, budgets[0], redis_url)
+    binding = Binding(connection_id="eval", session_id=session_id, principal="eval", connected_at=0)
+    clock = ReplayClock()
+    model = ScriptedModel(build_chat_model(settings.llm, settings.llm.api_key))
+    with mock_aws():
+        dynamodb = boto3.resource("dynamodb", region_name=settings.aws_region)
+        create_tables(dynamodb, TABLE_NAMES)
+        redis = redis_client(settings)
+        try:
+            by_budget = {
+                budget: Services(
+                    eval_settings(base, strategy, budget, redis_url),
+                    dynamodb,
+                    redis,
+                    model,
+                    clock=clock,
+                    scheduler_factory=lambda updater: InlineScheduler(updater.update_quietly),
+                )
+                for budget in budgets
+            }
+            services = by_budget[budgets[0]]
+            conversation = Conversation(
+                services.memory, model, Discard(), settings, manager=services.memory_manager
+            )
+            seconds = replay(conversation, model, clock, binding, sample)
+            timing = results.timings.setdefault(strategy, Timing())
+            timing.turns += len(sample.turns)
+            timing.seconds += seconds
+            log(f"{sample.sample_id} {strategy}: {len(sample.turns)} turns in {seconds:.1f}s")
+            clock.now = sample.last_date.timestamp() + 86_400  # the questions come a day later
+            for budget, asking in by_budget.items():
+                previewer = Conversation(
+                    asking.memory, model, Discard(), asking.settings, manager=asking.memory_manager
+                )
+                results.outcomes += ask(strategy, budget, sample, partial(_preview, previewer, binding))
+            return services.memory.store.turns_between(session_id, 1, len(sample.turns))
+        finally:
+            if redis is not None:
+                for key in redis.scan_iter(match=f"*{session_id}*"):
+                    redis.delete(key)
+            metrics.clear_metrics()
+
+
+def _preview(conversation: Conversation, binding: Binding, message: str) -> Prompt:
+    return conversation.preview(binding, message).prompt
