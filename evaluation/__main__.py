@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.redis_url:
         print("No Redis: pass --redis-url or set EVAL_REDIS_URL (make eval sets it).", file=sys.stderr)
         return 2
-    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    for noisy in ("bm25s", "httpx2", "botocore", "wordllama"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     unknown = [s for s in args.strategies.split(",") if s not in STRATEGIES]
     if unknown:
         print(f"unknown strategies {unknown}; registered: {list(STRATEGIES)}", file=sys.stderr)

@@ -75,14 +75,16 @@ def markdown(figs: dict[str, Any]) -> str:
         "",
         f"Conversations: {', '.join(meta['samples'])} ({meta['turns']:,} stored turns, "
         f"{meta['questions']:,} questions of categories 1-4 with evidence; "
-        f"{meta['skipped_questions']} without a usable evidence id left out, "
-        f"{meta['unmapped_evidence']} evidence ids the conversation lacks ignored). "
+        f"left out: {meta['skipped_questions']} without a usable evidence id; ignored: "
+        f"{meta['unmapped_evidence']} evidence id(s) the conversation does not have). "
         "Evidence recall: the share of a question's evidence turns whose text is in the prompt "
         "(mean over questions); all present: the share of questions with every one there. Prompt "
         "tokens as the offline model counts them (`ceil(chars / 4)`), the same count for every "
         "row. Plan: ms to build the question's prompt (strategies: `Conversation.preview`, the "
         "history read from Redis included; baselines: ranking and filling). Replay: ms per turn "
-        "of `send_message` on moto and Redis, memory updates run inline.",
+        "of `send_message` on in-process moto and Redis, memory updates run inline (mostly "
+        "moto's own cost). The baselines rank the turns the store holds after the replay, every "
+        "one of them, and fill the budget best first; a strategy sees what the domain loads.",
         "",
     ]
     for budget, methods in figs["budgets"].items():
