@@ -57,6 +57,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budgets", default="8000,4000")
     parser.add_argument("--redis-url", default=os.environ.get("EVAL_REDIS_URL") or None)
     parser.add_argument("--out", type=Path, default=Path("docs/eval"))
+    parser.add_argument(
+        "--details", type=Path, default=None, help="also write each question's outcome here (JSON lines)"
+    )
     return parser.parse_args(argv)
 
 
@@ -113,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         "runtime_seconds": round(time.monotonic() - began, 1),
     }
     print(locomo_report.write(results, args.out, meta))
+    if args.details:
+        locomo_report.details(results, args.details)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -26,6 +27,7 @@ def _stats(outcomes: list[Outcome]) -> dict[str, Any]:
         "all_evidence_present": round(mean(o.complete for o in outcomes), 4),
         "prompt_tokens_mean": round(mean(o.prompt_tokens for o in outcomes)),
         "prompt_tokens_max": max(o.prompt_tokens for o in outcomes),
+        "over_budget": sum(o.prompt_tokens > o.budget for o in outcomes),
         "plan_ms_mean": round(mean(o.plan_ms for o in outcomes), 3),
     }
 
@@ -92,8 +94,8 @@ def markdown(figs: dict[str, Any]) -> str:
             f"## Budget {int(budget):,} tokens",
             "",
             "| memory | evidence recall | all evidence present | prompt tokens (mean) | max "
-            "| plan ms / question | replay ms / turn |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| over budget | plan ms / question | replay ms / turn |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for method in _ordered(methods):
             s = methods[method]["all"]
@@ -101,7 +103,8 @@ def markdown(figs: dict[str, Any]) -> str:
             replay = f"{t['replay_ms_per_turn']:.1f}" if t.get("replay_ms_per_turn") else "-"
             lines.append(
                 f"| {_label(method)} | {s['evidence_recall']:.2f} | {s['all_evidence_present']:.2f} "
-                f"| {s['prompt_tokens_mean']:,} | {s['prompt_tokens_max']:,} | {s['plan_ms_mean']:.2f} "
+                f"| {s['prompt_tokens_mean']:,} | {s['prompt_tokens_max']:,} | {s['over_budget']} "
+                f"| {s['plan_ms_mean']:.2f} "
                 f"| {replay} |"
             )
         categories = [f"{c} {label}" for c, label in CATEGORIES.items()]
@@ -158,6 +161,16 @@ def plot(figs: dict[str, Any], path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
+
+
+def details(results: Results, path: Path) -> Path:
+    """Every question's outcome, one JSON object a line (ids and counts, no benchmark text: keep
+    it outside the repository all the same)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for outcome in results.outcomes:
+            out.write(json.dumps(asdict(outcome)) + "\n")
     return path
 
 

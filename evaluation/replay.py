@@ -99,6 +99,7 @@ class Outcome:
     method: str
     budget: int
     sample: str
+    question: int  # its index in the sample's questions of categories 1-4
     category: int
     evidence: int
     found: int
@@ -172,7 +173,7 @@ def ask(
     plan: Callable[[str], Prompt],
 ) -> list[Outcome]:
     outcomes = []
-    for question in sample.questions:
+    for number, question in enumerate(sample.questions):
         if not question.evidence:
             continue
         began = time.perf_counter()
@@ -184,6 +185,7 @@ def ask(
                 method,
                 budget,
                 sample.sample_id,
+                number,
                 question.category,
                 len(question.evidence),
                 score(request, question, sample),

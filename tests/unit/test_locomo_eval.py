@@ -140,6 +140,9 @@ def test_every_strategy_and_baseline_is_measured_on_the_replayed_turns(
     assert figures["budgets"]["8000"]["fused"]["all"]["evidence_recall"] == 1.0
     assert set(figures["budgets"]["8000"]["window"]) == {"all", "1 multi-hop", "4 single-hop"}
     assert "## Budget 150 tokens" in text and (tmp_path / "locomo.png").stat().st_size > 0
+    assert figures["budgets"]["150"]["bm25"]["all"]["over_budget"] == 0
+    lines = locomo_report.details(results, tmp_path / "details.jsonl").read_text().splitlines()
+    assert len(lines) == len(results.outcomes) and json.loads(lines[0])["question"] in (0, 1)
 
 
 def test_replayed_turns_carry_their_session_date_and_questions_are_not_stored(
