@@ -7,8 +7,11 @@ SAM_VENV ?= .tools/sam
 SAM_CLI_VERSION ?= 1.170.0
 SAM := SAM_CLI_TELEMETRY=0 $(SAM_VENV)/bin/sam
 ENV ?= default
+# make eval: the LoCoMo benchmark's JSON, downloaded separately (see README); the eval's own Redis database.
+LOCOMO ?=
+EVAL_REDIS_URL ?= redis://127.0.0.1:6379/11
 
-.PHONY: help install dev test test-fast lint format validate sam-cli build deploy destroy bench eval resilience load clean
+.PHONY: help install dev test test-fast lint format validate sam-cli build deploy destroy bench eval eval-smoke resilience load clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -61,9 +64,12 @@ bench: install ## Per-turn memory cost vs LangChain's chat histories and a naive
 	$(VENV)/python -m pip install --quiet -e '.[dev,bench]'
 	$(VENV)/python -m bench
 
-eval: install ## Memory strategies measured on 200-turn conversations: docs/eval/ (offline unless ANTHROPIC_API_KEY)
-	$(VENV)/python -m pip install --quiet -e '.[dev,bench]'
-	$(VENV)/python -m evaluation
+eval: install ## Memory on LoCoMo (LOCOMO=path/to/locomo.json): strategies vs retrieval baselines, docs/eval/
+	@scripts/ensure-redis.sh
+	LOCOMO_PATH="$(LOCOMO)" EVAL_REDIS_URL="$(EVAL_REDIS_URL)" $(VENV)/python -m evaluation $(EVAL_ARGS)
+
+eval-smoke: install ## The synthetic planted-fact smoke test of the strategies: docs/eval/smoke/
+	$(VENV)/python -m evaluation.smoke
 
 resilience: install ## Re-measure the fault matrix into docs/resilience.md
 	@scripts/ensure-redis.sh

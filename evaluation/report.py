@@ -108,7 +108,9 @@ def write(runs: list[Run], out: Path, estimator: dict[str, Any] | None = None) -
         (out / "tokens.json").write_text(json.dumps(estimator, indent=2) + "\n")
         text += "\n" + tokens.markdown(estimator)
     (out / "memory.md").write_text(
-        "# Memory strategies, measured\n\nWritten by `python -m evaluation`.\n\n" + text
+        "# Memory strategies, smoke test\n\nWritten by `python -m evaluation.smoke`. Planted facts phrased "
+        "for the offline model: a check that the pipeline runs, not a measure of memory "
+        "(see `../locomo.md`).\n\n" + text
     )
     plots(series, budget, out)
     return text

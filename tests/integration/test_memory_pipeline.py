@@ -223,3 +223,33 @@ def test_updates_are_idempotent(small: Services, aws: Any) -> None:
     assert sorted(results) in ([False, True], [True, True])  # both may finish, only one wins the write
     facts = raced["facts"]
     assert len({f["key"] for f in facts}) == len(facts)  # updated, not duplicated
+
+
+def test_preview_plans_the_next_message_as_a_turn_would_and_stores_nothing(small: Services) -> None:
+    """Given a session with a few turns, when a message is previewed, then its prompt is the
+    one the turn sends for it (the model sees the same request), and nothing is stored."""
+    chat = Chat(small, "preview")
+    for n in range(3):
+        chat.say(f"Message number {n}: my favourite colour is blue.")
+    conversation = small.conversation(ENDPOINT)
+    before = small.memory.store.turns_between("preview", 1, 10)
+
+    planned = conversation.preview(chat.binding, "What is my favourite colour?")
+
+    assert small.memory.store.turns_between("preview", 1, 10) == before
+    assert [m["content"] for m in planned.prompt.messages[:-1:2]] == [t.user for t in before]
+    assert planned.prompt.messages[-1]["content"] == "What is my favourite colour?"
+    assert planned.plan.strategy == small.settings.memory.strategy
+    seen: list[Any] = []
+
+    class Recording:
+        def stream(self, prompt: Any) -> Any:
+            seen.append(prompt)
+            return small.model.stream(prompt)
+
+    from chatmemory.conversation import Conversation
+
+    Conversation(
+        small.memory, Recording(), small.sender(ENDPOINT), small.settings, manager=small.memory_manager
+    ).send_message(chat.binding, "What is my favourite colour?", None)
+    assert seen[0].messages == planned.prompt.messages and seen[0].system == planned.prompt.system

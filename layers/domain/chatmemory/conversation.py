@@ -165,6 +165,28 @@ class Conversation:
             name="CacheCreationInputTokens", unit=MetricUnit.Count, value=usage.cache_creation_input_tokens
         )
 
+    def preview(self, binding: Binding, message: str) -> TurnContext:
+        """The context ``message`` would be answered with now, as ``send_message`` plans it,
+        without storing the message or calling the model (the evaluation asks its benchmark
+        questions this way). Keep it in step with ``send_message``'s path up to the model call."""
+        text = validate_message(message, self._settings.memory.max_message_chars)
+        system = self._settings.llm.system_prompt
+        self._manager.check_message(system, text)
+        if binding.session_id is None:
+            started = self._memory.stateless_turn(text)
+        else:
+            history = self._memory.load(binding.session_id, context=True)
+            turn = Turn(
+                session_id=binding.session_id,
+                turn=history.last_turn_number + 1,
+                user=text,
+                at=int(self._memory.clock()),
+                expires_at=int(self._memory.clock()) + self._memory.settings.session_ttl_seconds,
+                principal=binding.principal,
+            )
+            started = StartedTurn(turn, history, persisted=False)
+        return self._manager.prepare(started, system, text, self._settings.llm.max_output_tokens)
+
     def _begin(
         self, binding: Binding, text: str, client_message_id: str | None, message_id: str | None
     ) -> StartedTurn:
