@@ -475,3 +475,63 @@ def test_a_long_conversation_reopens_a_page_at_a_time(stack: Any, page: Any) -> 
     expect(page.locator('[data-testid="error"]')).to_have_count(0)
     assert len(sockets) == 1, "the page reconnected"
     assert frame_sizes and max(frame_sizes) <= FRAME_BUDGET_BYTES
+
+
+def test_a_session_that_cannot_be_loaded_is_said_once_and_never_loops_reconnecting(
+    stack: Any, page: Any
+) -> None:
+    import json
+
+    from playwright.sync_api import expect
+
+    open_chat(page, stack.http_url)
+    page.locator(COMPOSER).fill("Remember the word lantern")
+    page.locator(COMPOSER).press("Enter")
+    wait_for_replies(page, 1)
+
+    # Given a server whose every answer to getSession is an error that a reconnect cannot cure
+    # (injected on the wire: the real answer is replaced)
+    sockets: list[Any] = []
+    refused: list[str] = []
+    refusing = [True]
+
+    def route(ws: Any) -> None:
+        sockets.append(ws)
+        server = ws.connect_to_server()
+
+        def from_server(message: Any) -> None:
+            frame = json.loads(message) if isinstance(message, str) else {}
+            if refusing[0] and frame.get("type") == "session" and "before" not in frame:
+                refused.append(frame["sessionId"])
+                message = json.dumps(
+                    {
+                        "type": "error",
+                        "code": "internal",
+                        "message": "I can't reach the history.",
+                        "requestId": "r1",
+                    }
+                )
+            ws.send(message)
+
+        server.on_message(from_server)
+
+    page.route_web_socket(re.compile(r"/ws(\?|$)"), route)
+
+    # When the page is reloaded
+    page.reload()
+
+    # Then it asks again a few times on the same socket, then says so once, offering to retry
+    retry = page.locator('[data-testid="retry-session"]')
+    expect(retry).to_be_visible(timeout=TIMEOUT_MS)  # after the retries
+    expect(page.locator('[data-testid="error"]')).to_have_count(1)
+    expect(page.locator('[data-testid="error"]')).to_contain_text("I can't reach the history.")
+    expect(page.locator('[data-testid="connection-state"]')).to_have_attribute("data-state", "connected")
+    assert len(sockets) == 1, "the page reconnected"
+    assert 1 < len(refused) <= 4, refused
+
+    # And once the server can answer, "Try again" brings the conversation back
+    refusing[0] = False
+    retry.click()
+    expect(page.locator(USER)).to_have_count(1)
+    expect(page.locator('[data-testid="error"]')).to_have_count(0)
+    assert len(sockets) == 1
