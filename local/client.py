@@ -150,10 +150,12 @@ def describe_session(frame: dict[str, Any]) -> str:
 
 def print_history(frame: dict[str, Any], out: TextIO) -> None:
     for turn in frame.get("history") or []:
-        cut = " [… cut short: this turn is longer than a frame]" if turn.get("truncated") else ""
-        print(f"you> {turn.get('user', '')}{cut}", file=out)
+        cut = turn.get("truncated") or []
+        more = " [… cut short: this turn is longer than a frame]"
+        print(f"you> {turn.get('user', '')}{more if 'user' in cut else ''}", file=out)
         assistant = turn.get("assistant")
-        reply = f"{assistant}{cut}" if assistant is not None else "(no reply: this turn failed)"
+        shown = f"{assistant}{more if 'assistant' in cut else ''}"
+        reply = shown if assistant is not None else "(no reply: this turn failed)"
         print(f"bot> {reply}", file=out)
     out.flush()
 

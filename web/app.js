@@ -663,7 +663,7 @@ function renderHistory(history) {
 }
 
 /** The user's and the assistant's bubbles of a stored turn. A turn too large for one frame
- * comes cut short (`truncated`): its bubbles say so and offer the whole text. */
+ * comes cut short (`truncated` names the texts cut): they say so, and the whole turn is offered. */
 function historyNodes(turn) {
   const at = typeof turn.at === "number" ? turn.at : null;
   const user = createMessage("user", String(turn.user ?? ""), { at, turn: turn.turn });
@@ -675,12 +675,14 @@ function historyNodes(turn) {
     markFailed(bubble, "");
   }
   user.dataset.history = bubble.dataset.history = "true";
-  if (turn.truncated === true) {
-    for (const item of [user, bubble]) {
+  const cut = Array.isArray(turn.truncated) ? turn.truncated : turn.truncated ? ["user", "assistant"] : [];
+  if (cut.length) {
+    for (const [name, item] of [["user", user], ["assistant", bubble]]) {
       item.dataset.truncated = "true";
+      if (!cut.includes(name)) continue;
       const note = document.createElement("p");
       note.className = "cut-note";
-      note.textContent = "…";
+      note.textContent = "… (only the beginning is shown)";
       item.querySelector(".bubble").append(note);
     }
     const show = document.createElement("button");
@@ -690,7 +692,7 @@ function historyNodes(turn) {
     show.textContent = "Show all of it";
     show.title = "This turn is long: only its beginning is shown";
     show.addEventListener("click", () => askWholeTurn(turn.turn, show));
-    (typeof turn.assistant === "string" ? bubble : user).querySelector(".bubble").append(show);
+    (cut.includes("user") ? user : bubble).querySelector(".bubble").append(show);
   }
   return [user, bubble];
 }

@@ -466,7 +466,7 @@ def test_a_long_conversation_reopens_a_page_at_a_time(stack: Any, page: Any) -> 
     # And a turn cut short shows all of itself on request
     newest = page.locator(f'{USER}[data-turn="{turns}"]')
     expect(newest).to_have_attribute("data-truncated", "true")
-    page.locator(f'{ASSISTANT}[data-turn="{turns}"] [data-testid="show-full"]').click()
+    page.locator(f'[data-turn="{turns}"] [data-testid="show-full"]').click()
     expect(newest).to_have_attribute("data-truncated", "false")
     assert newest.locator(".text").text_content() == long_message(turns)
     expect(page.locator(f'{ASSISTANT}[data-turn="{turns}"] .text')).to_contain_text("End.")

@@ -90,7 +90,9 @@ def test_a_long_session_reopens_and_pages_back_to_its_first_turn(long_session: t
         message, reply = long_message(entry["turn"]), long_reply(entry["turn"])
         if entry.get("truncated"):
             assert message.startswith(entry["user"]) and reply.startswith(entry["assistant"])
-            assert len(entry["user"]) < len(message) or len(entry["assistant"]) < len(reply)
+            full = {"user": message, "assistant": reply}
+            assert entry["truncated"] == [name for name in ("user", "assistant") if entry[name] != full[name]]
+            assert entry["truncated"]
         else:
             assert (entry["user"], entry["assistant"]) == (message, reply)
 

@@ -145,6 +145,9 @@ def test_a_session_frame_holds_the_newest_turns_that_fit_and_says_what_it_left_o
             assert turn.user.startswith(entry["user"])
             assert (entry["assistant"] is None) == (turn.assistant is None)
             assert turn.assistant is None or turn.assistant.startswith(entry["assistant"])
+            # Exactly the fields cut short are named.
+            full = {"user": turn.user, "assistant": turn.assistant}
+            assert entry["truncated"] == [name for name in ("user", "assistant") if entry[name] != full[name]]
         else:
             assert (entry["user"], entry["assistant"]) == (turn.user, turn.assistant)
 
@@ -152,8 +155,12 @@ def test_a_session_frame_holds_the_newest_turns_that_fit_and_says_what_it_left_o
 def test_a_turn_larger_than_a_frame_shows_the_beginning_of_both_texts() -> None:
     (turn,) = history([("u" * 50_000, "a" * 50_000)])
     (entry,) = session_frame(SESSION_ID, True, [turn], "full")["history"]
-    assert entry["truncated"] is True
+    assert entry["truncated"] == ["user", "assistant"]
     assert len(entry["user"]) > 10_000 and len(entry["assistant"]) > 10_000
+    (short_reply,) = history([("u" * 50_000, "a short reply")])
+    (entry,) = session_frame(SESSION_ID, True, [short_reply], "full")["history"]
+    assert entry["truncated"] == ["user"] and entry["assistant"] == "a short reply"
+    assert len(encode(entry)) > FRAME_BUDGET_BYTES - 500  # the message takes the room left
 
 
 @settings(max_examples=60, deadline=None)

@@ -198,8 +198,8 @@ def session_frame(
     before: int | None = None,
 ) -> dict[str, Any]:
     """A ``session`` frame holding the newest of ``history`` (oldest first) that fit in
-    ``FRAME_BUDGET_BYTES``; the newest turn, when it alone is too large, is cut short and
-    marked ``truncated``. ``hasMore`` is true when turns were left out, else ``has_more``
+    ``FRAME_BUDGET_BYTES``; the newest turn, when it alone is too large, is cut short and its
+    ``truncated`` names the fields cut. ``hasMore`` is true when turns were left out, else ``has_more``
     (whether turns older than all of ``history`` remain; ``None``: not known, not sent)."""
     frame: dict[str, Any] = {
         "type": "session",
@@ -240,8 +240,8 @@ def _history_entry(turn: HistoryTurn) -> dict[str, Any]:
 
 def _truncated_entry(turn: HistoryTurn, room: int) -> dict[str, Any]:
     """The turn's entry cut to ``room`` bytes: the beginning of its message and of its reply
-    (each gets half, or what the other leaves), marked ``truncated``."""
-    entry = {**_history_entry(turn), "user": "", "truncated": True}
+    (each gets half, or what the other leaves), ``truncated`` naming the fields cut short."""
+    entry = {**_history_entry(turn), "user": "", "truncated": ["user", "assistant"]}
     if turn.assistant is not None:
         entry["assistant"] = ""
     left = max(room - len(encode(entry)), 0)
@@ -251,6 +251,7 @@ def _truncated_entry(turn: HistoryTurn, room: int) -> dict[str, Any]:
     entry["user"] = _prefix_within(turn.user, user_share)
     if turn.assistant is not None:
         entry["assistant"] = _prefix_within(turn.assistant, left - min(user_size, user_share))
+    entry["truncated"] = [name for name in ("user", "assistant") if entry[name] != getattr(turn, name)]
     return entry
 
 
