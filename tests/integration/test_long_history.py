@@ -158,3 +158,32 @@ def test_a_frame_over_the_limit_is_never_posted_and_the_user_reads_why(aws: Any,
     (error,) = frames_sent("big-1")
     assert error == error_frame(FrameTooLarge(0), "req-1")
     assert error["code"] == "internal" and "too large" in error["message"]
+
+
+def test_has_more_is_false_when_only_expired_turns_are_older(services: Services) -> None:
+    import time
+
+    from chatmemory.turns import Turn, Usage
+
+    # Given a session whose first three turns have expired (DynamoDB deletes them up to two
+    # days late) and whose last three are live
+    client = Client("expired-1", principal=PRINCIPAL)
+    client.connect()
+    (fresh,) = [f for f in client.send({"action": "getSession"}) if f["type"] == "session"]
+    session_id, now, store = str(fresh["sessionId"]), int(time.time()), services.memory.store
+    assert fresh["history"] == [] and fresh["hasMore"] is False
+    for number in range(1, 7):
+        expires_at = now - 100 + number if number <= 3 else now + 86_400 + number
+        turn = Turn(
+            session_id=session_id, turn=number, user=f"message {number}", at=now, expires_at=expires_at
+        )
+        store.put_user_message(turn.model_copy(update={"principal": PRINCIPAL}))
+        store.finish_turn(session_id, number, f"reply {number}", "complete", Usage(), expires_at, 0)
+
+    # When the session is shown, and paged back from its oldest live turn
+    (latest,) = client.send({"action": "getSession"})
+    (older,) = client.send({"action": "getSession", "before": 4})
+
+    # Then only the live turns show, and neither frame promises more
+    assert [t["turn"] for t in latest["history"]] == [4, 5, 6] and latest["hasMore"] is False
+    assert older["history"] == [] and older["hasMore"] is False
