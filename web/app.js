@@ -522,6 +522,9 @@ function onSessionRefused(frame, message) {
     setTimeout(() => {
       if (state.socket === socket && socket.readyState === WebSocket.OPEN) {
         socket.send(JSON.stringify({ action: "getSession" }));
+        state.sessionTimer = setTimeout(() => {
+          if (state.socket === socket && state.connection !== "connected") dropSocket();
+        }, SESSION_TIMEOUT_MS); // no answer at all: that a reconnect may cure
       }
     }, SESSION_RETRY_MS[attempt]);
     return;
