@@ -140,6 +140,7 @@ def describe_session(frame: dict[str, Any]) -> str:
     history = frame.get("history") or []
     if frame.get("resumed"):
         what = f"resumed, {len(history)} earlier turn{'s' if len(history) != 1 else ''}"
+        what += ", older ones not shown" if frame.get("hasMore") else ""
     else:
         what = "new"
     mode = frame.get("memoryMode", "full")
@@ -149,9 +150,13 @@ def describe_session(frame: dict[str, Any]) -> str:
 
 def print_history(frame: dict[str, Any], out: TextIO) -> None:
     for turn in frame.get("history") or []:
-        print(f"you> {turn.get('user', '')}", file=out)
+        cut = turn.get("truncated") or []
+        more = " [… cut short: this turn is longer than a frame]"
+        print(f"you> {turn.get('user', '')}{more if 'user' in cut else ''}", file=out)
         assistant = turn.get("assistant")
-        print(f"bot> {assistant}" if assistant is not None else "bot> (no reply: this turn failed)", file=out)
+        shown = f"{assistant}{more if 'assistant' in cut else ''}"
+        reply = shown if assistant is not None else "(no reply: this turn failed)"
+        print(f"bot> {reply}", file=out)
     out.flush()
 
 

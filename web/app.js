@@ -20,7 +20,13 @@ const STATE_LABELS = {
 // Errors after which the message was not taken: it goes back into the composer.
 const REFUSED = new Set(["bad_request", "unknown_action", "empty_message", "message_too_large", "busy", "forbidden"]);
 const STICK_TO_BOTTOM_PX = 120;
+const LOAD_EARLIER_PX = 200; // scrolled this close to the top, the previous page of turns loads
 const SESSION_TIMEOUT_MS = 15000; // an open socket that never answers getSession is retried
+// A refused getSession is asked again on the same socket (a reconnect would not help), this
+// many times, after these pauses; then the error stays on screen with a way to try again.
+const SESSION_RETRY_MS = [1000, 3000];
+// getSession errors that asking again may cure (a store briefly unreachable).
+const TRANSIENT = new Set(["internal", "busy"]);
 const AVATAR_SVG = '<svg viewBox="0 0 32 32" width="28" height="28"><rect width="32" height="32" rx="16" fill="currentColor"/>'
   + '<path d="M9.5 12a3 3 0 0 1 3-3h7a3 3 0 0 1 3 3v4.5a3 3 0 0 1-3 3H15.5l-3.5 3v-3a3 3 0 0 1-2.5-3z" fill="#fff"/></svg>';
 
@@ -43,6 +49,7 @@ const ui = {
   longTerm: $('[data-testid="long-term"]'),
   userFacts: $('[data-testid="user-facts"]'),
   forgetAll: $('[data-testid="forget-all"]'),
+  loadEarlier: $('[data-testid="load-earlier"]'),
 };
 
 // ---- configuration and storage -------------------------------------------------------------
@@ -106,6 +113,17 @@ const state = {
   erased: null,
   /** The strategy a new chat asked for, set on its fresh session once it is bound. */
   wantStrategy: null,
+  /** The session shown, its oldest turn shown, and whether older turns remain. */
+  sessionId: null,
+  oldest: null,
+  hasMore: false,
+  /** The `before` of the page of older turns asked for, or null. */
+  loadingOlder: null,
+  /** Turns whose whole text was asked for: turn number -> the parts received so far. */
+  wholeTurns: new Map(),
+  /** getSession attempts refused on this socket, and the error shown for them. */
+  sessionRefusals: 0,
+  sessionError: null,
 };
 
 // ---- connection ----------------------------------------------------------------------------
@@ -140,6 +158,9 @@ function connect() {
   state.socket = socket;
   socket.addEventListener("open", () => {
     if (state.socket !== socket) return;
+    state.sessionRefusals = 0;
+    state.loadingOlder = null;
+    state.wholeTurns.clear();
     socket.send(JSON.stringify({ action: "getSession" }));
     state.sessionTimer = setTimeout(() => {
       if (state.socket === socket && state.connection !== "connected") dropSocket();
@@ -241,19 +262,26 @@ function handleFrame(frame) {
     case "deleted": return onDeleted(frame);
     case "memory": return onMemory(frame);
     case "userMemory": return onUserMemory(frame);
+    case "turn": return onTurn(frame);
     default: return undefined; // frame types from newer servers are ignored
   }
 }
 
 function onSession(frame) {
+  if (frame.before != null) return onOlderPage(frame);
   clearTimeout(state.sessionTimer);
+  clearSessionError();
   const previous = store.get(STORAGE.session);
   if (typeof frame.sessionId === "string") store.set(STORAGE.session, frame.sessionId);
   if (typeof frame.guestToken === "string") store.set(STORAGE.token, frame.guestToken);
   state.attempts = 0;
   state.everConnected = true;
   setConnection("connected");
-  renderHistory(Array.isArray(frame.history) ? frame.history : []);
+  const history = Array.isArray(frame.history) ? frame.history : [];
+  state.sessionId = frame.sessionId;
+  state.loadingOlder = null;
+  renderHistory(history);
+  setOlder(history, frame.hasMore);
   if (state.erased) {
     showSystem("info", state.erased);
     state.erased = null;
@@ -278,6 +306,75 @@ function onDeleted(frame) {
       ? "All your conversations and everything I remembered about you are erased."
       : "This conversation is erased.";
   updateSendButton();
+}
+
+// ---- a long conversation, a page at a time -------------------------------------------------
+
+/** Remember where the shown history starts and whether older turns remain (a server that does
+ * not say `hasMore` has more when the oldest turn shown is not the first). */
+function setOlder(history, hasMore, { fill = true } = {}) {
+  if (history.length) state.oldest = history[0].turn;
+  state.hasMore = typeof hasMore === "boolean" ? hasMore : Number(state.oldest) > 1;
+  ui.messages.dataset.oldest = state.oldest == null ? "" : String(state.oldest);
+  ui.messages.dataset.hasMore = String(state.hasMore);
+  ui.loadEarlier.hidden = !state.hasMore;
+  ui.loadEarlier.textContent = "Load earlier messages";
+  ui.loadEarlier.setAttribute("aria-busy", "false");
+  if (fill && state.hasMore && ui.conversation.scrollHeight <= ui.conversation.clientHeight + LOAD_EARLIER_PX) {
+    loadOlder(); // the page is not full yet
+  }
+}
+
+function loadOlder() {
+  if (!state.hasMore || state.loadingOlder != null || state.oldest == null) return;
+  if (state.socket?.readyState !== WebSocket.OPEN || state.connection !== "connected") return;
+  state.loadingOlder = state.oldest;
+  ui.loadEarlier.textContent = "Loading earlier messages…";
+  ui.loadEarlier.setAttribute("aria-busy", "true");
+  state.socket.send(JSON.stringify({ action: "getSession", before: state.oldest }));
+}
+
+function onOlderPage(frame) {
+  if (frame.before !== state.loadingOlder || frame.sessionId !== state.sessionId) return; // not asked for here
+  state.loadingOlder = null;
+  const history = Array.isArray(frame.history) ? frame.history : [];
+  // Keep what is on screen where it is: the older turns go above it.
+  const el = ui.conversation;
+  const fromBottom = el.scrollHeight - el.scrollTop;
+  ui.messages.prepend(...history.flatMap(historyNodes));
+  el.scrollTop = el.scrollHeight - fromBottom;
+  setOlder(history, history.length ? frame.hasMore : false);
+}
+
+ui.loadEarlier.addEventListener("click", loadOlder);
+ui.conversation.addEventListener("scroll", () => {
+  if (ui.conversation.scrollTop < LOAD_EARLIER_PX) loadOlder();
+}, { passive: true });
+
+function askWholeTurn(turn, button) {
+  if (state.socket?.readyState !== WebSocket.OPEN) return;
+  button.disabled = true;
+  button.textContent = "Loading…";
+  state.wholeTurns.set(turn, []);
+  state.socket.send(JSON.stringify({ action: "getSession", turn }));
+}
+
+function onTurn(frame) {
+  const parts = state.wholeTurns.get(frame.turn);
+  if (!parts || frame.sessionId !== state.sessionId) return;
+  parts.push(frame);
+  if (parts.length < frame.parts) return;
+  state.wholeTurns.delete(frame.turn);
+  parts.sort((a, b) => a.part - b.part);
+  const user = parts.map((p) => String(p.user ?? "")).join("");
+  const reply = parts.some((p) => typeof p.assistant !== "string") ? null : parts.map((p) => p.assistant).join("");
+  for (const item of ui.messages.querySelectorAll(`li[data-turn="${Number(frame.turn)}"][data-truncated="true"]`)) {
+    const body = item.querySelector(".text");
+    if (item.dataset.testid === "message-user") body.textContent = user;
+    else if (reply != null) renderText(body, reply);
+    for (const extra of item.querySelectorAll(".cut-note, .show-full")) extra.remove();
+    item.dataset.truncated = "false";
+  }
 }
 
 // ---- memory controls -----------------------------------------------------------------------
@@ -372,11 +469,17 @@ function onNotice(frame) {
 
 function onError(frame) {
   const message = frame.message || "Something went wrong.";
-  if (state.connection !== "connected" && !state.pending) {
-    // getSession was refused: the session cannot be loaded on this connection.
-    showSystem("error", message, null, frame.requestId);
-    if (frame.code === "forbidden") store.set(STORAGE.session, null); // not ours: start afresh
-    dropSocket();
+  if (state.connection !== "connected" && !state.pending) return onSessionRefused(frame, message);
+  if (!state.pending && (state.loadingOlder != null || state.wholeTurns.size)) {
+    // A page of older turns, or a turn's whole text, was refused: the conversation goes on.
+    state.loadingOlder = null;
+    state.wholeTurns.clear();
+    setOlder([], state.hasMore, { fill: false });
+    for (const button of ui.messages.querySelectorAll(".show-full")) {
+      button.disabled = false;
+      button.textContent = "Show all of it";
+    }
+    showSystem("error", message, ui.messages.firstElementChild, frame.requestId);
     return;
   }
   const reply = state.pending;
@@ -398,6 +501,63 @@ function onError(frame) {
   announce(`Error: ${message}`);
   updateSendButton();
   ui.composer.focus();
+}
+
+/** getSession was refused. Reconnecting would get the same answer, so the socket stays: a
+ * session that is not ours starts afresh, a transient fault is asked again a few times, and
+ * otherwise the error stays on screen (once) with a way to try again. */
+function onSessionRefused(frame, message) {
+  clearTimeout(state.sessionTimer);
+  if (frame.code === "forbidden" && store.get(STORAGE.session)) {
+    store.set(STORAGE.session, null); // not ours: a fresh session on the next socket
+    showSystem("error", message, null, frame.requestId);
+    dropSocket();
+    return;
+  }
+  const socket = state.socket;
+  const attempt = state.sessionRefusals;
+  state.sessionRefusals += 1;
+  showSessionError(message, frame.requestId, false);
+  if (TRANSIENT.has(frame.code) && attempt < SESSION_RETRY_MS.length) {
+    setTimeout(() => {
+      if (state.socket === socket && socket.readyState === WebSocket.OPEN) {
+        socket.send(JSON.stringify({ action: "getSession" }));
+        state.sessionTimer = setTimeout(() => {
+          if (state.socket === socket && state.connection !== "connected") dropSocket();
+        }, SESSION_TIMEOUT_MS); // no answer at all: that a reconnect may cure
+      }
+    }, SESSION_RETRY_MS[attempt]);
+    return;
+  }
+  // Given up asking: the connection itself works, so messages can still be sent.
+  state.attempts = 0;
+  state.everConnected = true;
+  setConnection("connected");
+  showSessionError(message, frame.requestId, true);
+}
+
+function showSessionError(message, requestId, canRetry) {
+  clearSessionError();
+  const item = showSystem("error", message, null, requestId);
+  if (canRetry) {
+    const retry = document.createElement("button");
+    retry.type = "button";
+    retry.className = "show-full";
+    retry.dataset.testid = "retry-session";
+    retry.textContent = "Try again";
+    retry.addEventListener("click", () => {
+      state.sessionRefusals = 0;
+      clearSessionError();
+      sendControl({ action: "getSession" });
+    });
+    item.append(retry);
+  }
+  state.sessionError = item;
+}
+
+function clearSessionError() {
+  if (state.sessionError) state.sessionError.remove();
+  state.sessionError = null;
 }
 
 function abandonPending(why) {
@@ -495,19 +655,9 @@ function clearMessages() {
 function renderHistory(history) {
   const pending = state.pending;
   clearMessages();
-  for (const turn of history) {
-    const at = typeof turn.at === "number" ? turn.at : null;
-    const user = addMessage("user", String(turn.user ?? ""), { at, turn: turn.turn });
-    user.dataset.history = "true";
-    if (typeof turn.assistant === "string") {
-      const bubble = addMessage("assistant", turn.assistant, { turn: turn.turn, status: "done" });
-      bubble.dataset.history = "true";
-    } else {
-      const bubble = addMessage("assistant", "", { turn: turn.turn });
-      bubble.dataset.history = "true";
-      markFailed(bubble, "");
-    }
-  }
+  state.oldest = null;
+  if (history.length) ui.welcome.hidden = true;
+  ui.messages.append(...history.flatMap(historyNodes));
   if (pending) {
     // Not expected (getSession is only sent right after connecting) but never lose a live reply.
     ui.messages.append(pending.user, pending.bubble);
@@ -515,8 +665,49 @@ function renderHistory(history) {
   scrollToBottom();
 }
 
-function addMessage(role, text, { at = null, turn = null, status = null } = {}) {
+/** The user's and the assistant's bubbles of a stored turn. A turn too large for one frame
+ * comes cut short (`truncated` names the texts cut): they say so, and the whole turn is offered. */
+function historyNodes(turn) {
+  const at = typeof turn.at === "number" ? turn.at : null;
+  const user = createMessage("user", String(turn.user ?? ""), { at, turn: turn.turn });
+  let bubble;
+  if (typeof turn.assistant === "string") {
+    bubble = createMessage("assistant", turn.assistant, { turn: turn.turn, status: "done" });
+  } else {
+    bubble = createMessage("assistant", "", { turn: turn.turn });
+    markFailed(bubble, "");
+  }
+  user.dataset.history = bubble.dataset.history = "true";
+  const cut = Array.isArray(turn.truncated) ? turn.truncated : turn.truncated ? ["user", "assistant"] : [];
+  if (cut.length) {
+    for (const [name, item] of [["user", user], ["assistant", bubble]]) {
+      item.dataset.truncated = "true";
+      if (!cut.includes(name)) continue;
+      const note = document.createElement("p");
+      note.className = "cut-note";
+      note.textContent = "… (only the beginning is shown)";
+      item.querySelector(".bubble").append(note);
+    }
+    const show = document.createElement("button");
+    show.type = "button";
+    show.className = "show-full";
+    show.dataset.testid = "show-full";
+    show.textContent = "Show all of it";
+    show.title = "This turn is long: only its beginning is shown";
+    show.addEventListener("click", () => askWholeTurn(turn.turn, show));
+    (cut.includes("user") ? user : bubble).querySelector(".bubble").append(show);
+  }
+  return [user, bubble];
+}
+
+function addMessage(role, text, options = {}) {
   ui.welcome.hidden = true;
+  const item = createMessage(role, text, options);
+  ui.messages.append(item);
+  return item;
+}
+
+function createMessage(role, text, { at = null, turn = null, status = null } = {}) {
   const item = document.createElement("li");
   item.className = `message message-${role}`;
   item.dataset.testid = `message-${role}`;
@@ -548,7 +739,6 @@ function addMessage(role, text, { at = null, turn = null, status = null } = {}) 
     item.dataset.status = status || "done";
     renderText(body, text);
   }
-  ui.messages.append(item);
   return item;
 }
 

@@ -370,3 +370,170 @@ def test_memory_menu_picks_a_new_chats_strategy_and_opts_in(stack: Any, page: An
     expect(page.locator('[data-testid="long-term"]')).to_be_checked()
     expect(page.locator('[data-testid="forget-all"]')).to_be_hidden()
     assert page.evaluate("localStorage.getItem('chatMemory.strategy')") == "window"
+
+
+def seed_long_session(stack: Any, session_id: str, principal: str, turns: int) -> None:
+    """Write ``turns`` long turns of the session through the real store, into the stack's own
+    DynamoDB, as the conversation would have (the message, then the finished reply)."""
+    import time
+
+    import boto3
+    from chatmemory.store import TurnStore
+    from chatmemory.turns import Turn, Usage
+
+    from tests.support.long_history import REPLY_TOKENS, long_message, long_reply
+
+    table = boto3.resource("dynamodb", endpoint_url=stack.dynamodb_url, region_name="us-east-1").Table(
+        "ChatSessions"
+    )
+    store, now = TurnStore(table), int(time.time())
+    for number in range(1, turns + 1):
+        expires_at = now + 86_400 + number  # TTLs grow with the turn number, as they do live
+        store.put_user_message(
+            Turn(session_id=session_id, turn=number, user=long_message(number), at=now, expires_at=expires_at,
+                 principal=principal)
+        )  # fmt: skip
+        usage = Usage(input_tokens=3_000, output_tokens=REPLY_TOKENS)
+        store.finish_turn(session_id, number, long_reply(number), "complete", usage, expires_at, 3_000)
+
+
+def test_a_long_conversation_reopens_a_page_at_a_time(stack: Any, page: Any) -> None:
+    import jwt
+    from chatmemory.protocol import FRAME_BUDGET_BYTES
+    from playwright.sync_api import expect
+
+    from tests.support.long_history import long_message
+
+    turns = 20
+    sockets: list[Any] = []
+    frame_sizes: list[int] = []
+
+    def watch(ws: Any) -> None:
+        sockets.append(ws)
+        ws.on(
+            "framereceived",
+            lambda data: frame_sizes.append(len(data.encode() if isinstance(data, str) else data)),
+        )
+
+    page.on("websocket", watch)
+    # Given a guest whose session holds 20 turns of 12,000-character messages (some Japanese,
+    # larger than a frame alone) and 2,000-token replies
+    open_chat(page, stack.http_url)
+    session_id = page.evaluate("localStorage.getItem('chatMemory.sessionId')")
+    token = page.evaluate("localStorage.getItem('chatMemory.guestToken')")
+    principal = jwt.decode(token, options={"verify_signature": False})["sub"]
+    seed_long_session(stack, session_id, principal, turns)
+    messages, load_earlier = (
+        page.locator('[data-testid="messages"]'),
+        page.locator('[data-testid="load-earlier"]'),
+    )
+
+    # When the page is reloaded
+    sockets.clear()
+    page.reload()
+    page.wait_for_selector(CONNECTED)
+
+    # Then the latest turns show first, on the one socket, with no error, and more to load
+    expect(page.locator(USER).last).to_have_attribute("data-turn", str(turns))
+    expect(messages).to_have_attribute("data-has-more", "true")
+    expect(load_earlier).to_be_visible()
+    assert page.evaluate("localStorage.getItem('chatMemory.sessionId')") == session_id
+    # And scrolling up, then the "load earlier" control, bring every older turn back
+    oldest = int(str(messages.get_attribute("data-oldest")))
+    page.locator("#conversation").evaluate("el => { el.scrollTop = 0; }")
+    for _ in range(turns):
+        page.wait_for_function(
+            """(oldest) => {
+              const list = document.querySelector('[data-testid="messages"]');
+              return Number(list.dataset.oldest) < oldest || list.dataset.hasMore === 'false';
+            }""",
+            arg=oldest,
+        )
+        oldest = int(str(messages.get_attribute("data-oldest")))
+        if messages.get_attribute("data-has-more") == "false":
+            break
+        # Not .click(): scrolling the control into view may load the last page itself (as it
+        # should) and hide it before the click lands.
+        load_earlier.dispatch_event("click")
+    expect(load_earlier).to_be_hidden()
+    shown = page.locator(USER).evaluate_all(
+        "items => items.map((li) => [Number(li.dataset.turn), li.dataset.truncated === 'true',"
+        " li.querySelector('.text').textContent])"
+    )
+    assert [turn for turn, _, _ in shown] == list(range(1, turns + 1))
+    for turn, truncated, text in shown:
+        assert text == long_message(turn) if not truncated else long_message(turn).startswith(text)
+    assert any(truncated for _, truncated, _ in shown), "turns larger than a frame are cut short"
+
+    # And a turn cut short shows all of itself on request
+    newest = page.locator(f'{USER}[data-turn="{turns}"]')
+    expect(newest).to_have_attribute("data-truncated", "true")
+    page.locator(f'[data-turn="{turns}"] [data-testid="show-full"]').click()
+    expect(newest).to_have_attribute("data-truncated", "false")
+    assert newest.locator(".text").text_content() == long_message(turns)
+    expect(page.locator(f'{ASSISTANT}[data-turn="{turns}"] .text')).to_contain_text("End.")
+
+    # And it all came over one socket, no frame over the budget, and nothing went wrong
+    expect(page.locator('[data-testid="error"]')).to_have_count(0)
+    assert len(sockets) == 1, "the page reconnected"
+    assert frame_sizes and max(frame_sizes) <= FRAME_BUDGET_BYTES
+
+
+def test_a_session_that_cannot_be_loaded_is_said_once_and_never_loops_reconnecting(
+    stack: Any, page: Any
+) -> None:
+    import json
+
+    from playwright.sync_api import expect
+
+    open_chat(page, stack.http_url)
+    page.locator(COMPOSER).fill("Remember the word lantern")
+    page.locator(COMPOSER).press("Enter")
+    wait_for_replies(page, 1)
+
+    # Given a server whose every answer to getSession is an error that a reconnect cannot cure
+    # (injected on the wire: the real answer is replaced)
+    sockets: list[Any] = []
+    refused: list[str] = []
+    refusing = [True]
+
+    def route(ws: Any) -> None:
+        sockets.append(ws)
+        server = ws.connect_to_server()
+
+        def from_server(message: Any) -> None:
+            frame = json.loads(message) if isinstance(message, str) else {}
+            if refusing[0] and frame.get("type") == "session" and "before" not in frame:
+                refused.append(frame["sessionId"])
+                message = json.dumps(
+                    {
+                        "type": "error",
+                        "code": "internal",
+                        "message": "I can't reach the history.",
+                        "requestId": "r1",
+                    }
+                )
+            ws.send(message)
+
+        server.on_message(from_server)
+
+    page.route_web_socket(re.compile(r"/ws(\?|$)"), route)
+
+    # When the page is reloaded
+    page.reload()
+
+    # Then it asks again a few times on the same socket, then says so once, offering to retry
+    retry = page.locator('[data-testid="retry-session"]')
+    expect(retry).to_be_visible(timeout=TIMEOUT_MS)  # after the retries
+    expect(page.locator('[data-testid="error"]')).to_have_count(1)
+    expect(page.locator('[data-testid="error"]')).to_contain_text("I can't reach the history.")
+    expect(page.locator('[data-testid="connection-state"]')).to_have_attribute("data-state", "connected")
+    assert len(sockets) == 1, "the page reconnected"
+    assert 1 < len(refused) <= 4, refused
+
+    # And once the server can answer, "Try again" brings the conversation back
+    refusing[0] = False
+    retry.click()
+    expect(page.locator(USER)).to_have_count(1)
+    expect(page.locator('[data-testid="error"]')).to_have_count(0)
+    assert len(sockets) == 1

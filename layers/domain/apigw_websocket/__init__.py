@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.parser.models import (
     APIGatewayWebSocketConnectEventModel,
@@ -21,7 +22,7 @@ from aws_lambda_powertools.utilities.parser.models.apigw_websocket import (
     APIGatewayWebSocketEventRequestContextBase,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from chatmemory.errors import ChatError, ClientGone, InternalError
+from chatmemory.errors import ChatError, ClientGone, FrameTooLarge, InternalError
 from chatmemory.observability import logger, metrics, tracer
 from chatmemory.protocol import AnyClientFrame, error_frame, parse_client_frame
 from chatmemory.sender import FrameSender
@@ -73,6 +74,10 @@ def errors_as_frames(sender: FrameSender, connection_id: str, request_id: str) -
         yield
     except ClientGone:
         logger.info("client gone")
+    except FrameTooLarge as error:
+        logger.error("a frame over the WebSocket limit was refused", extra={"bytes": error.size})
+        metrics.add_metric(name="FrameTooLarge", unit=MetricUnit.Count, value=1)
+        _send_quietly(sender, connection_id, error_frame(error, request_id))
     except ChatError as error:
         logger.info("request refused", extra={"code": str(error.code)})
         _send_quietly(sender, connection_id, error_frame(error, request_id))

@@ -129,6 +129,19 @@ class InternalError(ChatError):
         super().__init__("Something went wrong on our side. Please try again.")
 
 
+class FrameTooLarge(ChatError):
+    """A frame the server built is over the WebSocket limit: a bug, never the user's doing."""
+
+    code = ErrorCode.INTERNAL
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        super().__init__(
+            "This answer was too large to send over the connection, which is a fault on our side. "
+            "Your conversation is safe; reloading the page will not help, so please report it."
+        )
+
+
 class TurnConflict(Exception):
     """The turn number was taken: a concurrent writer, or a stale cache. Not shown to users."""
 

@@ -23,13 +23,16 @@ from pydantic import (
 )
 
 from chatmemory.config import StrategyName
-from chatmemory.errors import BadRequest, ChatError, ErrorCode, UnknownAction, shown_safely
+from chatmemory.errors import BadRequest, ChatError, ErrorCode, FrameTooLarge, UnknownAction, shown_safely
 
 __all__ = ["ErrorCode"]
 
 MemoryMode = Literal["full", "cache_only", "stateless"]
 
 MAX_FRAME_BYTES = 32 * 1024  # API Gateway's WebSocket frame limit
+# What the server builds a frame to at most (its JSON as sent, UTF-8): a margin under the limit,
+# so that a limit counted as 32,000 bytes, or a field added later, still fits.
+FRAME_BUDGET_BYTES = 28 * 1024
 
 
 class NoticeCode(StrEnum):
@@ -70,6 +73,14 @@ class GetSession(_ClientFrame):
     action: Literal["getSession"]
     # Page back: the N turns numbered below this one, instead of the last N.
     before: int | None = Field(None, ge=1)
+    # One turn's whole text, as ``turn`` frames (a history entry may hold only its beginning).
+    turn: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_question(self) -> GetSession:
+        if self.before is not None and self.turn is not None:
+            raise ValueError('give "before" or "turn", not both')
+        return self
 
 
 class NewSession(_ClientFrame):
@@ -184,21 +195,122 @@ def session_frame(
     guest_token: str | None = None,
     has_more: bool | None = None,
     memory_strategy: str | None = None,
+    before: int | None = None,
 ) -> dict[str, Any]:
+    """A ``session`` frame holding the newest of ``history`` (oldest first) that fit in
+    ``FRAME_BUDGET_BYTES``; the newest turn, when it alone is too large, is cut short and its
+    ``truncated`` names the fields cut. ``hasMore`` is true when turns were left out, else ``has_more``
+    (whether turns older than all of ``history`` remain; ``None``: not known, not sent)."""
     frame: dict[str, Any] = {
         "type": "session",
         "sessionId": session_id,
         "resumed": resumed,
-        "history": [t.model_dump() for t in history],
+        "history": [],
         "memoryMode": memory_mode,
     }
     if guest_token:
         frame["guestToken"] = guest_token
-    if has_more is not None:
-        frame["hasMore"] = has_more
     if memory_strategy is not None:
         frame["memoryStrategy"] = memory_strategy
+    if before is not None:
+        frame["before"] = before
+    # Sized with ``hasMore`` present: the field may be added below.
+    room = FRAME_BUDGET_BYTES - len(encode({**frame, "hasMore": False}))
+    entries: list[dict[str, Any]] = []
+    for turn in reversed(history):
+        entry = _history_entry(turn)
+        size = len(encode(entry)) + (1 if entries else 0)  # the comma between entries
+        if size > room:
+            if not entries:
+                entries.append(_truncated_entry(turn, room))
+            break
+        entries.append(entry)
+        room -= size
+    frame["history"] = entries[::-1]
+    if len(entries) < len(history):
+        frame["hasMore"] = True
+    elif has_more is not None:
+        frame["hasMore"] = has_more
     return frame
+
+
+def _history_entry(turn: HistoryTurn) -> dict[str, Any]:
+    return {"turn": turn.turn, "user": turn.user, "assistant": turn.assistant, "at": turn.at}
+
+
+def _truncated_entry(turn: HistoryTurn, room: int) -> dict[str, Any]:
+    """The turn's entry cut to ``room`` bytes: the beginning of its message and of its reply
+    (each gets half, or what the other leaves), ``truncated`` naming the fields cut short."""
+    entry = {**_history_entry(turn), "user": "", "truncated": ["user", "assistant"]}
+    if turn.assistant is not None:
+        entry["assistant"] = ""
+    left = max(room - len(encode(entry)), 0)
+    user_size = _text_bytes(turn.user)
+    reply_size = _text_bytes(turn.assistant) if turn.assistant is not None else 0
+    user_share = max(left // 2, left - reply_size)
+    entry["user"] = _prefix_within(turn.user, user_share)
+    if turn.assistant is not None:
+        entry["assistant"] = _prefix_within(turn.assistant, left - min(user_size, user_share))
+    entry["truncated"] = [name for name in ("user", "assistant") if entry[name] != getattr(turn, name)]
+    return entry
+
+
+def _text_bytes(text: str) -> int:
+    """Bytes a string takes in an encoded frame, without its quotes."""
+    return len(encode_text(text)) - 2
+
+
+def _prefix_within(text: str, max_bytes: int) -> str:
+    """The longest beginning of ``text`` that takes at most ``max_bytes`` in an encoded frame
+    (escapes and UTF-8 counted)."""
+    if _text_bytes(text) <= max_bytes:
+        return text
+    low, high = 0, min(len(text), max(max_bytes, 0))  # a character takes at least one byte
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _text_bytes(text[:middle]) <= max_bytes:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low]
+
+
+def turn_frames(session_id: str, turn: HistoryTurn) -> list[dict[str, Any]]:
+    """One turn's whole text over ``turn`` frames of at most ``FRAME_BUDGET_BYTES`` each: the
+    concatenated ``user`` of parts 1..parts is the message, the concatenated ``assistant``
+    the reply (``null`` in every part when the turn has none)."""
+    no_reply = turn.assistant is None
+    user, reply = turn.user, turn.assistant or ""
+    chunks: list[tuple[str, str]] = []
+    while user or reply or not chunks:
+        envelope = _turn_frame(session_id, turn, 999_999, 999_999, "", None if no_reply else "")
+        room = FRAME_BUDGET_BYTES - len(encode(envelope))
+        user_part = _prefix_within(user, room)
+        room -= _text_bytes(user_part)
+        reply_part = _prefix_within(reply, room) if user_part == user else ""
+        if chunks and not (user_part or reply_part):
+            raise FrameTooLarge(len(encode(envelope)))
+        chunks.append((user_part, reply_part))
+        user, reply = user[len(user_part) :], reply[len(reply_part) :]
+    return [
+        _turn_frame(session_id, turn, i, len(chunks), user_part, None if no_reply else reply_part)
+        for i, (user_part, reply_part) in enumerate(chunks, start=1)
+    ]
+
+
+def _turn_frame(
+    session_id: str, turn: HistoryTurn, part: int, parts: int, user: str, assistant: str | None
+) -> dict[str, Any]:
+    return {
+        "type": "turn",
+        "sessionId": session_id,
+        "turn": turn.turn,
+        "at": turn.at,
+        "part": part,
+        "parts": parts,
+        "user": user,
+        "assistant": assistant,
+    }
 
 
 def memory_frame(session_id: str, memory_strategy: str, long_term: bool) -> dict[str, Any]:
@@ -215,12 +327,12 @@ def user_memory_frames(
     long_term: bool, facts: list[dict[str, Any]], exported_at: int
 ) -> list[dict[str, Any]]:
     """``userMemory`` frames: the principal's long-term facts, as many per frame as fit in
-    32 KB (usually one frame); the facts of parts 1..parts, concatenated, are all of them."""
+    ``FRAME_BUDGET_BYTES`` (usually one frame); the facts of parts 1..parts, concatenated, are all of them."""
     chunks: list[list[dict[str, Any]]] = [[]]
     size = 0
     for fact in facts:
         fact_size = len(encode(fact)) + 1
-        if chunks[-1] and size + fact_size > MAX_FRAME_BYTES - _EXPORT_ENVELOPE_BYTES:
+        if chunks[-1] and size + fact_size > FRAME_BUDGET_BYTES - _EXPORT_ENVELOPE_BYTES:
             chunks.append([])
             size = 0
         chunks[-1].append(fact)
@@ -252,10 +364,10 @@ _EXPORT_ENVELOPE_BYTES = 256
 
 
 def export_frames(session_id: str, document: dict[str, Any]) -> list[dict[str, Any]]:
-    """The document as JSON text split over ``export`` frames of at most 32 KB each; the
+    """The document as JSON text split over ``export`` frames of at most ``FRAME_BUDGET_BYTES``; the
     concatenated ``data`` of parts 1..parts is the document's JSON."""
     text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-    budget = MAX_FRAME_BYTES - _EXPORT_ENVELOPE_BYTES - len(session_id.encode())
+    budget = FRAME_BUDGET_BYTES - _EXPORT_ENVELOPE_BYTES - len(session_id.encode())
     chunks: list[str] = []
     start = 0
     while start < len(text) or not chunks:

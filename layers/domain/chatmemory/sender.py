@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from botocore.exceptions import ClientError
 
-from chatmemory.errors import ClientGone
-from chatmemory.protocol import MAX_FRAME_BYTES, delta_frame, encode
+from chatmemory.errors import ClientGone, FrameTooLarge
+from chatmemory.protocol import FRAME_BUDGET_BYTES, MAX_FRAME_BYTES, delta_frame, encode
 
 if TYPE_CHECKING:
     from mypy_boto3_apigatewaymanagementapi import ApiGatewayManagementApiClient
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # Room in a frame for the JSON around a delta's text.
 _ENVELOPE_BYTES = 64
 # JSON may escape one character into six bytes (\\u0000), so this much text always fits a frame.
-_TEXT_BUDGET = MAX_FRAME_BYTES // 6 - _ENVELOPE_BYTES
+_TEXT_BUDGET = FRAME_BUDGET_BYTES // 6 - _ENVELOPE_BYTES
 
 
 class FrameSender(Protocol):
@@ -24,7 +24,8 @@ class FrameSender(Protocol):
 
 
 class ConnectionSender:
-    """Posts frames with ``post_to_connection``; raises ``ClientGone`` for a closed socket."""
+    """Posts frames with ``post_to_connection``; raises ``ClientGone`` for a closed socket, and
+    ``FrameTooLarge`` (a readable ``internal`` error) rather than post a frame API Gateway refuses."""
 
     def __init__(self, client: ApiGatewayManagementApiClient) -> None:
         self._client = client
@@ -32,7 +33,7 @@ class ConnectionSender:
     def send(self, connection_id: str, frame: dict[str, Any]) -> None:
         data = encode(frame)
         if len(data) > MAX_FRAME_BYTES:
-            raise ValueError(f"frame of {len(data)} bytes exceeds the 32 KB WebSocket frame limit")
+            raise FrameTooLarge(len(data))
         try:
             self._client.post_to_connection(ConnectionId=connection_id, Data=data)
         except self._client.exceptions.GoneException as exc:

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aws_lambda_powertools.metrics import MetricUnit
 
 from chatmemory.config import StrategyName
 from chatmemory.connections import Binding, BindingUnavailable, ConnectionRegistry
-from chatmemory.errors import Forbidden, MemoryUnavailable, NoSession
+from chatmemory.errors import BadRequest, Forbidden, MemoryUnavailable, NoSession
 from chatmemory.history import DYNAMODB_FAULTS, SessionMemory
 from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.observability import logger, metrics
-from chatmemory.protocol import HistoryTurn, session_frame
+from chatmemory.protocol import HistoryTurn, session_frame, turn_frames
 from chatmemory.sender import FrameSender
+from chatmemory.turns import Turn
+
+T = TypeVar("T")
+
+
+def _history_turn(turn: Turn) -> HistoryTurn:
+    return HistoryTurn(turn=turn.turn, user=turn.user, assistant=turn.assistant, at=turn.at)
 
 
 def _valid_session_id(value: str | None) -> str | None:
@@ -148,60 +155,102 @@ class SessionService:
         return fresh
 
     def send_older(self, connection_id: str, before: int) -> dict[str, Any]:
-        """Send a ``session`` frame with the N turns numbered below ``before`` (oldest first)
-        and ``hasMore``: whether there are turns older still."""
+        """Send a ``session`` frame with the turns numbered below ``before`` (oldest first), as
+        many of the N before it as fit in a frame, and ``hasMore``: whether older turns remain."""
         binding = self.binding(connection_id)
-        if binding.session_id is None:
-            raise MemoryUnavailable()
+        session_id = self._session_of(binding)
         size, now = self._memory.settings.history_turns, int(self._clock())
-        try:
-            page = self._memory.breakers.dynamodb.call(
-                self._memory.store.turns_before, binding.session_id, before, size + 1
-            )
-            last = self._memory.breakers.dynamodb.call(
-                self._memory.store.last_turn_number, binding.session_id
-            )
-        except DYNAMODB_FAULTS as exc:
-            raise MemoryUnavailable() from exc
-        if any(t.principal != binding.principal for t in page):
-            logger.warning(
-                "page of another principal's session refused", extra={"session_id": binding.session_id}
-            )
-            raise Forbidden("This conversation belongs to someone else.")
+        page = self._dynamodb(self._memory.store.turns_before, session_id, before, size + 1)
+        last = self._dynamodb(self._memory.store.last_turn_number, session_id)
+        self._check_owner(binding, page)
         # TTLs grow with the turn number: past the first expired turn, every older one is expired too.
         live = [t for t in page if t.expires_at > now]
         shown = live[:size]
+        # A short page whose oldest turn is live and not the first was cut by DynamoDB's 1 MB
+        # response limit: older turns may remain.
+        cut = len(page) < size + 1 and bool(live) and len(live) == len(page) and live[-1].turn > 1
         frame = session_frame(
-            binding.session_id,
+            session_id,
             resumed=last > 0,
-            history=[
-                HistoryTurn(turn=t.turn, user=t.user, assistant=t.assistant, at=t.at) for t in reversed(shown)
-            ],
+            history=[_history_turn(t) for t in reversed(shown)],
             memory_mode="full",
             guest_token=binding.guest_token,
-            has_more=len(live) > size,
+            has_more=len(live) > size or cut,
+            before=before,
         )
         self._sender.send(connection_id, frame)
         return frame
 
     def send_session(self, connection_id: str) -> dict[str, Any]:
-        """Send the ``session`` frame: the id, whether it was resumed, and the last N turns."""
+        """Send the ``session`` frame: the id, whether it was resumed, and the last N turns (as
+        many of them as fit in a frame), with ``hasMore`` when it is known."""
         binding = self.binding(connection_id)
-        if binding.session_id is None:
-            raise MemoryUnavailable()
-        history = self._memory.load(binding.session_id)
+        session_id = self._session_of(binding)
+        history = self._memory.load(session_id, context=True)
+        shown = history.turns[-self._memory.settings.history_turns :]
         frame = session_frame(
-            binding.session_id,
+            session_id,
             resumed=bool(history.turns),
-            history=[
-                HistoryTurn(turn=t.turn, user=t.user, assistant=t.assistant, at=t.at) for t in history.turns
-            ],
+            history=[_history_turn(t) for t in shown],
             memory_mode=history.mode,
             guest_token=binding.guest_token,
-            memory_strategy=self.strategy_of(binding.session_id) if history.mode != "stateless" else None,
+            has_more=self._older_than(session_id, history.turns, len(shown), history.mode),
+            memory_strategy=self.strategy_of(session_id) if history.mode != "stateless" else None,
         )
         self._sender.send(connection_id, frame)
         return frame
+
+    def _older_than(self, session_id: str, window: list[Turn], shown: int, mode: str) -> bool | None:
+        """Whether live turns older than the last ``shown`` of ``window`` remain; ``None`` when
+        that cannot be known (memory unreachable)."""
+        if mode == "stateless":
+            return None
+        if len(window) > shown:
+            return True
+        if not window or window[0].turn == 1:
+            return False
+        # The window starts after turn 1: the turns before it are older than the window (or
+        # expired, and then every older one is too).
+        try:
+            older = self._memory.breakers.dynamodb.call(
+                self._memory.store.turns_before, session_id, window[0].turn, 1
+            )
+        except DYNAMODB_FAULTS:
+            return None
+        return any(t.expires_at > int(self._clock()) for t in older)
+
+    def send_turn(self, connection_id: str, number: int) -> list[dict[str, Any]]:
+        """Send one turn's whole text as ``turn`` frames (a history entry may hold only its
+        beginning). A turn the session does not have, or no longer has: ``BadRequest``."""
+        binding = self.binding(connection_id)
+        session_id = self._session_of(binding)
+        found = self._dynamodb(self._memory.store.turns_between, session_id, number, number)
+        self._check_owner(binding, found)
+        live = [t for t in found if t.expires_at > int(self._clock())]
+        if not live:
+            raise BadRequest(f"This conversation has no turn {number}.")
+        frames = turn_frames(session_id, _history_turn(live[0]))
+        for frame in frames:
+            self._sender.send(connection_id, frame)
+        return frames
+
+    def _session_of(self, binding: Binding) -> str:
+        if binding.session_id is None:
+            raise MemoryUnavailable()
+        return binding.session_id
+
+    def _dynamodb(self, operation: Callable[..., T], *args: Any) -> T:
+        try:
+            return self._memory.breakers.dynamodb.call(operation, *args)
+        except DYNAMODB_FAULTS as exc:
+            raise MemoryUnavailable() from exc
+
+    def _check_owner(self, binding: Binding, turns: list[Turn]) -> None:
+        if any(t.principal != binding.principal for t in turns):
+            logger.warning(
+                "read of another principal's session refused", extra={"session_id": binding.session_id}
+            )
+            raise Forbidden("This conversation belongs to someone else.")
 
     def strategy_of(self, session_id: str) -> StrategyName | None:
         """The session's memory strategy (its own or the deployment's); ``None`` when its
