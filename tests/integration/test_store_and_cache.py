@@ -1,4 +1,5 @@
-"""TurnStore on moto DynamoDB and TurnCache on real Redis, one behaviour at a time."""
+"""TurnStore on two DynamoDB engines (moto, and dynalite, which rejects what the service rejects)
+and TurnCache on real Redis, one behaviour at a time."""
 
 from __future__ import annotations
 
@@ -58,6 +59,45 @@ def test_latest_turns_is_the_last_n_in_order(aws: Any) -> None:
     window = store.latest_turns("s-1", 3, NOW)
     assert [t.turn for t in window] == [5, 6, 7]
     assert window[-1].assistant == "reply 7" and window[-1].output_tokens == 6
+
+
+def test_paging_back_reaches_every_turn_and_before_the_first_is_an_empty_page(aws: Any) -> None:
+    store = TurnStore(aws.Table("ChatSessions"))
+    for n in range(1, 6):
+        store.put_user_message(turn(n))
+
+    assert [t.turn for t in store.turns_before("s-1", 6, 3)] == [5, 4, 3]
+    assert [t.turn for t in store.turns_before("s-1", 3, 3)] == [2, 1]
+    # Given the protocol's smallest ``before``: nothing is below turn 1, and no request is made
+    # (DynamoDB rejects the key condition ``BETWEEN 1 AND 0``).
+    assert store.turns_before("s-1", 1, 3) == []
+    assert store.turns_before("no-such-session", 1, 3) == []
+
+
+def test_every_read_of_the_store_is_a_request_dynamodb_accepts(aws: Any) -> None:
+    """Each query and projection the store builds, on both engines (dynalite validates key
+    conditions, projections, reserved words and filters as the service does)."""
+    store = TurnStore(aws.Table("ChatSessions"))
+    store.put_user_message(turn(1).model_copy(update={"principal": "guest:ada", "client_message_id": "c-1"}))
+    store.put_turn(turn(2).model_copy(update={"principal": "guest:ada"}), outbox_id="o-2")
+    store.set_strategy("s-1", "window", NOW + 3600)
+
+    assert store.last_turn_number("s-1") == 2
+    assert store.extend_expiry("s-1", NOW + 7200) == 3  # both turns and the meta item
+    assert [t.turn for t in store.turns_between("s-1", 0, 2)] == [1, 2]
+    turns, meta = store.session_items("s-1")
+    assert [t.turn for t in turns] == [1, 2] and meta is not None and meta["strategy"] == "window"
+    assert store.item_owners("s-1") == {0: None, 1: "guest:ada", 2: "guest:ada"}
+    assert store.memory_state("s-1").strategy == "window"
+    assert store.find_outbox_turn("s-1", "o-2") == (2, True, "complete")
+    assert store.find_outbox_turn("s-1", "o-9", client_message_id="c-1") == (1, False, "complete")
+    assert store.find_outbox_turn("s-1", "o-9") is None
+    assert store.principal_sessions("guest:ada") == {"s-1"}
+
+    store.mark_erased("s-1", NOW + 60)
+    assert store.is_erased("s-1", NOW) and not store.is_erased("s-2", NOW)
+    store.delete_items("s-1", [0, 1, 2])
+    assert store.item_owners("s-1") == {}
 
 
 def test_cache_serves_contiguous_windows_only(redis_url: str) -> None:
