@@ -7,13 +7,20 @@ import threading
 import time
 from typing import Any
 
+import boto3
 import pytest
 import redis
+from botocore.exceptions import ClientError
 from chatmemory.cache import TurnCache, turns_key
 from chatmemory.errors import Busy, TurnConflict
+from chatmemory.memory.state import Fact, MemoryState
 from chatmemory.services import Services
 from chatmemory.store import TurnStore
 from chatmemory.turns import Turn, Usage
+
+from local.template import create_tables
+from tests.conftest import TABLE_NAMES
+from tests.support.processes import DynaliteProcess
 
 NOW = int(time.time())
 
@@ -98,6 +105,56 @@ def test_every_read_of_the_store_is_a_request_dynamodb_accepts(aws: Any) -> None
     assert store.is_erased("s-1", NOW) and not store.is_erased("s-2", NOW)
     store.delete_items("s-1", [0, 1, 2])
     assert store.item_owners("s-1") == {}
+
+
+class Transaction(Exception):
+    """The TransactWriteItems request a client was about to send, stopped before sending."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        super().__init__("TransactWriteItems")
+        self.items = items
+
+
+def test_the_memory_transaction_is_made_of_requests_dynamodb_accepts(dynalite: DynaliteProcess) -> None:
+    """dynalite has no TransactWriteItems: the transaction the store builds is stopped before it
+    is sent, and each of its parts is sent to dynalite as the single-item request with the same
+    key, expressions, names and values (an Update as UpdateItem; a ConditionCheck as an
+    UpdateItem that changes nothing), so its parser and validation judge every expression."""
+    dynamodb = boto3.resource("dynamodb", region_name="us-east-1", endpoint_url=dynalite.url)
+    client = dynamodb.meta.client
+    for name in client.list_tables()["TableNames"]:
+        client.delete_table(TableName=name)
+        client.get_waiter("table_not_exists").wait(TableName=name, WaiterConfig={"Delay": 1})
+    create_tables(dynamodb, TABLE_NAMES, time_to_live=False)
+    table = dynamodb.Table("ChatSessions")
+    store = TurnStore(table)
+    store.put_user_message(turn(1))
+    store.put_user_message(turn(2))
+
+    def stop(params: dict[str, Any], **_: Any) -> None:
+        raise Transaction(params["TransactItems"])
+
+    # The parts as the store gave them (plain values, which this client serializes for each request).
+    client.meta.events.register("before-parameter-build.dynamodb.TransactWriteItems", stop)
+    state = MemoryState(summary="", summary_tokens=3, facts=[Fact(key="name", value="Ada", turn=1)])
+    with pytest.raises(Transaction) as stopped:
+        store.advance_memory("s-1", state.model_copy(update={"summarized_through": 2}), NOW + 3600)
+    with pytest.raises(Transaction) as past_the_end:
+        store.advance_memory("s-1", state.model_copy(update={"summarized_through": 9}), NOW + 3600)
+
+    (update, check) = stopped.value.items
+    client.update_item(**update["Update"])  # the meta item's first summary: accepted and applied
+    client.update_item(**check["ConditionCheck"], UpdateExpression="REMOVE never_set")  # turn 2 exists
+    assert store.memory_state("s-1").summarized_through == 2
+    assert store.memory_state("s-1").facts == state.facts
+    with pytest.raises(ClientError) as older:  # the same reach again: the condition refuses it
+        client.update_item(**update["Update"])
+    assert older.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+    with pytest.raises(ClientError) as missing:  # a turn that does not exist: the check refuses it
+        beyond = past_the_end.value.items[1]["ConditionCheck"]
+        client.update_item(**beyond, UpdateExpression="REMOVE never_set")
+    assert missing.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+    assert store.item_owners("s-1") == {0: None, 1: None, 2: None}  # nothing was created by a check
 
 
 def test_cache_serves_contiguous_windows_only(redis_url: str) -> None:
