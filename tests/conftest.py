@@ -75,17 +75,21 @@ def aws(request: pytest.FixtureRequest) -> Iterator[Any]:
             marker = request.node.get_closest_marker("moto_only")
             if marker is not None:
                 pytest.skip(f"moto only: {marker.args[0] if marker.args else marker.kwargs['reason']}")
-            server: DynaliteProcess = request.getfixturevalue("dynalite")
-            dynamodb = boto3.resource("dynamodb", region_name="us-east-1", endpoint_url=server.url)
-            client = dynamodb.meta.client
-            for name in client.list_tables()["TableNames"]:
-                client.delete_table(TableName=name)
-                client.get_waiter("table_not_exists").wait(
-                    TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60}
-                )
-            # dynalite has no UpdateTimeToLive: expiry is the code's filter either way.
-            create_tables(dynamodb, TABLE_NAMES, time_to_live=False)
+            dynamodb = fresh_dynalite_tables(request.getfixturevalue("dynalite"))
         yield dynamodb
+
+
+def fresh_dynalite_tables(server: DynaliteProcess) -> Any:
+    """A DynamoDB resource on dynalite whose tables are the template's, new and empty."""
+    dynamodb = boto3.resource("dynamodb", region_name="us-east-1", endpoint_url=server.url)
+    client = dynamodb.meta.client
+    for name in client.list_tables()["TableNames"]:
+        client.delete_table(TableName=name)
+        waiter = client.get_waiter("table_not_exists")
+        waiter.wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    # dynalite has no UpdateTimeToLive: expiry is the code's own filter on either engine.
+    create_tables(dynamodb, TABLE_NAMES, time_to_live=False)
+    return dynamodb
 
 
 def make_settings(redis_url: str | None, **overrides: Any) -> Settings:

@@ -7,7 +7,6 @@ import threading
 import time
 from typing import Any
 
-import boto3
 import pytest
 import redis
 from botocore.exceptions import ClientError
@@ -18,8 +17,7 @@ from chatmemory.services import Services
 from chatmemory.store import TurnStore
 from chatmemory.turns import Turn, Usage
 
-from local.template import create_tables
-from tests.conftest import TABLE_NAMES
+from tests.conftest import fresh_dynalite_tables
 from tests.support.processes import DynaliteProcess
 
 NOW = int(time.time())
@@ -120,12 +118,8 @@ def test_the_memory_transaction_is_made_of_requests_dynamodb_accepts(dynalite: D
     is sent, and each of its parts is sent to dynalite as the single-item request with the same
     key, expressions, names and values (an Update as UpdateItem; a ConditionCheck as an
     UpdateItem that changes nothing), so its parser and validation judge every expression."""
-    dynamodb = boto3.resource("dynamodb", region_name="us-east-1", endpoint_url=dynalite.url)
+    dynamodb = fresh_dynalite_tables(dynalite)
     client = dynamodb.meta.client
-    for name in client.list_tables()["TableNames"]:
-        client.delete_table(TableName=name)
-        client.get_waiter("table_not_exists").wait(TableName=name, WaiterConfig={"Delay": 1})
-    create_tables(dynamodb, TABLE_NAMES, time_to_live=False)
     table = dynamodb.Table("ChatSessions")
     store = TurnStore(table)
     store.put_user_message(turn(1))
