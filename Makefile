@@ -23,13 +23,15 @@ dev: install ## Run the whole backend locally: page at http://127.0.0.1:$(PORT)/
 	@scripts/ensure-redis.sh || true
 	$(VENV)/python -m local --port $(PORT)
 
-test: install validate ## sam validate --lint, then the full test suite (starts Redis, installs Chromium if missing)
+test: install validate ## sam validate --lint, then the full test suite (starts Redis, installs Chromium and dynalite if missing)
 	@scripts/ensure-redis.sh
+	@scripts/ensure-dynalite.sh
 	@scripts/ensure-chromium.sh
 	SAM_VENV=$(SAM_VENV) $(VENV)/pytest
 
 test-fast: install ## Unit and integration tests only
 	@scripts/ensure-redis.sh
+	@scripts/ensure-dynalite.sh
 	$(VENV)/pytest tests/unit tests/integration
 
 lint: install ## ruff, mypy and cfn-lint

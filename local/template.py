@@ -195,8 +195,9 @@ def load_template(path: Path = TEMPLATE) -> Template:
         return Template(yaml.load(handle, Loader=_CfnLoader))
 
 
-def create_tables(dynamodb: Any, names: dict[str, str]) -> None:
-    """Create the template's tables (logical id -> table name) on a DynamoDB endpoint."""
+def create_tables(dynamodb: Any, names: dict[str, str], time_to_live: bool = True) -> None:
+    """Create the template's tables (logical id -> table name) on a DynamoDB endpoint;
+    ``time_to_live=False`` for an engine without UpdateTimeToLive."""
     client = dynamodb.meta.client
     existing = set(client.list_tables()["TableNames"])
     for logical_id, spec in load_template().table_definitions().items():
@@ -215,8 +216,9 @@ def create_tables(dynamodb: Any, names: dict[str, str]) -> None:
             BillingMode=spec["BillingMode"],
             **indexes,
         )
-        client.get_waiter("table_exists").wait(TableName=name)
-        if spec["ttl_attribute"]:
+        # A short poll: emulators make a table ACTIVE within milliseconds (the default waits 20 s).
+        client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+        if spec["ttl_attribute"] and time_to_live:
             client.update_time_to_live(
                 TableName=name,
                 TimeToLiveSpecification={"Enabled": True, "AttributeName": spec["ttl_attribute"]},

@@ -30,6 +30,7 @@ from chatmemory.services import Services, use_services
 
 from local.template import create_tables
 from tests.support.frames import ENDPOINT
+from tests.support.processes import DynaliteProcess
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TABLE_NAMES = {"ChatSessionsTable": "ChatSessions", "ConnectionsTable": "ChatConnections"}
@@ -47,13 +48,48 @@ def redis_url() -> Iterator[str]:
     client.flushdb()
 
 
-@pytest.fixture
-def aws() -> Iterator[Any]:
-    """moto in-process, with the template's tables."""
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "moto_only(reason): runs on moto alone, not on dynalite (it lacks an API, e.g. TransactWriteItems)",
+    )
+
+
+@pytest.fixture(scope="session")
+def dynalite() -> Iterator[DynaliteProcess]:
+    """One dynalite for the run (tables are made anew for each test)."""
+    with DynaliteProcess() as process:
+        yield process
+
+
+@pytest.fixture(params=["moto", "dynalite"])
+def aws(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """DynamoDB with the template's tables, on two engines: moto in-process, and dynalite,
+    which rejects the requests DynamoDB rejects where moto is lenient. Everything else AWS
+    (the @connections API, SQS) is moto's either way."""
     with mock_aws():
-        dynamodb = boto3.resource("dynamodb", region_name="us-east-1")
-        create_tables(dynamodb, TABLE_NAMES)
+        if request.param == "moto":
+            dynamodb = boto3.resource("dynamodb", region_name="us-east-1")
+            create_tables(dynamodb, TABLE_NAMES)
+        else:
+            marker = request.node.get_closest_marker("moto_only")
+            if marker is not None:
+                pytest.skip(f"moto only: {marker.args[0] if marker.args else marker.kwargs['reason']}")
+            dynamodb = fresh_dynalite_tables(request.getfixturevalue("dynalite"))
         yield dynamodb
+
+
+def fresh_dynalite_tables(server: DynaliteProcess) -> Any:
+    """A DynamoDB resource on dynalite whose tables are the template's, new and empty."""
+    dynamodb = boto3.resource("dynamodb", region_name="us-east-1", endpoint_url=server.url)
+    client = dynamodb.meta.client
+    for name in client.list_tables()["TableNames"]:
+        client.delete_table(TableName=name)
+        waiter = client.get_waiter("table_not_exists")
+        waiter.wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    # dynalite has no UpdateTimeToLive: expiry is the code's own filter on either engine.
+    create_tables(dynamodb, TABLE_NAMES, time_to_live=False)
+    return dynamodb
 
 
 def make_settings(redis_url: str | None, **overrides: Any) -> Settings:

@@ -10,6 +10,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from tests.e2e.conftest import Stack
 from tests.e2e.test_stack_conversation import open_socket, receive, reply, session_of, turn
 from tests.e2e.test_stack_data_rights import stored
@@ -19,6 +21,8 @@ MESSAGES = 3  # per tab
 ECHO = re.compile(r'You just said: "(.*)"', re.S)
 
 
+# Twelve turns racing on a busy 2-core machine: minutes at worst, never a wall-clock bound.
+@pytest.mark.timeout(600)
 def test_tabs_sending_at_once_never_lose_duplicate_overwrite_or_interleave_a_turn(stack: Stack) -> None:
     with open_socket(stack) as first:
         session = session_of(first)
@@ -37,7 +41,7 @@ def test_tabs_sending_at_once_never_lose_duplicate_overwrite_or_interleave_a_tur
         try:
             for j in range(MESSAGES):
                 message = f"tab {i} message {j}"
-                barrier.wait(timeout=30)  # every tab sends its j-th message at the same moment
+                barrier.wait(timeout=300)  # every tab sends its j-th message at the same moment
                 for _ in range(200):
                     sent = {"action": "sendMessage", "message": message, "clientMessageId": f"t{i}-m{j}"}
                     sockets[i].send(json.dumps(sent))
@@ -58,10 +62,11 @@ def test_tabs_sending_at_once_never_lose_duplicate_overwrite_or_interleave_a_tur
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=120)
+        thread.join(timeout=500)
     for ws in sockets:
         ws.close()
-    assert not failures, failures
+    # The first tab's own failure, not the BrokenBarrierError it caused in the others.
+    assert not failures, [f for f in failures if not isinstance(f, threading.BrokenBarrierError)] or failures
     print(f"\n{TABS} tabs x {MESSAGES} messages on one session: {sum(busy)} busy answers retried")
 
     sent = {f"tab {i} message {j}" for i in range(TABS) for j in range(MESSAGES)}

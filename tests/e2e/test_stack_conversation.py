@@ -12,7 +12,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from tests.e2e.conftest import Stack
 
-TIMEOUT = 10.0
+# Generous: a busy 2-core machine may take seconds per frame; a healthy run never waits it out.
+TIMEOUT = 60.0
 
 
 def open_socket(stack: Stack, session_id: str | None = None, token: str | None = None) -> ClientConnection:

@@ -7,6 +7,7 @@ import json
 import uuid
 from typing import Any
 
+import pytest
 import redis
 from boto3.dynamodb.conditions import Key
 from chatmemory.cache import state_key, turns_key
@@ -17,6 +18,8 @@ from chatmemory.protocol import MAX_FRAME_BYTES, encode
 from chatmemory.services import Services
 
 from tests.support.gateway import Client
+
+TRANSACTIONS = "the memory update is a TransactWriteItems, which dynalite lacks"
 
 
 def session_of(client: Client) -> str:
@@ -111,6 +114,22 @@ def test_get_session_pages_back_with_before(services: Services) -> None:
     assert none["history"] == [] and none["hasMore"] is False
 
 
+def test_paging_past_the_first_turn_again_and_again_leaves_dynamodb_usable(services: Services) -> None:
+    """``before: 1`` is allowed and asks for nothing: answered without a request DynamoDB would
+    reject, so repeating it never opens the DynamoDB breaker (two faults open it here)."""
+    client = Client("page-2", principal="guest:ada")
+    client.connect()
+    for i in range(1, 4):
+        client.say(f"message {i}")
+
+    for _ in range(3):
+        (none,) = client.send({"action": "getSession", "before": 1})
+        assert none["type"] == "session" and none["history"] == [] and none["hasMore"] is False
+
+    (page,) = client.send({"action": "getSession", "before": 3})
+    assert page["type"] == "session" and [t["turn"] for t in page["history"]] == [1, 2]
+
+
 def test_before_must_be_a_positive_integer(services: Services) -> None:
     client = Client("page-2")
     client.connect()
@@ -122,6 +141,7 @@ def test_before_must_be_a_positive_integer(services: Services) -> None:
 # ---- deleteSession --------------------------------------------------------------------------
 
 
+@pytest.mark.moto_only(TRANSACTIONS)
 def test_delete_erases_the_session_everywhere_and_starts_a_new_one(
     services: Services, aws: Any, redis_url: str
 ) -> None:
@@ -153,6 +173,7 @@ def test_delete_erases_the_session_everywhere_and_starts_a_new_one(
     assert session_of(again) != session_id
 
 
+@pytest.mark.moto_only(TRANSACTIONS)
 def test_delete_of_a_session_with_more_than_one_page_of_items(
     services: Services, aws: Any, redis_url: str
 ) -> None:
@@ -171,6 +192,7 @@ def test_delete_of_a_session_with_more_than_one_page_of_items(
     assert cached_keys(redis_url, session_id) == []
 
 
+@pytest.mark.moto_only(TRANSACTIONS)
 def test_delete_of_someone_elses_session_is_forbidden_and_erases_nothing(
     services: Services, aws: Any, redis_url: str
 ) -> None:
@@ -213,6 +235,7 @@ def test_delete_of_someone_elses_session_is_forbidden_and_erases_nothing(
 # ---- exportSession --------------------------------------------------------------------------
 
 
+@pytest.mark.moto_only(TRANSACTIONS)
 def test_export_sends_every_turn_summary_and_facts(services: Services) -> None:
     client = Client("exp-1", principal="guest:ada")
     client.connect()
@@ -262,6 +285,7 @@ def test_a_large_export_is_split_into_frames_under_32_kb(services: Services) -> 
     assert len(document["turns"]) > services.settings.memory.context_turns  # not just the window
 
 
+@pytest.mark.moto_only(TRANSACTIONS)
 def test_a_memory_update_racing_the_erasure_does_not_bring_the_session_back(
     services: Services, aws: Any, redis_url: str
 ) -> None:

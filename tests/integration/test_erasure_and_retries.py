@@ -27,6 +27,8 @@ from tests.integration.test_data_rights import cached_keys, remember, session_of
 from tests.support.frames import DOMAIN, STAGE, frames_sent, reply_text
 from tests.support.gateway import Client
 
+TRANSACTIONS = "the memory update is a TransactWriteItems, which dynalite lacks"
+
 
 class CountingModel:
     """The real (offline) model, counting the replies it is asked for per user message."""
@@ -83,6 +85,7 @@ def put_user_memory(aws: Any, redis_url: str, principal: str) -> None:
 # ---- deleteMyData ---------------------------------------------------------------------------
 
 
+@pytest.mark.moto_only(TRANSACTIONS)
 def test_delete_my_data_erases_every_session_and_the_long_term_memory_of_the_principal_only(
     services: Services, aws: Any, redis_url: str
 ) -> None:

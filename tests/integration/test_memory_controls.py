@@ -25,6 +25,8 @@ from tests.conftest import make_settings
 from tests.support.frames import ENDPOINT, frames_sent, reply_text
 from tests.support.gateway import Client
 
+TRANSACTIONS = "the memory update is a TransactWriteItems, which dynalite lacks"
+
 # A summary (and facts) every 2 turns from turn 4 on.
 MEMORY = {"history_turns": 2, "block_turns": 2}
 
@@ -233,6 +235,7 @@ def test_an_opted_in_users_facts_reach_their_new_sessions_and_no_one_elses(
     assert frames[-1]["usage"]["budget"]["userFacts"] == 0
 
 
+@pytest.mark.moto_only(TRANSACTIONS)
 def test_without_opting_in_nothing_carries_over(services: Services, aws: Any, model: RecordingModel) -> None:
     ada = Client("no-1", principal="guest:ada")
     ada.connect()
@@ -247,6 +250,7 @@ def test_without_opting_in_nothing_carries_over(services: Services, aws: Any, mo
     assert only(ada.send({"action": "getUserMemory"}), "userMemory")["facts"] == []
 
 
+@pytest.mark.moto_only(TRANSACTIONS)
 def test_opting_in_keeps_the_facts_the_session_already_has(services: Services, aws: Any) -> None:
     ada = Client("in-1", principal="guest:ada")
     ada.connect()

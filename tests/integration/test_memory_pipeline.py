@@ -24,6 +24,8 @@ from chatmemory.turns import Turn
 from tests.conftest import make_settings
 from tests.support.frames import ENDPOINT, frames_sent, reply_text
 
+TRANSACTIONS = "the memory update is a TransactWriteItems, which dynalite lacks"
+
 MEMORY = {"history_turns": 4, "block_turns": 3, "budget_tokens": 6_000}
 
 
@@ -60,6 +62,7 @@ def meta_items(aws: Any, session_id: str) -> list[dict[str, Any]]:
     return [i for i in items if int(i["turn_number"]) == 0]
 
 
+@pytest.mark.moto_only(TRANSACTIONS)
 def test_hybrid_summarises_off_the_hot_path_and_uses_summary_and_facts(small: Services, aws: Any) -> None:
     chat = Chat(small, "s-hybrid")
     chat.say("Hello! My name is Ada Lovelace.")
@@ -174,6 +177,7 @@ class FailingTasks:
         return self.inner.stream(prompt)
 
 
+@pytest.mark.moto_only(TRANSACTIONS)
 def test_a_failed_update_leaves_the_turn_alone_and_is_retried_after_the_next(
     aws: Any, redis_url: str
 ) -> None:
@@ -194,6 +198,7 @@ def test_a_failed_update_leaves_the_turn_alone_and_is_retried_after_the_next(
     assert int(meta["summarized_through"]) == 3
 
 
+@pytest.mark.moto_only(TRANSACTIONS)
 def test_updates_are_idempotent(small: Services, aws: Any) -> None:
     chat = Chat(small, "s-idem")
     for i in range(7):

@@ -1,4 +1,5 @@
-"""TurnStore on moto DynamoDB and TurnCache on real Redis, one behaviour at a time."""
+"""TurnStore on two DynamoDB engines (moto, and dynalite, which rejects what the service rejects)
+and TurnCache on real Redis, one behaviour at a time."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from typing import Any
 
 import pytest
 import redis
+from botocore.exceptions import ClientError
 from chatmemory.cache import TurnCache, turns_key
 from chatmemory.errors import Busy, TurnConflict
+from chatmemory.memory.state import Fact, MemoryState
 from chatmemory.services import Services
 from chatmemory.store import TurnStore
 from chatmemory.turns import Turn, Usage
+
+from tests.conftest import fresh_dynalite_tables
+from tests.support.processes import DynaliteProcess
 
 NOW = int(time.time())
 
@@ -58,6 +64,91 @@ def test_latest_turns_is_the_last_n_in_order(aws: Any) -> None:
     window = store.latest_turns("s-1", 3, NOW)
     assert [t.turn for t in window] == [5, 6, 7]
     assert window[-1].assistant == "reply 7" and window[-1].output_tokens == 6
+
+
+def test_paging_back_reaches_every_turn_and_before_the_first_is_an_empty_page(aws: Any) -> None:
+    store = TurnStore(aws.Table("ChatSessions"))
+    for n in range(1, 6):
+        store.put_user_message(turn(n))
+
+    assert [t.turn for t in store.turns_before("s-1", 6, 3)] == [5, 4, 3]
+    assert [t.turn for t in store.turns_before("s-1", 3, 3)] == [2, 1]
+    # Given the protocol's smallest ``before``: nothing is below turn 1, and no request is made
+    # (DynamoDB rejects the key condition ``BETWEEN 1 AND 0``).
+    assert store.turns_before("s-1", 1, 3) == []
+    assert store.turns_before("no-such-session", 1, 3) == []
+
+
+def test_every_read_of_the_store_is_a_request_dynamodb_accepts(aws: Any) -> None:
+    """Each query and projection the store builds, on both engines (dynalite validates key
+    conditions, projections, reserved words and filters as the service does)."""
+    store = TurnStore(aws.Table("ChatSessions"))
+    store.put_user_message(turn(1).model_copy(update={"principal": "guest:ada", "client_message_id": "c-1"}))
+    store.put_turn(turn(2).model_copy(update={"principal": "guest:ada"}), outbox_id="o-2")
+    store.set_strategy("s-1", "window", NOW + 3600)
+
+    assert store.last_turn_number("s-1") == 2
+    assert store.extend_expiry("s-1", NOW + 7200) == 3  # both turns and the meta item
+    assert [t.turn for t in store.turns_between("s-1", 0, 2)] == [1, 2]
+    turns, meta = store.session_items("s-1")
+    assert [t.turn for t in turns] == [1, 2] and meta is not None and meta["strategy"] == "window"
+    assert store.item_owners("s-1") == {0: None, 1: "guest:ada", 2: "guest:ada"}
+    assert store.memory_state("s-1").strategy == "window"
+    assert store.find_outbox_turn("s-1", "o-2") == (2, True, "complete")
+    assert store.find_outbox_turn("s-1", "o-9", client_message_id="c-1") == (1, False, "complete")
+    assert store.find_outbox_turn("s-1", "o-9") is None
+    assert store.principal_sessions("guest:ada") == {"s-1"}
+
+    store.mark_erased("s-1", NOW + 60)
+    assert store.is_erased("s-1", NOW) and not store.is_erased("s-2", NOW)
+    store.delete_items("s-1", [0, 1, 2])
+    assert store.item_owners("s-1") == {}
+
+
+class Transaction(Exception):
+    """The TransactWriteItems request a client was about to send, stopped before sending."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        super().__init__("TransactWriteItems")
+        self.items = items
+
+
+def test_the_memory_transaction_is_made_of_requests_dynamodb_accepts(dynalite: DynaliteProcess) -> None:
+    """dynalite has no TransactWriteItems: the transaction the store builds is stopped before it
+    is sent, and each of its parts is sent to dynalite as the single-item request with the same
+    key, expressions, names and values (an Update as UpdateItem; a ConditionCheck as an
+    UpdateItem that changes nothing), so its parser and validation judge every expression."""
+    dynamodb = fresh_dynalite_tables(dynalite)
+    client = dynamodb.meta.client
+    table = dynamodb.Table("ChatSessions")
+    store = TurnStore(table)
+    store.put_user_message(turn(1))
+    store.put_user_message(turn(2))
+
+    def stop(params: dict[str, Any], **_: Any) -> None:
+        raise Transaction(params["TransactItems"])
+
+    # The parts as the store gave them (plain values, which this client serializes for each request).
+    client.meta.events.register("before-parameter-build.dynamodb.TransactWriteItems", stop)
+    state = MemoryState(summary="", summary_tokens=3, facts=[Fact(key="name", value="Ada", turn=1)])
+    with pytest.raises(Transaction) as stopped:
+        store.advance_memory("s-1", state.model_copy(update={"summarized_through": 2}), NOW + 3600)
+    with pytest.raises(Transaction) as past_the_end:
+        store.advance_memory("s-1", state.model_copy(update={"summarized_through": 9}), NOW + 3600)
+
+    (update, check) = stopped.value.items
+    client.update_item(**update["Update"])  # the meta item's first summary: accepted and applied
+    client.update_item(**check["ConditionCheck"], UpdateExpression="REMOVE never_set")  # turn 2 exists
+    assert store.memory_state("s-1").summarized_through == 2
+    assert store.memory_state("s-1").facts == state.facts
+    with pytest.raises(ClientError) as older:  # the same reach again: the condition refuses it
+        client.update_item(**update["Update"])
+    assert older.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+    with pytest.raises(ClientError) as missing:  # a turn that does not exist: the check refuses it
+        beyond = past_the_end.value.items[1]["ConditionCheck"]
+        client.update_item(**beyond, UpdateExpression="REMOVE never_set")
+    assert missing.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
+    assert store.item_owners("s-1") == {0: None, 1: None, 2: None}  # nothing was created by a check
 
 
 def test_cache_serves_contiguous_windows_only(redis_url: str) -> None:

@@ -3,12 +3,14 @@ own and moto servers over HTTP."""
 
 from __future__ import annotations
 
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 from types import TracebackType
 
 import redis
@@ -140,4 +142,50 @@ class MotoHttpServer:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self.stop()
+
+
+DYNALITE = Path(__file__).resolve().parents[2] / "tools" / "dynalite"
+
+
+class DynaliteProcess:
+    """dynalite (tools/dynalite, installed by scripts/ensure-dynalite.sh) in memory on a free
+    port: a second DynamoDB engine that rejects what the service rejects (expressions,
+    reserved words, key conditions, sizes) where moto is lenient. It has no TransactWriteItems
+    and no UpdateTimeToLive."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 30) -> DynaliteProcess:
+        node = shutil.which("node")
+        if node is None or not (DYNALITE / "node_modules" / "dynalite").is_dir():
+            raise RuntimeError("dynalite is not installed: run scripts/ensure-dynalite.sh (make test does)")
+        # stdin stays open while we run: the server ends when it closes, even if we are killed.
+        self._proc = subprocess.Popen(
+            [node, str(DYNALITE / "serve.js"), "0"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        ready = select.select([self._proc.stdout], [], [], timeout)[0]
+        line = self._proc.stdout.readline() if ready else ""
+        if not line.startswith("listening "):
+            self.stop()
+            raise RuntimeError(f"dynalite did not start within {timeout} s")
+        self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
+    def __enter__(self) -> DynaliteProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -177,10 +177,15 @@ class TurnStore:
     def turns_before(self, session_id: str, before: int, limit: int) -> list[Turn]:
         """Up to ``limit`` turns numbered below ``before`` (expired or not), newest first: one
         page back through a session's history. Ask for one more than you show to know if
-        there are older ones."""
+        there are older ones.
+
+        Nothing is numbered below the first turn: ``before <= 1`` is an empty page without a
+        request (DynamoDB rejects ``BETWEEN 1 AND 0`` with a ValidationException)."""
+        if before <= 1:
+            return []
         response = self._table.query(
             KeyConditionExpression=Key("session_id").eq(session_id)
-            & Key("turn_number").between(1, max(before - 1, 0)),
+            & Key("turn_number").between(1, before - 1),
             ScanIndexForward=False,
             Limit=limit,
             ConsistentRead=True,
