@@ -7,7 +7,8 @@
 #
 # Kept between runs: nothing is built when the tag exists (the official image, pulled once, or
 # this stand-in of the same recipe). Differences from the official image: Python 3.11 (Debian's)
-# instead of the runtime's 3.12, so the layers are built for 3.11 (make invoke does that).
+# instead of the runtime's 3.12, so the layers are built for 3.11: the image's label
+# chat-memory.python says so, and make local-build reads it.
 #
 # Usage: scripts/build-lambda-image.sh [python3.12] [x86_64|arm64]   (defaults: python3.12, this machine)
 set -euo pipefail
@@ -18,7 +19,7 @@ case "${2:-$(uname -m)}" in
   *) echo "unsupported architecture ${2:-$(uname -m)}" >&2; exit 2 ;;
 esac
 TAG="public.ecr.aws/lambda/python:${RUNTIME#python}-$ARCH"  # what SAM CLI runs for a zip function
-RECIPE=1  # bump when the image below changes: a stand-in of an older recipe is rebuilt
+RECIPE=2  # bump when the image below changes: a stand-in of an older recipe is rebuilt
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 recipe=$(docker image inspect --format '{{ index .Config.Labels "chat-memory.stand-in" }}' "$TAG" 2>/dev/null || true)
@@ -59,7 +60,7 @@ tar -C "$root" -c . | docker import \
   --change "ENV LAMBDA_TASK_ROOT=/var/task LAMBDA_RUNTIME_DIR=/var/runtime LANG=C.UTF-8 TZ=:UTC" \
   --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
   --change "WORKDIR /var/task" \
-  --change "LABEL chat-memory.stand-in=$RECIPE" \
+  --change "LABEL chat-memory.stand-in=$RECIPE chat-memory.python=$python_version" \
   --change 'ENTRYPOINT ["/var/runtime/bootstrap"]' \
   - "$TAG" >/dev/null
 echo "built $TAG"
