@@ -13,9 +13,12 @@ and builds a stand-in image where public.ecr.aws cannot be reached); ``make test
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,12 +172,25 @@ def docker_answers() -> bool:
 def docker_bridge_address() -> str:
     """The host's address on Docker's default bridge: where host-gateway leads a container."""
     out = subprocess.run(
-        ["docker", "network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}"],
+        ["docker", "network", "inspect", "bridge", "--format", "{{json .}}"],
         capture_output=True,
         text=True,
         check=True,
     )
-    return out.stdout.strip()
+    (network,) = json.loads(out.stdout) if out.stdout.lstrip().startswith("[") else [json.loads(out.stdout)]
+    gateway = next((c["Gateway"] for c in network["IPAM"]["Config"] if c.get("Gateway")), None)
+    if gateway:
+        return str(gateway)
+    # The daemon's own bridge (docker0) leaves Gateway out: its interface's address is it.
+    name = network["Options"].get("com.docker.network.bridge.name", "docker0").encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("256s", name[:15])
+        return socket.inet_ntoa(fcntl.ioctl(sock.fileno(), SIOCGIFADDR, request)[20:24])
+
+
+SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
+# Listening on the bridge too; protected mode would answer containers (not loopback) DENIED.
+REDIS_ON_BRIDGE = ("--protected-mode", "no", "--bind", "127.0.0.1")
 
 
 @dataclass
@@ -188,6 +204,7 @@ class SamLocal:
 
     def __init__(self, env_vars: Path, tmp: Path) -> None:
         self.env_vars, self.tmp = env_vars, tmp
+        self.last_logs = ""  # of the last invocation, for the assertion messages
 
     def invoke(self, function: str, event: Path | dict[str, Any]) -> Invocation:
         if isinstance(event, dict):
@@ -211,6 +228,7 @@ class SamLocal:
         assert not (isinstance(response, dict) and "errorType" in response), (
             f"{function} failed: {response}\n{done.stderr}"
         )
+        self.last_logs = done.stderr
         return Invocation(response, done.stderr)
 
 
@@ -234,7 +252,7 @@ def in_docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SamLoc
     assert built.returncode == 0, f"make local-build failed\n{built.stdout}\n{built.stderr}"
     with (
         MotoHttpServer(host=bridge) as moto,
-        RedisProcess(extra_args=("--bind", "127.0.0.1", bridge)) as cache,
+        RedisProcess(extra_args=REDIS_ON_BRIDGE + (bridge,)) as cache,
     ):
         overrides = env_file()
         common = overrides["Parameters"]
@@ -297,7 +315,7 @@ def test_every_function_answers_its_sample_in_a_container(in_docker: tuple[SamLo
     session_id = str(binding["session_id"])
     assert session_id != connect["queryStringParameters"]["session_id"]
     assert binding["principal"] == connect["requestContext"]["authorizer"]["principalId"]
-    assert cache.get(binding_key(connection_id)) is not None
+    assert cache.get(binding_key(connection_id)) is not None, sam.last_logs
 
     # getSession: the session frame
     (frame,) = route("get_session.json")
@@ -318,7 +336,7 @@ def test_every_function_answers_its_sample_in_a_container(in_docker: tuple[SamLo
 
     # setMemory, getUserMemory, forgetUserMemory: memory and userMemory frames
     (memory,) = route("set_memory.json")
-    assert memory["type"] == "memory" and memory["strategy"] == "window", memory
+    assert memory["type"] == "memory" and memory["memoryStrategy"] == "window" and memory["longTerm"] is True
     assert {f["type"] for f in route("get_user_memory.json")} == {"userMemory"}
     assert {f["type"] for f in route("forget_user_memory.json")} == {"userMemory"}
 
