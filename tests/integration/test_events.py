@@ -41,6 +41,7 @@ EVENTS = ROOT / "events"
 ENV_FILE = EVENTS / "env.json"
 SAM = ROOT / os.environ.get("SAM_VENV", ".tools/sam") / "bin" / "sam"
 LOCAL_HOST = "host.docker.internal"  # --add-host host.docker.internal:host-gateway
+MAKE = ["make", "-s", "--no-print-directory", f"SAM_VENV={SAM.parent.parent}"]
 
 # The route samples, in the order of the conversation they make.
 CONVERSATION = [
@@ -212,8 +213,7 @@ class SamLocal:
             path.write_text(json.dumps(event))
             event = path
         done = subprocess.run(
-            ["make", "-s", "--no-print-directory", "invoke", f"FUNCTION={function}", f"EVENT={event}"]
-            + [f"ENV_VARS={self.env_vars}", f"SAM_VENV={SAM.parent.parent}"],
+            [*MAKE, "invoke", f"FUNCTION={function}", f"EVENT={event}", f"ENV_VARS={self.env_vars}"],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -242,7 +242,7 @@ def in_docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SamLoc
         pytest.skip("no Docker daemon or no SAM CLI (make docker sam-cli)")
     bridge = docker_bridge_address()
     built = subprocess.run(
-        ["make", "-s", "--no-print-directory", "local-build", f"SAM_VENV={SAM.parent.parent}"],
+        [*MAKE, "local-build"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -252,7 +252,7 @@ def in_docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SamLoc
     assert built.returncode == 0, f"make local-build failed\n{built.stdout}\n{built.stderr}"
     with (
         MotoHttpServer(host=bridge) as moto,
-        RedisProcess(extra_args=REDIS_ON_BRIDGE + (bridge,)) as cache,
+        RedisProcess(extra_args=(*REDIS_ON_BRIDGE, bridge)) as cache,
     ):
         overrides = env_file()
         common = overrides["Parameters"]
@@ -277,52 +277,70 @@ def posted(connection_id: str) -> list[dict[str, Any]]:
     return frames_sent(quote(connection_id, safe=""))
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(1800)
-def test_every_function_answers_its_sample_in_a_container(in_docker: tuple[SamLocal, Any, Any, str]) -> None:
-    sam, tables, cache, _ = in_docker
-    sessions, connections = tables["ChatSessionsTable"], tables["ConnectionsTable"]
-    connection_id = load("connect.json")["requestContext"]["connectionId"]
-    clear_frames(quote(connection_id, safe=""))
-    seen = 0
+class Connection:
+    """The route samples' connection: each sample through its route's function, in a container."""
 
-    def new_frames() -> list[dict[str, Any]]:
-        nonlocal seen
-        frames = posted(connection_id)[seen:]
-        seen += len(frames)
-        return frames
+    def __init__(self, sam: SamLocal) -> None:
+        self.sam = sam
+        self.id = load("connect.json")["requestContext"]["connectionId"]
+        self.seen = 0
+        clear_frames(quote(self.id, safe=""))
 
-    def route(sample: str) -> list[dict[str, Any]]:
-        """A route's sample through the function of its route: 200 and the frames it posted."""
+    def route(self, sample: str) -> list[dict[str, Any]]:
+        """200, and the frames the function posted; no error frame unless the sample is $default's."""
         event = load(sample)
         function = load_template().routes()[event["requestContext"]["routeKey"]].logical_id
-        assert sam.invoke(function, EVENTS / sample).response == {"statusCode": 200}, sample
-        frames = new_frames()
-        expected_errors = sample.startswith("default")
-        assert expected_errors or not [f for f in frames if f["type"] == "error"], f"{sample}: {frames}"
+        assert self.sam.invoke(function, EVENTS / sample).response == {"statusCode": 200}, sample
+        frames = posted(self.id)[self.seen :]
+        self.seen += len(frames)
+        if not sample.startswith("default"):
+            assert not [f for f in frames if f["type"] == "error"], (
+                f"{sample}: {frames}\n{self.sam.last_logs}"
+            )
         return frames
 
-    # The authorizer: no ?token=, so a new guest, allowed on $connect, its token in the context
+
+pytestmark = [pytest.mark.timeout(1800)]
+
+
+@pytest.mark.slow
+def test_the_authorizer_sample_makes_a_guest_in_a_container(
+    in_docker: tuple[SamLocal, Any, Any, str],
+) -> None:
+    """No ?token=: a new guest, allowed on $connect, its signed token in the context."""
+    sam = in_docker[0]
     policy = sam.invoke("AuthorizerFunction", EVENTS / "authorizer.json").response
-    assert policy["principalId"].startswith("guest:") and policy["context"]["guestToken"]
+    assert policy["principalId"].startswith("guest:")
+    assert policy["context"]["principal"] == policy["principalId"] and policy["context"]["guestToken"]
     (statement,) = policy["policyDocument"]["Statement"]
     assert statement["Effect"] == "Allow"
+    assert statement["Resource"] == [load("authorizer.json")["methodArn"]]
 
-    # $connect: 200, the connection bound to a new session (the requested one has no turns)
+
+@pytest.mark.slow
+def test_the_route_samples_hold_a_conversation_in_a_container(
+    in_docker: tuple[SamLocal, Any, Any, str],
+) -> None:
+    sam, tables, cache, _ = in_docker
+    sessions, connections = tables["ChatSessionsTable"], tables["ConnectionsTable"]
+    connection = Connection(sam)
+
+    # $connect: the connection bound, for the authorizer's principal, to a new session (the
+    # requested one has no turns), in DynamoDB and in Redis
     connect = load("connect.json")
-    assert route("connect.json") == []
-    binding = connections.get_item(Key={"connection_id": connection_id})["Item"]
+    assert connection.route("connect.json") == []
+    binding = connections.get_item(Key={"connection_id": connection.id})["Item"]
     session_id = str(binding["session_id"])
     assert session_id != connect["queryStringParameters"]["session_id"]
     assert binding["principal"] == connect["requestContext"]["authorizer"]["principalId"]
-    assert cache.get(binding_key(connection_id)) is not None, sam.last_logs
+    assert cache.get(binding_key(connection.id)) is not None, sam.last_logs
 
     # getSession: the session frame
-    (frame,) = route("get_session.json")
+    (frame,) = connection.route("get_session.json")
     assert frame["type"] == "session" and frame["sessionId"] == session_id and frame["history"] == []
 
     # sendMessage: deltas, then done; the turn is stored with its reply
-    frames = route("send_message.json")
+    frames = connection.route("send_message.json")
     assert [f["type"] for f in frames] == ["delta"] * (len(frames) - 1) + ["done"] and len(frames) >= 2
     assert frames[-1]["turn"] == 1
     (item,) = sessions.query(KeyConditionExpression=Key("session_id").eq(session_id))["Items"]
@@ -330,53 +348,56 @@ def test_every_function_answers_its_sample_in_a_container(in_docker: tuple[SamLo
     assert item["user_message"] == body["message"] and item["client_message_id"] == body["clientMessageId"]
     assert item["assistant_reply"] == reply_text(frames) and item["status"] == "complete"
 
-    # summarize (what sendMessage schedules): the session's memory read and brought up to date
-    summarized = sam.invoke("SummarizeFunction", {"sessionId": session_id}).response
-    assert set(summarized) == {"updated"}
+    # summarize (what sendMessage schedules, for this session): its memory read and brought up to date
+    summarize = {**load("summarize.json"), "sessionId": session_id}
+    assert set(sam.invoke("SummarizeFunction", summarize).response) == {"updated"}
 
     # setMemory, getUserMemory, forgetUserMemory: memory and userMemory frames
-    (memory,) = route("set_memory.json")
+    (memory,) = connection.route("set_memory.json")
     assert memory["type"] == "memory" and memory["memoryStrategy"] == "window" and memory["longTerm"] is True
-    assert {f["type"] for f in route("get_user_memory.json")} == {"userMemory"}
-    assert {f["type"] for f in route("forget_user_memory.json")} == {"userMemory"}
+    assert {f["type"] for f in connection.route("get_user_memory.json")} == {"userMemory"}
+    assert {f["type"] for f in connection.route("forget_user_memory.json")} == {"userMemory"}
 
-    # exportSession: the stored turn in export frames
-    exported = route("export_session.json")
+    # exportSession: the stored turn, in export frames
+    exported = connection.route("export_session.json")
     assert exported and {f["type"] for f in exported} == {"export"}
     assert body["message"] in json.dumps(exported)
 
     # newSession: a fresh session, bound
-    (fresh,) = route("new_session.json")
+    (fresh,) = connection.route("new_session.json")
     assert fresh["type"] == "session" and fresh["sessionId"] != session_id
-    rebound = connections.get_item(Key={"connection_id": connection_id})["Item"]
-    assert rebound["session_id"] == fresh["sessionId"]
+    assert (
+        connections.get_item(Key={"connection_id": connection.id})["Item"]["session_id"] == fresh["sessionId"]
+    )
 
-    # deleteSession, deleteMyData: erased, then a fresh session on the connection
-    assert [f["type"] for f in route("delete_session.json")][:1] == ["deleted"]
-    assert [f["type"] for f in route("delete_my_data.json")][:1] == ["deleted"]
+    # deleteSession, deleteMyData: erased (the first session's turn too), then a fresh session
+    assert [f["type"] for f in connection.route("delete_session.json")][:1] == ["deleted"]
+    assert [f["type"] for f in connection.route("delete_my_data.json")][:1] == ["deleted"]
     turns = Key("session_id").eq(session_id) & Key("turn_number").gt(0)  # 0: the meta item
-    assert sessions.query(KeyConditionExpression=turns)["Items"] == []  # the first session's turn too
+    assert sessions.query(KeyConditionExpression=turns)["Items"] == []
 
     # $default: an unknown action, then a body that is not JSON; each an error frame
     for sample, code in (("default.json", "unknown_action"), ("default_not_json.json", "bad_request")):
-        (error,) = route(sample)
+        (error,) = connection.route(sample)
         assert error["type"] == "error" and error["code"] == code, sample
         assert error["requestId"] == load(sample)["requestContext"]["requestId"]
 
     # $disconnect: the binding is gone
-    assert route("disconnect.json") == []
-    assert "Item" not in connections.get_item(Key={"connection_id": connection_id})
-    assert cache.get(binding_key(connection_id)) is None
+    assert connection.route("disconnect.json") == []
+    assert "Item" not in connections.get_item(Key={"connection_id": connection.id})
+    assert cache.get(binding_key(connection.id)) is None
+    clear_frames(quote(connection.id, safe=""))
 
-    # The outbox replay: the queued turn stored once, no batch item failures
+
+@pytest.mark.slow
+def test_the_outbox_sample_is_replayed_once_in_a_container(in_docker: tuple[SamLocal, Any, Any, str]) -> None:
+    """The queued turn stored in its session, with its outbox id; no batch item failures."""
+    sam, tables, _, _ = in_docker
     record = json.loads(load("outbox_replay.json")["Records"][0]["body"])
     replayed = sam.invoke("OutboxReplayFunction", EVENTS / "outbox_replay.json").response
     assert replayed == {"batchItemFailures": []}
-    (stored,) = sessions.query(KeyConditionExpression=Key("session_id").eq(record["turn"]["session_id"]))[
-        "Items"
-    ]
-    assert (
-        stored["outbox_id"] == record["outbox_id"]
-        and stored["assistant_reply"] == record["turn"]["assistant"]
-    )
-    clear_frames(quote(connection_id, safe=""))
+    session = Key("session_id").eq(record["turn"]["session_id"])
+    (stored,) = tables["ChatSessionsTable"].query(KeyConditionExpression=session)["Items"]
+    assert stored["outbox_id"] == record["outbox_id"]
+    assert stored["user_message"] == record["turn"]["user"]
+    assert stored["assistant_reply"] == record["turn"]["assistant"]
