@@ -11,7 +11,20 @@ ENV ?= default
 LOCOMO ?=
 EVAL_REDIS_URL ?= redis://127.0.0.1:6379/11
 
-.PHONY: help install dev test test-fast lint format validate sam-cli build deploy destroy bench eval eval-smoke resilience load clean
+# sam local invoke in Docker (README, "One function in Docker"): built for this machine's
+# architecture and for the Python of the Lambda image (the stand-in scripts/build-lambda-image.sh
+# builds where the official one cannot be pulled says which in its chat-memory.python label).
+LOCAL_ARCH ?= $(if $(filter aarch64 arm64,$(shell uname -m)),arm64,x86_64)
+LOCAL_MACHINE = $(if $(filter arm64,$(LOCAL_ARCH)),aarch64,x86_64)
+LOCAL_IMAGE = public.ecr.aws/lambda/python:3.12-$(LOCAL_ARCH)
+LOCAL_PYTHON ?= $(shell docker image inspect --format '{{ index .Config.Labels "chat-memory.python" }}' \
+	$(LOCAL_IMAGE) 2>/dev/null | grep -x '3\.[0-9]*' || echo 3.12)
+LOCAL_BUILD := .aws-sam/local
+ENV_VARS ?= events/env.json
+LOCAL_SOURCES := template.yaml $(shell find functions layers packaging -type f -not -path '*/__pycache__/*' \
+	-not -path '*.egg-info/*' 2>/dev/null)
+
+.PHONY: help install dev test test-fast lint format validate sam-cli build deploy destroy bench eval eval-smoke resilience load clean docker local-build invoke
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -23,7 +36,7 @@ dev: install ## Run the whole backend locally: page at http://127.0.0.1:$(PORT)/
 	@scripts/ensure-redis.sh || true
 	$(VENV)/python -m local --port $(PORT)
 
-test: install validate ## sam validate --lint, then the full test suite (starts Redis, installs Chromium and dynalite if missing)
+test: install validate docker ## sam validate --lint, then the full test suite (starts Redis and Docker, installs Chromium and dynalite if missing)
 	@scripts/ensure-redis.sh
 	@scripts/ensure-dynalite.sh
 	@scripts/ensure-chromium.sh
@@ -54,6 +67,25 @@ validate: sam-cli ## sam validate --lint (no credentials needed)
 
 build: sam-cli ## sam build into .aws-sam/build, no Docker needed (packaging/Makefile: arm64, Python 3.12)
 	$(SAM) build
+
+docker: install ## A Docker daemon, and the Lambda image sam local invoke runs (built once where it cannot be pulled)
+	@scripts/ensure-docker.sh
+	@PYTHON=$(VENV)/python scripts/build-lambda-image.sh python3.12 $(LOCAL_ARCH)
+
+local-build: $(LOCAL_BUILD)/build/template.yaml ## sam build for sam local invoke: this machine's architecture, the image's Python
+
+$(LOCAL_BUILD)/build/template.yaml: $(LOCAL_SOURCES) | sam-cli docker
+	LAMBDA_PYTHON_VERSION=$(LOCAL_PYTHON) \
+	LAMBDA_PLATFORMS="manylinux_2_28_$(LOCAL_MACHINE) manylinux2014_$(LOCAL_MACHINE)" \
+	$(SAM) build --build-dir $(LOCAL_BUILD)/build --cache-dir $(LOCAL_BUILD)/cache \
+		--parameter-overrides Architecture=$(LOCAL_ARCH)
+	@touch $@
+
+invoke: local-build ## sam local invoke FUNCTION=ConnectFunction EVENT=events/connect.json in Docker (ENV_VARS=events/env.json)
+	@test -n "$(FUNCTION)" -a -n "$(EVENT)" || { echo "usage: make invoke FUNCTION=<logical id> EVENT=<file>" >&2; exit 2; }
+	$(SAM) local invoke $(FUNCTION) --template-file $(LOCAL_BUILD)/build/template.yaml --event $(EVENT) \
+		--env-vars $(ENV_VARS) --parameter-overrides Architecture=$(LOCAL_ARCH) --skip-pull-image \
+		--add-host host.docker.internal:host-gateway
 
 deploy: sam-cli ## sam deploy the built stack (.aws-sam) with samconfig.toml's ENV=default|dev|prod
 	$(SAM) deploy --config-env $(ENV)

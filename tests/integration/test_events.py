@@ -1,17 +1,27 @@
-"""Every sample in events/ through the handler template.yaml names for its route, with the
-environment ``sam local invoke --env-vars events/env.json`` would give that function, on moto
-over HTTP (DynamoDB and the @connections API) and the real Redis.
+"""Every function of template.yaml with its sample in events/, through the real SAM CLI in a
+real container: ``make invoke`` (``sam local invoke --skip-pull-image``, README's "One function
+in Docker"), with ``events/env.json`` pointed at this test's moto server (DynamoDB and the
+@connections API) and its own redis-server, both listening where the container reaches them.
 
-The samples are one conversation on one connection: connect, getSession, sendMessage, two
-frames no route takes, disconnect.
+``sam local invoke`` exits 0 when the handler raises, so each invocation is judged by its
+answer (no ``errorType``), its status code and its effect: the frames posted to the connection,
+the items in DynamoDB. The route samples are one conversation on one connection.
+
+Needs Docker, the SAM CLI in $SAM_VENV and the Lambda image (``make docker`` starts the daemon
+and builds a stand-in image where public.ecr.aws cannot be reached); ``make test`` does all of it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-import re
-from collections.abc import Iterator, Mapping
+import shutil
+import socket
+import struct
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,50 +31,45 @@ import pytest
 import redis
 from apigw_websocket import ConnectEvent, DisconnectEvent, MessageEvent
 from boto3.dynamodb.conditions import Key
-from chatmemory import services
-from chatmemory.config import get_settings
 from chatmemory.connections import binding_key
 
-from local.lambda_runtime import invoke
 from local.template import ROOT, Function, create_tables, load_template
 from tests.support.frames import clear_frames, frames_sent, reply_text
-from tests.support.processes import MotoHttpServer
+from tests.support.processes import MotoHttpServer, RedisProcess
 
 EVENTS = ROOT / "events"
 ENV_FILE = EVENTS / "env.json"
+SAM = ROOT / os.environ.get("SAM_VENV", ".tools/sam") / "bin" / "sam"
+LOCAL_HOST = "host.docker.internal"  # --add-host host.docker.internal:host-gateway
+MAKE = ["make", "-s", "--no-print-directory", f"SAM_VENV={SAM.parent.parent}"]
+
+# The route samples, in the order of the conversation they make.
 CONVERSATION = [
     "connect.json",
     "get_session.json",
     "send_message.json",
+    "set_memory.json",
+    "get_user_memory.json",
+    "forget_user_memory.json",
+    "export_session.json",
+    "new_session.json",
+    "delete_session.json",
+    "delete_my_data.json",
     "default.json",
     "default_not_json.json",
     "disconnect.json",
 ]
+# The functions no route invokes, and the sample of what invokes them.
+NOT_ROUTES = {
+    "AuthorizerFunction": "authorizer.json",  # API Gateway's REQUEST authorizer on $connect
+    "SummarizeFunction": "summarize.json",  # sendMessage, asynchronously
+    "OutboxReplayFunction": "outbox_replay.json",  # the turn outbox's SQS event source
+}
 MODELS: dict[str, type[ConnectEvent | MessageEvent | DisconnectEvent]] = {
     "CONNECT": ConnectEvent,
     "MESSAGE": MessageEvent,
     "DISCONNECT": DisconnectEvent,
 }
-# What the domain reads from the environment: only the template's variables may reach a
-# function under sam local, so stray values of the test process are removed.
-SETTINGS_VARIABLE = re.compile(
-    r"^(MEMORY|STORAGE|CACHE|BREAKER|LLM|STREAM|IDENTITY)__|^(REDIS_URL|DYNAMODB_ENDPOINT_URL|"
-    r"ANTHROPIC_API_KEY|ANTHROPIC_BASE_URL|SESSIONS_TABLE|CONNECTIONS_TABLE|CONNECTIONS_ENDPOINT_URL)$"
-)
-LOCAL_HOST = "host.docker.internal"
-
-
-def posted(connection_id: str) -> list[dict[str, Any]]:
-    """The frames moto's server took for the connection (it keys them by the id as it appears,
-    percent-encoded, in the request path)."""
-    return frames_sent(quote(connection_id, safe=""))
-
-
-AUTHORIZER_SAMPLE = EVENTS / "authorizer.json"  # the $connect authorizer's input, not a route event
-
-
-def samples() -> list[Path]:
-    return sorted(p for p in EVENTS.glob("*.json") if p not in (ENV_FILE, AUTHORIZER_SAMPLE))
 
 
 def load(name: str) -> dict[str, Any]:
@@ -75,149 +80,36 @@ def env_file() -> dict[str, dict[str, str]]:
     return dict(json.loads(ENV_FILE.read_text()))
 
 
-# ---- what sam local invoke --env-vars does ---------------------------------------------------
+def route_samples() -> list[Path]:
+    return [EVENTS / name for name in CONVERSATION]
 
 
-def _condition(raw: dict[str, Any], expr: Any) -> bool:
-    if isinstance(expr, dict) and len(expr) == 1:
-        ((fn, args),) = expr.items()
-        if fn == "Condition":
-            return _condition(raw, raw["Conditions"][args])
-        if fn == "Fn::Not":
-            return not _condition(raw, args[0])
-        if fn == "Fn::And":
-            return all(_condition(raw, a) for a in args)
-        if fn == "Fn::Or":
-            return any(_condition(raw, a) for a in args)
-        if fn == "Fn::Equals":
-            left, right = (_value(raw, a) for a in args)
-            return bool(left == right)
-    raise AssertionError(f"condition not understood: {expr}")
-
-
-_NO_VALUE = object()
-
-
-def _value(raw: dict[str, Any], value: Any) -> Any:
-    """A variable's value with the parameters' defaults, as sam local resolves it."""
-    if isinstance(value, dict) and list(value) == ["Ref"]:
-        name = value["Ref"]
-        if name == "AWS::NoValue":
-            return _NO_VALUE
-        if name in raw["Parameters"]:
-            return raw["Parameters"][name].get("Default", "")
-        return name  # a resource: sam local gives its logical id
-    if isinstance(value, dict) and list(value) == ["Fn::If"]:
-        condition, then, otherwise = value["Fn::If"]
-        return _value(raw, then if _condition(raw, raw["Conditions"][condition]) else otherwise)
-    if isinstance(value, dict | list):
-        return _NO_VALUE  # nothing sam local could resolve without a deployed stack
-    return value
-
-
-def _stringify(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def declared_variables(function: Function) -> dict[str, Any]:
-    """Globals' variables, then the function's own: what the template declares for it."""
+def declared_variables(function: Function) -> set[str]:
+    """Globals' variables and the function's own: the only ones sam local lets --env-vars set."""
     raw = load_template().raw
     glob = raw.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
     own = raw["Resources"][function.logical_id]["Properties"].get("Environment", {}).get("Variables", {})
-    return {**glob, **own}
-
-
-def sam_local_environment(function: Function, overrides: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-    """The function's variables as ``sam local invoke --env-vars`` sets them: the template's
-    (parameter defaults resolved), then the file's ``Parameters``, then its section for the
-    function. Only variables the template declares are set at all."""
-    raw = load_template().raw
-    file_values = {**overrides.get("Parameters", {}), **overrides.get(function.logical_id, {})}
-    env = {}
-    for name, value in declared_variables(function).items():
-        if name in file_values:
-            env[name] = _stringify(file_values[name])
-            continue
-        resolved = _value(raw, value)
-        if resolved is not _NO_VALUE:
-            env[name] = _stringify(resolved)
-    return env
-
-
-# ---- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def moto_server() -> Iterator[MotoHttpServer]:
-    with MotoHttpServer() as server:
-        yield server
-
-
-class SamLocal:
-    """Invokes a route's function as sam local would, with env.json's local endpoints pointed
-    at this test's moto server and Redis."""
-
-    def __init__(self, moto_url: str, redis_url: str) -> None:
-        self.local_endpoints = {
-            "DYNAMODB_ENDPOINT_URL": moto_url,
-            "CONNECTIONS_ENDPOINT_URL": moto_url,  # moto also serves POST /@connections/{id}
-            "REDIS_URL": redis_url,
-        }
-        self.routes = load_template().routes()
-        self.overrides = env_file()
-
-    def environment(self, function: Function) -> dict[str, str]:
-        env = sam_local_environment(function, self.overrides)
-        for name, url in self.local_endpoints.items():
-            # env.json points the container at the host; this test's servers are on the host.
-            assert LOCAL_HOST in env[name], f"{name} in events/env.json does not point at {LOCAL_HOST}"
-            env[name] = url
-        env["AWS_SAM_LOCAL"] = "true"
-        return env
-
-    def invoke(self, event: dict[str, Any], function: Function | None = None) -> Any:
-        function = function or self.routes[event["requestContext"]["routeKey"]]
-        saved = dict(os.environ)
-        for name in [n for n in os.environ if SETTINGS_VARIABLE.match(n)]:
-            del os.environ[name]
-        os.environ.update(self.environment(function))
-        services.use_services(None)
-        get_settings.cache_clear()
-        try:
-            return invoke(function, event)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-            services.use_services(None)
-            get_settings.cache_clear()
-
-    def table(self, logical_id: str) -> Any:
-        names = {
-            "ChatSessionsTable": self.overrides["Parameters"]["SESSIONS_TABLE"],
-            "ConnectionsTable": self.overrides["Parameters"]["CONNECTIONS_TABLE"],
-        }
-        dynamodb = boto3.resource(
-            "dynamodb", endpoint_url=self.local_endpoints["DYNAMODB_ENDPOINT_URL"], region_name="us-east-1"
-        )
-        create_tables(dynamodb, names)
-        return dynamodb.Table(names[logical_id])
-
-
-@pytest.fixture
-def sam_local(moto_server: MotoHttpServer, redis_url: str) -> SamLocal:
-    return SamLocal(moto_server.url, redis_url)
+    return {*glob, *own}
 
 
 # ---- the files --------------------------------------------------------------------------------
 
 
-def test_every_sample_is_part_of_the_conversation() -> None:
-    assert sorted(CONVERSATION) == [p.name for p in samples()]
+def test_every_function_has_its_sample() -> None:
+    template = load_template()
+    by_route = {name: route_for_sample(load(name)) for name in CONVERSATION}
+    covered = {template.routes()[route].logical_id for route in by_route.values()} | set(NOT_ROUTES)
+    assert covered == set(template.functions())
+    assert set(by_route.values()) == set(template.routes())
+    every_file = {p.name for p in EVENTS.glob("*.json")} - {ENV_FILE.name}
+    assert every_file == set(CONVERSATION) | set(NOT_ROUTES.values())
 
 
-@pytest.mark.parametrize("sample", samples(), ids=lambda p: p.name)
+def route_for_sample(event: dict[str, Any]) -> str:
+    return str(event["requestContext"]["routeKey"])
+
+
+@pytest.mark.parametrize("sample", route_samples(), ids=lambda p: p.name)
 def test_samples_are_what_api_gateway_sends_and_powertools_parses(sample: Path) -> None:
     event = json.loads(sample.read_text())
     context = event["requestContext"]
@@ -243,7 +135,7 @@ def route_for(body: str) -> str:
 
 
 def test_all_samples_are_one_connection() -> None:
-    ids = {load(name)["requestContext"]["connectionId"] for name in CONVERSATION}
+    ids = {load(name)["requestContext"]["connectionId"] for name in [*CONVERSATION, "authorizer.json"]}
     assert len(ids) == 1
 
 
@@ -252,104 +144,260 @@ def test_env_file_only_sets_variables_the_template_declares() -> None:
     overrides = env_file()
     functions = load_template().functions()
     assert set(overrides) == {"Parameters", *functions}
-    declared_by_all = set.intersection(*(set(declared_variables(f)) for f in functions.values()))
+    declared_by_all = set.intersection(*(declared_variables(f) for f in functions.values()))
     assert set(overrides["Parameters"]) <= declared_by_all
     for name, function in functions.items():
-        assert set(overrides[name]) <= set(declared_variables(function)), name
+        assert set(overrides[name]) <= declared_variables(function), name
     for section in overrides.values():
         assert all(isinstance(v, str) for v in section.values())
 
 
 def test_env_file_points_every_function_at_local_endpoints() -> None:
-    overrides = env_file()
-    for function in load_template().functions().values():
-        env = sam_local_environment(function, overrides)
-        assert env["LLM__PROVIDER"] == "offline"
-        assert env["DYNAMODB_ENDPOINT_URL"].startswith(f"http://{LOCAL_HOST}:")
-        assert env["CONNECTIONS_ENDPOINT_URL"].startswith(f"http://{LOCAL_HOST}:")
-        assert env["REDIS_URL"].startswith(f"redis://{LOCAL_HOST}:")
-        assert env["SESSIONS_TABLE"] and env["CONNECTIONS_TABLE"]
+    common = env_file()["Parameters"]
+    assert common["LLM__PROVIDER"] == "offline"
+    assert common["DYNAMODB_ENDPOINT_URL"].startswith(f"http://{LOCAL_HOST}:")
+    assert common["CONNECTIONS_ENDPOINT_URL"].startswith(f"http://{LOCAL_HOST}:")
+    assert common["REDIS_URL"].startswith(f"redis://{LOCAL_HOST}:")
+    assert common["SESSIONS_TABLE"] and common["CONNECTIONS_TABLE"]
 
 
-# ---- the conversation -----------------------------------------------------------------------
+# ---- in Docker --------------------------------------------------------------------------------
 
 
-def test_the_samples_hold_a_conversation(sam_local: SamLocal, redis_url: str) -> None:
+def docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
+
+
+def docker_bridge_address() -> str:
+    """The host's address on Docker's default bridge: where host-gateway leads a container."""
+    out = subprocess.run(
+        ["docker", "network", "inspect", "bridge", "--format", "{{json .}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (network,) = json.loads(out.stdout) if out.stdout.lstrip().startswith("[") else [json.loads(out.stdout)]
+    gateway = next((c["Gateway"] for c in network["IPAM"]["Config"] if c.get("Gateway")), None)
+    if gateway:
+        return str(gateway)
+    # The daemon's own bridge (docker0) leaves Gateway out: its interface's address is it.
+    name = network["Options"].get("com.docker.network.bridge.name", "docker0").encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("256s", name[:15])
+        return socket.inet_ntoa(fcntl.ioctl(sock.fileno(), SIOCGIFADDR, request)[20:24])
+
+
+SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
+# Listening on the bridge too; protected mode would answer containers (not loopback) DENIED.
+REDIS_ON_BRIDGE = ("--protected-mode", "no", "--bind", "127.0.0.1")
+
+
+@dataclass
+class Invocation:
+    response: Any
+    logs: str
+
+
+class SamLocal:
+    """``make invoke`` of one function with one event, against this test's moto and Redis."""
+
+    def __init__(self, env_vars: Path, tmp: Path) -> None:
+        self.env_vars, self.tmp = env_vars, tmp
+        self.last_logs = ""  # of the last invocation, for the assertion messages
+
+    def invoke(self, function: str, event: Path | dict[str, Any]) -> Invocation:
+        if isinstance(event, dict):
+            path = self.tmp / f"{function}.json"
+            path.write_text(json.dumps(event))
+            event = path
+        done = subprocess.run(
+            [*MAKE, "invoke", f"FUNCTION={function}", f"EVENT={event}", f"ENV_VARS={self.env_vars}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, f"{function}: sam local invoke failed\n{done.stdout}\n{done.stderr}"
+        lines = [line for line in done.stdout.splitlines() if line.strip()]
+        assert lines, f"{function}: no answer\n{done.stderr}"
+        response = json.loads(lines[-1])  # SAM prints the function's answer last, alone
+        # A handler that raised: sam local invoke still exits 0, with Lambda's error answer.
+        assert not (isinstance(response, dict) and "errorType" in response), (
+            f"{function} failed: {response}\n{done.stderr}"
+        )
+        self.last_logs = done.stderr
+        return Invocation(response, done.stderr)
+
+
+@pytest.fixture(scope="module")
+def in_docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SamLocal, Any, Any, str]]:
+    """moto and a redis-server on Docker's bridge, the tables, an env file pointing at them,
+    and the stack built for sam local (``make local-build``)."""
+    if not (SAM.exists() and docker_answers()):
+        if os.environ.get("CI"):
+            pytest.fail("CI needs Docker and the SAM CLI: make test runs make docker and make sam-cli")
+        pytest.skip("no Docker daemon or no SAM CLI (make docker sam-cli)")
+    bridge = docker_bridge_address()
+    built = subprocess.run(
+        [*MAKE, "local-build"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert built.returncode == 0, f"make local-build failed\n{built.stdout}\n{built.stderr}"
+    with (
+        MotoHttpServer(host=bridge) as moto,
+        RedisProcess(extra_args=(*REDIS_ON_BRIDGE, bridge)) as cache,
+    ):
+        overrides = env_file()
+        common = overrides["Parameters"]
+        common["DYNAMODB_ENDPOINT_URL"] = f"http://{LOCAL_HOST}:{moto.port}"
+        common["CONNECTIONS_ENDPOINT_URL"] = f"http://{LOCAL_HOST}:{moto.port}"  # moto's @connections
+        common["REDIS_URL"] = f"redis://{LOCAL_HOST}:{cache.port}/0"
+        tmp = tmp_path_factory.mktemp("sam-local")
+        env_vars = tmp / "env.json"
+        env_vars.write_text(json.dumps(overrides))
+        dynamodb = boto3.resource("dynamodb", endpoint_url=moto.url, region_name="us-east-1")
+        names = {
+            "ChatSessionsTable": common["SESSIONS_TABLE"],
+            "ConnectionsTable": common["CONNECTIONS_TABLE"],
+        }
+        create_tables(dynamodb, names)
+        tables = {logical_id: dynamodb.Table(name) for logical_id, name in names.items()}
+        yield SamLocal(env_vars, tmp), tables, redis.Redis.from_url(cache.url), moto.url
+
+
+def posted(connection_id: str) -> list[dict[str, Any]]:
+    """The frames moto's server took for the connection (keyed as in the request path)."""
+    return frames_sent(quote(connection_id, safe=""))
+
+
+class Connection:
+    """The route samples' connection: each sample through its route's function, in a container."""
+
+    def __init__(self, sam: SamLocal) -> None:
+        self.sam = sam
+        self.id = load("connect.json")["requestContext"]["connectionId"]
+        self.seen = 0
+        clear_frames(quote(self.id, safe=""))
+
+    def route(self, sample: str) -> list[dict[str, Any]]:
+        """200, and the frames the function posted; no error frame unless the sample is $default's."""
+        event = load(sample)
+        function = load_template().routes()[event["requestContext"]["routeKey"]].logical_id
+        assert self.sam.invoke(function, EVENTS / sample).response == {"statusCode": 200}, sample
+        frames = posted(self.id)[self.seen :]
+        self.seen += len(frames)
+        if not sample.startswith("default"):
+            assert not [f for f in frames if f["type"] == "error"], (
+                f"{sample}: {frames}\n{self.sam.last_logs}"
+            )
+        return frames
+
+
+pytestmark = [pytest.mark.timeout(1800)]
+
+
+@pytest.mark.slow
+def test_the_authorizer_sample_makes_a_guest_in_a_container(
+    in_docker: tuple[SamLocal, Any, Any, str],
+) -> None:
+    """No ?token=: a new guest, allowed on $connect, its signed token in the context."""
+    sam = in_docker[0]
+    policy = sam.invoke("AuthorizerFunction", EVENTS / "authorizer.json").response
+    assert policy["principalId"].startswith("guest:")
+    assert policy["context"]["principal"] == policy["principalId"] and policy["context"]["guestToken"]
+    (statement,) = policy["policyDocument"]["Statement"]
+    assert statement["Effect"] == "Allow"
+    assert statement["Resource"] == [load("authorizer.json")["methodArn"]]
+
+
+@pytest.mark.slow
+def test_the_route_samples_hold_a_conversation_in_a_container(
+    in_docker: tuple[SamLocal, Any, Any, str],
+) -> None:
+    sam, tables, cache, _ = in_docker
+    sessions, connections = tables["ChatSessionsTable"], tables["ConnectionsTable"]
+    connection = Connection(sam)
+
+    # $connect: the connection bound, for the authorizer's principal, to a new session (the
+    # requested one has no turns), in DynamoDB and in Redis
     connect = load("connect.json")
-    connection_id = connect["requestContext"]["connectionId"]
-    connections = sam_local.table("ConnectionsTable")
-    sessions = sam_local.table("ChatSessionsTable")
-    cache = redis.Redis.from_url(redis_url)
-    clear_frames(quote(connection_id, safe=""))
-
-    # $connect: 200, and the connection is bound to a new session (the requested one has no turns)
-    assert sam_local.invoke(connect) == {"statusCode": 200}
-    binding = connections.get_item(Key={"connection_id": connection_id})["Item"]
+    assert connection.route("connect.json") == []
+    binding = connections.get_item(Key={"connection_id": connection.id})["Item"]
     session_id = str(binding["session_id"])
     assert session_id != connect["queryStringParameters"]["session_id"]
-    assert cache.get(binding_key(connection_id)) is not None
-    assert posted(connection_id) == []
+    assert binding["principal"] == connect["requestContext"]["authorizer"]["principalId"]
+    assert cache.get(binding_key(connection.id)) is not None, sam.last_logs
 
-    # getSession: the session frame, posted to the connection
-    assert sam_local.invoke(load("get_session.json")) == {"statusCode": 200}
-    (frame,) = posted(connection_id)
-    assert frame["type"] == "session" and frame["sessionId"] == session_id
-    assert frame["resumed"] is False and frame["history"] == []
-    seen = 1
+    # getSession: the session frame
+    (frame,) = connection.route("get_session.json")
+    assert frame["type"] == "session" and frame["sessionId"] == session_id and frame["history"] == []
 
-    # sendMessage: deltas, then done; the turn is stored with the reply
-    send = load("send_message.json")
-    assert sam_local.invoke(send) == {"statusCode": 200}
-    frames = posted(connection_id)[seen:]
-    seen += len(frames)
-    assert [f["type"] for f in frames[:-1]] == ["delta"] * (len(frames) - 1) and len(frames) >= 2
-    done = frames[-1]
-    assert done["type"] == "done" and done["turn"] == 1 and done["memoryMode"] == "full"
+    # sendMessage: deltas, then done; the turn is stored with its reply
+    frames = connection.route("send_message.json")
+    assert [f["type"] for f in frames] == ["delta"] * (len(frames) - 1) + ["done"] and len(frames) >= 2
+    assert frames[-1]["turn"] == 1
     (item,) = sessions.query(KeyConditionExpression=Key("session_id").eq(session_id))["Items"]
-    assert item["user_message"] == json.loads(send["body"])["message"]
-    assert item["client_message_id"] == json.loads(send["body"])["clientMessageId"]
+    body = json.loads(load("send_message.json")["body"])
+    assert item["user_message"] == body["message"] and item["client_message_id"] == body["clientMessageId"]
     assert item["assistant_reply"] == reply_text(frames) and item["status"] == "complete"
 
+    # summarize (what sendMessage schedules, for this session): its memory read and brought up to date
+    summarize = {**load("summarize.json"), "sessionId": session_id}
+    assert set(sam.invoke("SummarizeFunction", summarize).response) == {"updated"}
+
+    # setMemory, getUserMemory, forgetUserMemory: memory and userMemory frames
+    (memory,) = connection.route("set_memory.json")
+    assert memory["type"] == "memory" and memory["memoryStrategy"] == "window" and memory["longTerm"] is True
+    assert {f["type"] for f in connection.route("get_user_memory.json")} == {"userMemory"}
+    assert {f["type"] for f in connection.route("forget_user_memory.json")} == {"userMemory"}
+
+    # exportSession: the stored turn, in export frames
+    exported = connection.route("export_session.json")
+    assert exported and {f["type"] for f in exported} == {"export"}
+    assert body["message"] in json.dumps(exported)
+
+    # newSession: a fresh session, bound
+    (fresh,) = connection.route("new_session.json")
+    assert fresh["type"] == "session" and fresh["sessionId"] != session_id
+    assert (
+        connections.get_item(Key={"connection_id": connection.id})["Item"]["session_id"] == fresh["sessionId"]
+    )
+
+    # deleteSession, deleteMyData: erased (the first session's turn too), then a fresh session
+    assert [f["type"] for f in connection.route("delete_session.json")][:1] == ["deleted"]
+    assert [f["type"] for f in connection.route("delete_my_data.json")][:1] == ["deleted"]
+    turns = Key("session_id").eq(session_id) & Key("turn_number").gt(0)  # 0: the meta item
+    assert sessions.query(KeyConditionExpression=turns)["Items"] == []
+
     # $default: an unknown action, then a body that is not JSON; each an error frame
-    for name, code in (("default.json", "unknown_action"), ("default_not_json.json", "bad_request")):
-        event = load(name)
-        assert sam_local.invoke(event) == {"statusCode": 200}
-        (error,) = posted(connection_id)[seen:]
-        seen += 1
-        assert error["type"] == "error" and error["code"] == code, name
-        assert error["requestId"] == event["requestContext"]["requestId"]
+    for sample, code in (("default.json", "unknown_action"), ("default_not_json.json", "bad_request")):
+        (error,) = connection.route(sample)
+        assert error["type"] == "error" and error["code"] == code, sample
+        assert error["requestId"] == load(sample)["requestContext"]["requestId"]
 
-    # $disconnect: the binding is gone, the session's turns stay
-    assert sam_local.invoke(load("disconnect.json")) == {"statusCode": 200}
-    assert "Item" not in connections.get_item(Key={"connection_id": connection_id})
-    assert cache.get(binding_key(connection_id)) is None
-    assert sessions.query(KeyConditionExpression=Key("session_id").eq(session_id))["Count"] == 1
-    clear_frames(quote(connection_id, safe=""))
+    # $disconnect: the binding is gone
+    assert connection.route("disconnect.json") == []
+    assert "Item" not in connections.get_item(Key={"connection_id": connection.id})
+    assert cache.get(binding_key(connection.id)) is None
+    clear_frames(quote(connection.id, safe=""))
 
 
-def test_the_authorizer_sample_makes_a_guest(sam_local: SamLocal) -> None:
-    """No ?token=: a new guest, allowed on this API's $connect, its token in the context."""
-    event = json.loads(AUTHORIZER_SAMPLE.read_text())
-    authorizer = load_template().connect_authorizer()
-    assert authorizer is not None
-
-    policy = sam_local.invoke(event, authorizer.function)
-
-    assert policy["principalId"].startswith("guest:")
-    (statement,) = policy["policyDocument"]["Statement"]
-    assert statement["Effect"] == "Allow" and statement["Resource"] == [event["methodArn"]]
-    assert policy["context"]["principal"] == policy["principalId"]
-    assert policy["context"]["guestToken"]
-
-    # the same sample with a forged token: denied
-    forged = {**event, "queryStringParameters": {**event["queryStringParameters"], "token": "forged"}}
-    denied = sam_local.invoke(forged, authorizer.function)
-    assert {s["Effect"] for s in denied["policyDocument"]["Statement"]} == {"Deny"}
-
-
-def test_the_environment_is_restored(sam_local: SamLocal) -> None:
-    event = load("default.json")
-    before = dict(os.environ)
-    sam_local.invoke(event)
-    assert dict(os.environ) == before
-    clear_frames(quote(event["requestContext"]["connectionId"], safe=""))
+@pytest.mark.slow
+def test_the_outbox_sample_is_replayed_once_in_a_container(in_docker: tuple[SamLocal, Any, Any, str]) -> None:
+    """The queued turn stored in its session, with its outbox id; no batch item failures."""
+    sam, tables, _, _ = in_docker
+    record = json.loads(load("outbox_replay.json")["Records"][0]["body"])
+    replayed = sam.invoke("OutboxReplayFunction", EVENTS / "outbox_replay.json").response
+    assert replayed == {"batchItemFailures": []}
+    session = Key("session_id").eq(record["turn"]["session_id"])
+    (stored,) = tables["ChatSessionsTable"].query(KeyConditionExpression=session)["Items"]
+    assert stored["outbox_id"] == record["outbox_id"]
+    assert stored["user_message"] == record["turn"]["user"]
+    assert stored["assistant_reply"] == record["turn"]["assistant"]

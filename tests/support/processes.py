@@ -121,13 +121,14 @@ class MotoHttpServer:
     """moto over HTTP on a fixed port, stoppable and restartable (moto's state lives in this
     process, so what was stored survives a restart, as it would in DynamoDB)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host  # another address than loopback: for clients in containers
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self._server: ThreadedMotoServer | None = None
 
     def start(self) -> MotoHttpServer:
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
         return self
 

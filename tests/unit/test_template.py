@@ -230,10 +230,14 @@ def test_globals_are_the_runtime_the_layers_are_built_for(raw: dict[str, Any]) -
     function = raw["Globals"]["Function"]
     assert function["Runtime"] == "python3.12"
     assert function["Tracing"] == "Active"
-    (arch,) = function["Architectures"]
+    # One architecture for functions and layers, a parameter (sam local invoke on x86_64 passes
+    # x86_64); deployed stacks get its default.
+    assert function["Architectures"] == [{"Ref": "Architecture"}]
+    assert raw["Parameters"]["Architecture"]["AllowedValues"] == ["arm64", "x86_64"]
+    arch = raw["Parameters"]["Architecture"]["Default"]
     for name, layer in resources_of(raw, "AWS::Serverless::LayerVersion").items():
         assert layer["Properties"]["CompatibleRuntimes"] == ["python3.12"], name
-        assert layer["Properties"]["CompatibleArchitectures"] == [arch], name
+        assert layer["Properties"]["CompatibleArchitectures"] == [{"Ref": "Architecture"}], name
     # Everything is built by packaging/Makefile, whose default wheels are the runtime's.
     for name, res in {
         **resources_of(raw, "AWS::Serverless::LayerVersion"),
@@ -354,6 +358,16 @@ def test_every_setting_variable_names_a_real_setting_with_the_same_default(raw: 
                 assert type(field.default)(default) == field.default, (
                     f"{name}: parameter {value['Ref']} defaults to {default}, the code to {field.default}"
                 )
+
+
+def test_every_parameter_default_is_one_sam_local_resolves(raw: dict[str, Any]) -> None:
+    """sam local invoke resolves only str, int, bool and list defaults: a float default reaches
+    the function as "" (a fractional tunable is a String parameter with a pattern instead)."""
+    for name, spec in raw["Parameters"].items():
+        default = spec.get("Default")
+        assert default is None or isinstance(default, str | int | bool | list), f"{name}: {default!r}"
+        if spec["Type"] == "String" and "AllowedPattern" in spec:
+            assert re.fullmatch(spec["AllowedPattern"], str(default)), name
 
 
 def test_the_template_defaults_make_valid_settings(raw: dict[str, Any], monkeypatch: Any) -> None:
