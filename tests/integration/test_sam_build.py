@@ -200,3 +200,15 @@ def test_every_built_handler_imports_with_only_its_layers(host_build: Build) -> 
         assert out.returncode == 0, f"{function.logical_id} does not import:\n{out.stderr[-3000:]}"
         report = json.loads(out.stdout.strip().splitlines()[-1])
         assert report == {"outside": [], "site": []}, function.logical_id
+
+
+LAMBDA_UNZIPPED_LIMIT = 262_144_000  # bytes: a function and all its layers, unzipped
+
+
+def test_every_function_with_its_layers_fits_lambdas_unzipped_size_limit(lambda_build: Build) -> None:
+    def size(path: Path) -> int:
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+    for function in lambda_build.functions():
+        total = size(function.code_dir) + sum(size(layer) for layer in function.layer_dirs)
+        assert total < LAMBDA_UNZIPPED_LIMIT, f"{function.logical_id}: {total / 1e6:.0f} MB unzipped"
