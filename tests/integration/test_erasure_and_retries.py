@@ -117,7 +117,7 @@ def test_delete_my_data_erases_every_session_and_the_long_term_memory_of_the_pri
     settle(services)
     eve_items = sorted(stored_items(aws, eves), key=str)
     eve_keys = sorted(cached_keys(redis_url, eves)) + sorted(cache.keys("user:{guest:eve}*"))
-    assert len(eve_keys) == 3  # turns, memory state, long-term memory
+    assert len(eve_keys) == 4  # turns, memory state, retrieval corpus, long-term memory
 
     deleted, fresh = ada.send({"action": "deleteMyData"})
 

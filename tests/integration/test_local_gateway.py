@@ -220,7 +220,12 @@ def test_events_have_the_keys_of_the_samples(sample: Path, gateway: Running, lam
 
     ours = events[kind]
     assert sorted(ours) == sorted(expected)
-    assert sorted(ours["requestContext"]) == sorted(expected["requestContext"])
+    # A sample may carry an authorizer's context, as API Gateway passes it once one ran; this
+    # gateway runs without one (the authorizer's events are compared on their own).
+    context = sorted(
+        k for k in expected["requestContext"] if k != "authorizer" or "authorizer" in ours["requestContext"]
+    )
+    assert sorted(ours["requestContext"]) == context
 
 
 # ---- routes ------------------------------------------------------------------------------

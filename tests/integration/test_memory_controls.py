@@ -284,6 +284,7 @@ def test_a_changed_fact_supersedes_the_kept_one(services: Services, aws: Any, mo
     assert model.prompts[-1].system.count("- name:") == 1
 
 
+@pytest.mark.moto_only(TRANSACTIONS)
 def test_forget_one_fact_then_all_erases_them_from_dynamodb_and_redis(
     services: Services, aws: Any, model: RecordingModel
 ) -> None:
@@ -445,7 +446,9 @@ def default_cadence(aws: Any, redis_url: str, model: RecordingModel) -> Iterator
 
 @pytest.fixture
 def pending(aws: Any, redis_url: str, model: RecordingModel) -> Iterator[tuple[Services, ShiftedClock]]:
-    settings = make_settings(redis_url)
+    # A strategy that does not search: retrieval schedules a run after every turn (to embed it),
+    # and these tests watch what long-term memory alone schedules.
+    settings = make_settings(redis_url, memory={"strategy": "facts"})
     clock = ShiftedClock()
     built = Services(
         settings, aws, redis_client(settings), model, clock=clock, scheduler_factory=PendingScheduler

@@ -117,7 +117,12 @@ class MemoryUpdater:
             for t in self.repository.breakers.dynamodb.call(self.store.turns_between, session_id, first, last)
             if t.status != "pending" and t.principal == principal
         ]
-        if not turns:
+        # The cadence, here too: a strategy that searches schedules a run after every turn (to
+        # embed it), and a merge is two model calls.
+        due = last - cursor >= self.settings.long_term_every_turns or any(
+            tasks.states_fact(t.user) for t in turns
+        )
+        if not turns or not due:
             return False
         through = turns[-1].turn
         stated = [t for t in turns if t.answered and memory.mergeable(t)]
