@@ -37,6 +37,7 @@ class Budget:
     history: int
     message: int
     user_facts: int = 0  # the user's long-term facts (opt-in), carried over from other sessions
+    history_turns: int = 0  # how many earlier turns the history carries
 
     @property
     def total(self) -> int:
@@ -51,6 +52,7 @@ class Budget:
             "facts": self.facts,
             "history": self.history,
             "message": self.message,
+            "historyTurns": self.history_turns,
         }
 
 
@@ -148,6 +150,7 @@ def plan_context(
         history=sum(estimator.turn_tokens(t) for t in kept),
         message=message_cost,
         user_facts=carried_tokens,
+        history_turns=len(kept),
     )
     return ContextPlan(strategy.name, summary, facts, kept, budget, truncated, carried)
 
