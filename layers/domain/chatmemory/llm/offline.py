@@ -130,10 +130,9 @@ def _text_of(content: Any) -> str:
 
 
 def seed_of(body: dict[str, Any]) -> int:
-    """The same request, the same seed: replies are reproducible."""
-    canonical = json.dumps(
-        [body.get("system"), body.get("messages"), body.get("max_tokens")], sort_keys=True, default=str
-    )
+    """The same prompt, the same seed: replies are reproducible, and one asked with a smaller
+    ``max_tokens`` is the same reply cut shorter."""
+    canonical = json.dumps([body.get("system"), body.get("messages")], sort_keys=True, default=str)
     return int.from_bytes(hashlib.sha256(canonical.encode()).digest()[:8], "big")
 
 
