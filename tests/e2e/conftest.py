@@ -34,6 +34,7 @@ START_TIMEOUT = 30.0
 STACK_ENV = {
     "REDIS_URL": E2E_REDIS_URL,
     "LLM__OFFLINE_DELAY_SECONDS": "0.005",
+    "LLM__OFFLINE_MODE": "realistic",  # replies as long and as shaped as Claude's
     "BREAKER__RESET_TIMEOUT_SECONDS": "1",
     "BREAKER__FAIL_MAX": "3",
     "STORAGE__CONNECT_TIMEOUT_SECONDS": "0.2",

@@ -57,8 +57,9 @@ def test_a_conversation_streams_and_remembers(stack: Stack) -> None:
         assert [f["type"] for f in frames[:-1]] == ["delta"] * (len(frames) - 1) and len(frames) >= 2
         assert frames[-1]["type"] == "done" and frames[-1]["memoryMode"] == "full"
     assert (first[-1]["turn"], second[-1]["turn"]) == (1, 2)
-    assert "I see 1 earlier turn" in reply(second)
-    assert "Recommend dark fantasy manga for beginners" in reply(second)
+    assert first[-1]["usage"]["budget"]["historyTurns"] == 0
+    assert second[-1]["usage"]["budget"]["historyTurns"] == 1  # the first turn, both sides
+    assert second[-1]["usage"]["budget"]["history"] > 0
 
 
 def test_frames_that_are_not_requests_get_errors(stack: Stack) -> None:

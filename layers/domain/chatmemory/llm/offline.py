@@ -54,7 +54,7 @@ OfflineMode = Literal["realistic", "echo"]
 
 QUOTE_CHARS = 60
 CHUNK_WORDS = 3
-FIRST_CHUNK_PAUSES = 5  # the time to the first token, in chunk pauses
+FIRST_CHUNK_PAUSES = 2  # the time to the first token, in chunk pauses
 DIRECTIVE = re.compile(r"\[offline:(429|529|cut|slow=\d+(?:\.\d+)?)\]")
 STATUS_ERRORS = {"429": (429, "rate_limit_error"), "529": (529, "overloaded_error")}
 CACHE_LOOKBACK_BLOCKS = 20  # how far before a breakpoint the API looks for an earlier one
@@ -130,9 +130,10 @@ def _text_of(content: Any) -> str:
 
 
 def seed_of(body: dict[str, Any]) -> int:
-    """The same prompt, the same seed: replies are reproducible, and one asked with a smaller
-    ``max_tokens`` is the same reply cut shorter."""
-    canonical = json.dumps([body.get("system"), body.get("messages")], sort_keys=True, default=str)
+    """The same prompt, the same seed: replies are reproducible, one asked with a smaller
+    ``max_tokens`` is the same reply cut shorter, and a directive changes how the reply comes,
+    not what it says."""
+    canonical = DIRECTIVE.sub("", json.dumps([body.get("system"), body.get("messages")], sort_keys=True))
     return int.from_bytes(hashlib.sha256(canonical.encode()).digest()[:8], "big")
 
 
