@@ -223,3 +223,21 @@ def test_updates_are_idempotent(small: Services, aws: Any) -> None:
     assert sorted(results) in ([False, True], [True, True])  # both may finish, only one wins the write
     facts = raced["facts"]
     assert len({f["key"] for f in facts}) == len(facts)  # updated, not duplicated
+
+
+def test_summaries_cut_at_max_tokens_never_corrupt_memory_or_stop_it_moving(aws: Any, redis_url: str) -> None:
+    # Given a summary budget so small the model's summaries often overshoot it and are cut
+    settings = make_settings(redis_url, memory={**MEMORY, "summary_max_tokens": 50})
+    services = Services(settings, aws, redis_client(settings), build_chat_model(settings.llm, None))
+    chat = Chat(services, "s-cut")
+    # When a long conversation of first-person statements goes on
+    for i in range(1, 31):
+        chat.say(f"I live in city number {i}. My project is called P{i}.")
+        chat.settle()
+    # Then the summary kept moving forward, and every stored line is a whole sentence
+    (meta,) = meta_items(aws, "s-cut")
+    assert int(meta["summarized_through"]) >= 30 - MEMORY["history_turns"] - MEMORY["block_turns"]
+    assert meta["summary"]
+    assert all(line.rstrip().endswith((".", "!", "?")) for line in meta["summary"].splitlines()), meta[
+        "summary"
+    ]

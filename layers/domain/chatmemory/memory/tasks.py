@@ -46,6 +46,9 @@ _change: TypeAdapter[FactChange] = TypeAdapter(FactChange)
 _FENCED = re.compile(r"```(?:json)?\s*\n(.*?)```", re.DOTALL)
 _PREAMBLE = re.compile(r"\A\s*here(?: is|'s) [^\n]{0,80}:\s*\n", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+# Words asked of a summary per token of its budget: an English word is 1.3-1.5 tokens, so 0.5
+# leaves room for a model that overshoots a little (at 0.7, a full summary hit max_tokens).
+SUMMARY_WORDS_PER_TOKEN = 0.5
 FACTS_MAX_TOKENS = 1024
 FACTS_RETRY_MAX_TOKENS = 4096  # once, when the answer was cut at the first budget
 _decoder = json.JSONDecoder()
@@ -93,7 +96,7 @@ def summary_of(text: str, truncated: bool) -> str:
 def summarize(model: ChatModel, previous: str, turns: list[Turn], max_tokens: int) -> tuple[str, int]:
     """The summary extended with ``turns``, and its length in tokens as the model counted it."""
     prompt = Prompt(
-        system=SUMMARY_SYSTEM.format(words=max(30, int(max_tokens * 0.7))),
+        system=SUMMARY_SYSTEM.format(words=max(30, int(max_tokens * SUMMARY_WORDS_PER_TOKEN))),
         messages=[
             {
                 "role": "user",
