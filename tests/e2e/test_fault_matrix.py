@@ -528,7 +528,7 @@ def test_breaker_opens_fails_fast_probes_and_closes(matrix: Stack) -> None:
 # ---- API Gateway's integration timeout -------------------------------------------------------
 
 
-SLOW_REPLY = "[offline:slow=0.1] take your time"
+SLOW_REPLY = "[offline:slow=0.008] take your time"  # about 150 chunks: a second or so
 
 
 def slow_turn(stack: Stack) -> tuple[list[dict[str, Any]], list[float], dict[str, Any]]:
