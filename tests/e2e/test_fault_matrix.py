@@ -482,20 +482,20 @@ def test_breaker_opens_fails_fast_probes_and_closes(matrix: Stack) -> None:
             failing: list[float] = []
             while ("dynamodb", "closed", "open") not in breaker_changes(matrix, mark):
                 assert len(failing) < FAIL_MAX, breaker_changes(matrix, mark)
-                frames, seconds = timed_turn(ws, f"failing {len(failing)}")
+                frames, seconds = timed_turn(ws, f"failing {len(failing)} [offline:slow=0]")
                 assert frames[-1]["memoryMode"] == "cache_only"
                 failing.append(seconds)
             opened = time.monotonic()
-            frames, open_seconds = timed_turn(ws, "while open")
+            frames, open_seconds = timed_turn(ws, "while open [offline:slow=0]")
             assert frames[-1]["memoryMode"] == "cache_only"
         finally:
             matrix.faults(dynamodb="pass")
         # DynamoDB answers again, but the breaker is still open: no call, still cache only.
-        frames, _ = timed_turn(ws, "healed, breaker still open")
+        frames, _ = timed_turn(ws, "healed, breaker still open [offline:slow=0]")
         assert time.monotonic() - opened < RESET_SECONDS, "too slow to see the open breaker"
         assert frames[-1]["memoryMode"] == "cache_only"
         time.sleep(max(0.0, opened + RESET_SECONDS + 0.1 - time.monotonic()))
-        frames, probe_seconds = timed_turn(ws, "after the reset timeout")
+        frames, probe_seconds = timed_turn(ws, "after the reset timeout [offline:slow=0]")
         # The process's breaker is shared: the probe is this turn's first DynamoDB call or the
         # outbox replay's (it retries the turns queued meanwhile), whichever comes first.
         changes = [c for c in breaker_changes(matrix, mark) if c[0] == "dynamodb"]
