@@ -4,7 +4,7 @@ It is an HTTP transport for the SDK's own client, so requests are built, sent an
 stream parsed by exactly the code that talks to Claude. It has two modes:
 
 - ``realistic`` (the default): replies shaped like Claude's. Their length follows a log-normal
-  distribution (median about 330 tokens, about one in twenty over 2,000, cut at the request's
+  distribution (median about 310 tokens, about 4% over 2,000, cut at the request's
   ``max_tokens`` with ``stop_reason: "max_tokens"`` as the API does), in markdown with
   headings, lists, code blocks and non-ASCII text. The text is chosen by a seed drawn from the
   request, so the same request gets the same reply. It never repeats earlier user messages:
@@ -62,7 +62,7 @@ CACHE_ENTRIES = 10_000
 REQUEST_OVERHEAD = 3  # tokens the API adds to every request
 SYSTEM_OVERHEAD = 2  # around the system prompt
 MESSAGE_OVERHEAD = 4  # around each message: its role markers
-# Reply lengths: log-normal, median 320 tokens; about 5% over 2,000.
+# Reply lengths: log-normal around 320 tokens (measured median 313); about 4% over 2,000.
 REPLY_MEDIAN_TOKENS = 320
 REPLY_SIGMA = 1.1
 REPLY_TOKENS = (12, 6000)
