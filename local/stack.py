@@ -25,7 +25,7 @@ from local.faults import FaultProxy
 from local.template import Function, create_queues, create_tables, load_template
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_OFFLINE_DELAY = "0.03"  # slow enough to see the reply stream in a browser
+DEFAULT_OFFLINE_DELAY = "0.05"  # three words every 50 ms: about Claude's pace
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "local",
     "AWS_SECRET_ACCESS_KEY": "local",

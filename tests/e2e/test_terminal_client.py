@@ -40,8 +40,7 @@ def session_of(result: subprocess.CompletedProcess[str]) -> tuple[str, str]:
 def test_one_message_then_resume_with_memory(stack: Any) -> None:
     first = run_client(stack.ws_url, "-m", "hello")
     assert first.returncode == 0, first.stderr
-    assert "I see no earlier turns" in first.stdout
-    assert 'You just said: "hello".' in first.stdout
+    assert first.stdout.strip()  # the reply
     session_id, how = session_of(first)
     assert how == "new"
     resume = re.search(r"Resume with: (--session \S+ --token \S+)", first.stderr)
@@ -50,8 +49,8 @@ def test_one_message_then_resume_with_memory(stack: Any) -> None:
     second = run_client(stack.ws_url, *resume.group(1).split(), "-m", "do you remember?")
     assert second.returncode == 0, second.stderr
     assert session_of(second) == (session_id, "resumed")
-    assert "I see 1 earlier turn" in second.stdout
-    assert '"hello"' in second.stdout
+    assert "resumed, 1 earlier turn" in second.stderr
+    assert second.stdout.strip()
 
 
 def test_interactive_reads_lines_until_end_of_input(stack: Any) -> None:
@@ -59,8 +58,7 @@ def test_interactive_reads_lines_until_end_of_input(stack: Any) -> None:
     assert result.returncode == 0, result.stderr
     replies = [line for line in result.stdout.splitlines() if line.startswith("bot> ")]
     assert len(replies) == 2, result.stdout
-    assert "I see no earlier turns" in replies[0]
-    assert "I see 1 earlier turn" in replies[1]
+    assert all(len(r) > len("bot> ") for r in replies)
     session_id, _ = session_of(result)
     assert f"--session {session_id}" in result.stderr
 

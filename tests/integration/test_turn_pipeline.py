@@ -9,7 +9,7 @@ from boto3.dynamodb.conditions import Key
 from chatmemory.cache import turns_key
 from chatmemory.services import Services
 
-from tests.support.frames import reply_text
+from tests.support.frames import history_turns, reply_text
 from tests.support.gateway import Client
 
 
@@ -39,7 +39,7 @@ def test_a_turn_streams_deltas_then_done_and_is_stored(services: Services, aws: 
     done = frames[-1]
     assert done["turn"] == 1 and done["memoryMode"] == "full" and done["truncated"] is False
     assert done["usage"]["inputTokens"] > 0 and done["usage"]["outputTokens"] > 0
-    assert "no earlier turns" in reply_text(frames)
+    assert history_turns(frames) == 0
 
     # And the turn is stored with the reply and the model's usage
     (item,) = stored_turns(aws, session_id)
@@ -56,9 +56,9 @@ def test_the_next_turn_sees_the_previous_one(services: Services, aws: Any) -> No
 
     frames = client.say("What about the second one?")
 
-    text = reply_text(frames)
-    assert "I see 1 earlier turn" in text
-    assert '"Recommend dark fantasy manga for beginners"' in text
+    # the prompt carried the first turn, both sides, as the model counted them
+    assert history_turns(frames) == 1
+    assert frames[-1]["usage"]["budget"]["history"] > 0
     assert frames[-1]["turn"] == 2
 
 
@@ -101,5 +101,4 @@ def test_write_through_keeps_the_cache_window(services: Services, aws: Any, redi
     ttl = services.redis.ttl(turns_key(session_id))
     assert 0 < ttl <= 3600
     # and the 13th turn's context holds the latest turns (hybrid keeps what no summary covers yet)
-    text = reply_text(client.say("and now?"))
-    assert '"message 11"' in text and '"message 10"' in text
+    assert history_turns(client.say("and now?")) >= 2

@@ -35,3 +35,12 @@ def clear_frames(connection_id: str) -> None:
 
 def reply_text(frames: list[dict[str, Any]]) -> str:
     return "".join(f["text"] for f in frames if f["type"] == "delta")
+
+
+def done_frame_of(frames: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(f for f in frames if f["type"] == "done")
+
+
+def history_turns(frames: list[dict[str, Any]]) -> int:
+    """How many earlier turns the turn's prompt carried, as its ``done`` frame reports."""
+    return int(done_frame_of(frames)["usage"]["budget"]["historyTurns"])

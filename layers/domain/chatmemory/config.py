@@ -116,7 +116,15 @@ class LlmSettings(BaseModel):
     timeout_seconds: float = Field(30.0, gt=0)
     max_retries: int = Field(1, ge=0, le=5)
     system_prompt: str = "You are a helpful, concise assistant. Use the conversation so far when it helps."
-    offline_delay_seconds: float = Field(0.01, ge=0, description="pause between offline model chunks")
+    offline_delay_seconds: float = Field(
+        0.01,
+        ge=0,
+        description="pause between offline model chunks of three words (0.05: about Claude's pace)",
+    )
+    offline_mode: Literal["realistic", "echo"] = Field(
+        "realistic",
+        description="realistic: replies shaped like Claude's; echo: a short reply saying what memory it got",
+    )
 
 
 class StreamSettings(BaseModel):

@@ -98,6 +98,7 @@ class AnthropicChatModel:
             raise LlmUnavailable(_describe(exc)) from exc
         if final.stop_reason not in ("end_turn", "max_tokens", "stop_sequence"):
             raise LlmUnavailable(f"the reply stopped early ({final.stop_reason})")
+        reply.truncated = final.stop_reason == "max_tokens"
         reply.usage = Usage(
             input_tokens=final.usage.input_tokens,
             output_tokens=final.usage.output_tokens,
@@ -125,6 +126,10 @@ def build_chat_model(settings: LlmSettings, api_key: str | None) -> AnthropicCha
         base_url=settings.base_url or "http://offline.invalid",
         timeout=timeout,
         max_retries=settings.max_retries,
-        http_client=httpx2.Client(transport=OfflineMessagesApi(delay_seconds=settings.offline_delay_seconds)),
+        http_client=httpx2.Client(
+            transport=OfflineMessagesApi(
+                delay_seconds=settings.offline_delay_seconds, mode=settings.offline_mode
+            )
+        ),
     )
-    return AnthropicChatModel(client, "offline-echo-1")
+    return AnthropicChatModel(client, f"offline-{settings.offline_mode}-1")

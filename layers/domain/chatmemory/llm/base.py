@@ -27,10 +27,12 @@ class Prompt:
 
 @dataclass
 class ReplyStream:
-    """Text chunks as the model produces them; ``usage`` is final once they are exhausted."""
+    """Text chunks as the model produces them; ``usage`` and ``truncated`` (the reply stopped at
+    ``max_tokens``) are final once they are exhausted."""
 
     chunks: Iterator[str]
     usage: Usage = field(default_factory=Usage)
+    truncated: bool = False
 
 
 class ChatModel(Protocol):

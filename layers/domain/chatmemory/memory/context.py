@@ -44,6 +44,7 @@ class Budget:
     message: int
     user_facts: int = 0  # the user's long-term facts (opt-in), carried over from other sessions
     retrieved: int = 0  # earlier turns retrieved for this message
+    history_turns: int = 0  # how many earlier turns the history carries
 
     @property
     def total(self) -> int:
@@ -67,6 +68,7 @@ class Budget:
             "history": self.history,
             "retrieved": self.retrieved,
             "message": self.message,
+            "historyTurns": self.history_turns,
         }
 
 
@@ -211,6 +213,7 @@ def plan_context(
         retrieved=retrieved_tokens,
         message=message_cost,
         user_facts=carried_tokens,
+        history_turns=len(kept),
     )
     return ContextPlan(strategy.name, summary, facts, kept, budget, truncated, carried, chosen, recall)
 

@@ -42,7 +42,16 @@ STATES_FACT = re.compile(
 )
 
 _changes: TypeAdapter[list[FactChange]] = TypeAdapter(list[FactChange])
-_JSON_ARRAY = re.compile(r"\[.*\]", re.DOTALL)
+_change: TypeAdapter[FactChange] = TypeAdapter(FactChange)
+_FENCED = re.compile(r"```(?:json)?\s*\n(.*?)```", re.DOTALL)
+_PREAMBLE = re.compile(r"\A\s*here(?: is|'s) [^\n]{0,80}:\s*\n", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+# Words asked of a summary per token of its budget: an English word is 1.3-1.5 tokens, so 0.5
+# leaves room for a model that overshoots a little (at 0.7, a full summary hit max_tokens).
+SUMMARY_WORDS_PER_TOKEN = 0.5
+FACTS_MAX_TOKENS = 1024
+FACTS_RETRY_MAX_TOKENS = 4096  # once, when the answer was cut at the first budget
+_decoder = json.JSONDecoder()
 
 
 class MemoryTaskFailed(Exception):
@@ -63,16 +72,31 @@ def transcript(turns: list[Turn]) -> str:
     return "<turns>\n" + "\n".join(parts) + "\n</turns>"
 
 
-def complete(model: ChatModel, prompt: Prompt) -> tuple[str, Usage]:
+def complete(model: ChatModel, prompt: Prompt) -> tuple[str, Usage, bool]:
+    """The answer's text, usage, and whether it was cut at ``max_tokens``."""
     with model.stream(prompt) as reply:
         text = "".join(reply.chunks)
-    return text.strip(), reply.usage
+    return text.strip(), reply.usage, reply.truncated
+
+
+def summary_of(text: str, truncated: bool) -> str:
+    """The summary in a model's answer: without a preamble ("Here is the updated summary:"),
+    and, when the answer was cut at ``max_tokens``, without the sentence it was cut in. The
+    summary puts the most important first, so what a cut loses is the least important."""
+    text = _PREAMBLE.sub("", text, count=1).strip()
+    if truncated:
+        lines = text.splitlines()
+        if len(lines) > 1:
+            return "\n".join(lines[:-1]).strip()
+        ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+        text = text[: ends[-1]].strip() if ends else ""
+    return text
 
 
 def summarize(model: ChatModel, previous: str, turns: list[Turn], max_tokens: int) -> tuple[str, int]:
     """The summary extended with ``turns``, and its length in tokens as the model counted it."""
     prompt = Prompt(
-        system=SUMMARY_SYSTEM.format(words=max(30, int(max_tokens * 0.7))),
+        system=SUMMARY_SYSTEM.format(words=max(30, int(max_tokens * SUMMARY_WORDS_PER_TOKEN))),
         messages=[
             {
                 "role": "user",
@@ -81,25 +105,64 @@ def summarize(model: ChatModel, previous: str, turns: list[Turn], max_tokens: in
         ],
         max_tokens=max_tokens,
     )
-    text, usage = complete(model, prompt)
+    answer, usage, truncated = complete(model, prompt)
+    text = summary_of(answer, truncated)
     if not text:
         raise MemoryTaskFailed("empty summary")
-    return text, usage.output_tokens
+    tokens = usage.output_tokens
+    if len(text) < len(answer):  # the model counted what was dropped too
+        tokens = max(1, round(tokens * len(text) / max(1, len(answer))))
+    return text, tokens
 
 
 def extract_facts(model: ChatModel, facts: list[Fact], turns: list[Turn]) -> list[FactChange]:
-    prompt = Prompt(
-        system=FACTS_SYSTEM,
-        messages=[
-            {"role": "user", "content": f"<facts>\n{render_facts(facts)}\n</facts>\n{transcript(turns)}"}
-        ],
-        max_tokens=1024,
-    )
-    text, _ = complete(model, prompt)
-    found = _JSON_ARRAY.search(text)
-    if found is None:
-        raise MemoryTaskFailed("no JSON array in the facts answer")
-    try:
-        return _changes.validate_python(json.loads(found.group(0)))
-    except (ValueError, ValidationError) as exc:
-        raise MemoryTaskFailed("the facts answer is not a list of changes") from exc
+    """The changes the model found in ``turns``. An answer cut at ``max_tokens`` is asked for
+    once more with a larger budget; cut again, its complete changes are used (each stands
+    alone), so a long answer never blocks the updates after it."""
+    content = f"<facts>\n{render_facts(facts)}\n</facts>\n{transcript(turns)}"
+    for max_tokens in (FACTS_MAX_TOKENS, FACTS_RETRY_MAX_TOKENS):
+        prompt = Prompt(
+            system=FACTS_SYSTEM, messages=[{"role": "user", "content": content}], max_tokens=max_tokens
+        )
+        text, _, truncated = complete(model, prompt)
+        if not truncated:
+            return parse_changes(text)
+    return parse_changes(text, truncated=True)
+
+
+def parse_changes(text: str, truncated: bool = False) -> list[FactChange]:
+    """The list of changes in a facts answer: the whole answer, a fenced ``json`` block, or an
+    array inside prose (prose may hold other brackets: the longest array of changes wins).
+    ``truncated``: the answer was cut, so its array may be open; the complete changes in it."""
+    fenced = [m.group(1) for m in _FENCED.finditer(text)]
+    for candidate in (*fenced, text):
+        found = _arrays(candidate)
+        if found:
+            return max(reversed(found), key=len)
+    if truncated:
+        return _complete_changes(text)
+    raise MemoryTaskFailed("no list of changes in the facts answer")
+
+
+def _arrays(text: str) -> list[list[FactChange]]:
+    found = []
+    for start in (i for i, c in enumerate(text) if c == "["):
+        try:
+            value, _ = _decoder.raw_decode(text, start)
+            found.append(_changes.validate_python(value))
+        except (ValueError, ValidationError):
+            continue
+    return found
+
+
+def _complete_changes(text: str) -> list[FactChange]:
+    """The complete ``{...}`` changes of an array the answer was cut in."""
+    opened = text.rfind("[")
+    changes = []
+    for start in (i for i, c in enumerate(text) if c == "{" and i > opened >= 0):
+        try:
+            value, _ = _decoder.raw_decode(text, start)
+            changes.append(_change.validate_python(value))
+        except (ValueError, ValidationError):
+            continue
+    return changes
