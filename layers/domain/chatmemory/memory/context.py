@@ -26,6 +26,7 @@ FACTS_INTRO = "\n\nWhat the user has told you about themselves and their work:\n
 RECALLED_INTRO = (
     "Earlier in this conversation (retrieved for this message):\n<earlier-turns>\n{}\n</earlier-turns>\n\n"
 )
+RETRIEVAL_MARGIN = 0.04  # of the limit, left unfilled by retrieved turns
 RECALLED_TURN = "[turn {} · {}]\nUser: {}\nAssistant: {}"
 USER_FACTS_INTRO = (
     "\n\nWhat the user asked you to remember from earlier conversations:\n<user-facts>\n{}\n</user-facts>"
@@ -193,12 +194,15 @@ def plan_context(
         truncated = truncated or len(kept) < len(wants.turns)
     chosen: list[Turn] = []
     retrieved_tokens = estimator.estimate(RECALLED_INTRO.format(""))
+    # Retrieval fills what is left to the brim, so the estimates' error (about 1% once
+    # calibrated, more before) would overflow the limit: it stops a margin short.
+    room_for_search = room - round(RETRIEVAL_MARGIN * limit)
     in_prompt = {t.turn for t in kept}
     for candidate in recalled or []:
         if candidate.turn in in_prompt:
             continue
         cost = recalled_cost(candidate, estimator)
-        if history_tokens + retrieved_tokens + cost <= room:
+        if history_tokens + retrieved_tokens + cost <= room_for_search:
             chosen.append(candidate)
             retrieved_tokens += cost
     if not chosen:
