@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 from boto3.dynamodb.conditions import Key
 from chatmemory.cache import state_key
-from chatmemory.connections import Binding
 from chatmemory.errors import ChatError, LlmUnavailable
 from chatmemory.llm.anthropic_model import build_chat_model
-from chatmemory.memory.scheduler import ThreadScheduler
 from chatmemory.memory.tasks import SUMMARY_TASK
 from chatmemory.protocol import encode
 from chatmemory.services import Services, redis_client
@@ -22,6 +20,7 @@ from chatmemory.store import TurnStore
 from chatmemory.turns import Turn
 
 from tests.conftest import make_settings
+from tests.support.chat import Chat
 from tests.support.frames import ENDPOINT, frames_sent, history_turns
 
 TRANSACTIONS = "the memory update is a TransactWriteItems, which dynalite lacks"
@@ -34,26 +33,6 @@ def small(aws: Any, redis_url: str) -> Iterator[Services]:
     """Services with a small window (4) and block (3): the summary moves every 3 turns from turn 7."""
     settings = make_settings(redis_url, memory=MEMORY)
     yield Services(settings, aws, redis_client(settings), build_chat_model(settings.llm, None))
-
-
-class Chat:
-    def __init__(self, services: Services, session_id: str) -> None:
-        self.services = services
-        self.binding = Binding(
-            connection_id=f"c-{session_id}", session_id=session_id, principal="p", connected_at=0
-        )
-        self._seen = 0
-
-    def say(self, message: str) -> list[dict[str, Any]]:
-        self.services.conversation(ENDPOINT).send_message(self.binding, message, None)
-        frames = frames_sent(self.binding.connection_id)
-        new, self._seen = frames[self._seen :], len(frames)
-        return new
-
-    def settle(self) -> None:
-        scheduler = self.services.scheduler
-        assert isinstance(scheduler, ThreadScheduler)
-        scheduler.drain()
 
 
 def meta_items(aws: Any, session_id: str) -> list[dict[str, Any]]:

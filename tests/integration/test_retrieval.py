@@ -17,15 +17,14 @@ import pytest
 import redis
 from botocore.config import Config
 from chatmemory.cache import corpus_key
-from chatmemory.connections import Binding
 from chatmemory.embeddings import BedrockEmbedder
 from chatmemory.llm.base import Prompt, ReplyStream
-from chatmemory.memory.scheduler import ThreadScheduler
 from chatmemory.services import Services, redis_client
 from chatmemory.turns import Usage
 
 from tests.conftest import make_settings
-from tests.support.frames import ENDPOINT, frames_sent
+from tests.support.chat import Chat
+from tests.support.frames import ENDPOINT
 from tests.support.processes import free_port
 
 MEMORY = {"history_turns": 6, "block_turns": 3, "budget_tokens": 1_500, "strategy": "retrieval"}
@@ -59,30 +58,19 @@ def services_with(aws: Any, redis_url: str, **extra: Any) -> Services:
     return Services(settings, aws, redis_client(settings), PlainModel(), **extra)
 
 
-class Chat:
-    def __init__(self, services: Services, session_id: str) -> None:
-        self.services = services
-        self.binding = Binding(
-            connection_id=f"c-{session_id}", session_id=session_id, principal="p", connected_at=0
-        )
-        self._seen = 0
-
+class RetrievalChat(Chat):
     def say(self, message: str) -> list[dict[str, Any]]:
-        self.services.conversation(ENDPOINT).send_message(self.binding, message, None)
-        frames = frames_sent(self.binding.connection_id)
-        new, self._seen = frames[self._seen :], len(frames)
-        scheduler = self.services.scheduler
-        assert isinstance(scheduler, ThreadScheduler)
-        scheduler.drain()  # the worker has embedded this turn
-        return new
+        frames = super().say(message)
+        self.settle()  # the worker has embedded this turn
+        return frames
 
     def done(self, message: str) -> dict[str, Any]:
         return next(f for f in self.say(message) if f["type"] == "done")
 
 
-def long_chat(services: Services, session_id: str) -> Chat:
+def long_chat(services: Services, session_id: str) -> RetrievalChat:
     """A planted fact at turn 2, then 40 turns of other topics: far outside the budget."""
-    chat = Chat(services, session_id)
+    chat = RetrievalChat(services, session_id)
     chat.say("Hello, I have a few questions today.")
     chat.say(PLANTED)
     for i in range(40):
