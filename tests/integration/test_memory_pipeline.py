@@ -239,6 +239,7 @@ def test_preview_plans_the_next_message_as_a_turn_would_and_stores_nothing(small
     assert seen[0].messages == planned.prompt.messages and seen[0].system == planned.prompt.system
 
 
+@pytest.mark.moto_only(TRANSACTIONS)
 def test_summaries_cut_at_max_tokens_never_corrupt_memory_or_stop_it_moving(aws: Any, redis_url: str) -> None:
     # Given a summary budget so small the model's summaries often overshoot it and are cut
     settings = make_settings(redis_url, memory={**MEMORY, "summary_max_tokens": 50})
