@@ -135,9 +135,11 @@ class Results:
 
 
 def score(request: Prompt, question: Question, sample: Sample) -> int:
-    """How many of the question's evidence turns are in the request, before the message itself:
-    the side's whole text (``Speaker: line``) must be there."""
-    context = request.system + "\n".join(m["content"] for m in request.messages[:-1])
+    """How many of the question's evidence turns are in the request, outside the question's own
+    text (retrieved turns open the last message, before it): the side's whole text
+    (``Speaker: line``) must be there."""
+    last = request.messages[-1]["content"].removesuffix(question.text)
+    context = request.system + "\n".join([*(m["content"] for m in request.messages[:-1]), last])
     return sum(sample.sides[dia_id].text in context for dia_id in question.evidence)
 
 
