@@ -2,8 +2,8 @@
 session, like a search engine: a keyword ranking (BM25 over stemmed words, for names, dates and
 numbers) and a semantic one (embeddings), fused by reciprocal rank, then each turn credited with
 half its neighbours' scores (what answers a question is often said across consecutive turns;
-the weight was tuned on LoCoMo's development conversations, docs/memory.md). ``context.plan_context`` then fits the
-best of them into the budget.
+the weight was tuned on LoCoMo's development conversations, docs/memory.md).
+``context.plan_context`` then fits the best of them into the budget.
 
 Only the query's work is on the hot path (one embedding, one ranking over the cached corpus);
 stored turns are embedded after their reply by the memory worker (``index``).
