@@ -9,6 +9,7 @@ so the only way back to an early turn is retrieval."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +20,9 @@ from botocore.config import Config
 from chatmemory.cache import corpus_key
 from chatmemory.embeddings import BedrockEmbedder
 from chatmemory.llm.base import Prompt, ReplyStream
+from chatmemory.memory.corpus import CorpusRepository
 from chatmemory.services import Services, redis_client
+from chatmemory.store import TurnStore
 from chatmemory.turns import Usage
 
 from tests.conftest import make_settings
@@ -165,7 +168,50 @@ def test_the_vectors_are_kept_on_the_turn_items_and_rebuilt_into_redis(
     recalled = retrieving.recall.search("s-durable", QUESTION, set())
     assert recalled.mode == "hybrid"
     assert 2 in [t.turn for t in recalled.candidates[:2]]
-    assert client.llen(corpus_key("s-durable")) == 42
+    assert client.llen(corpus_key("s-durable")) == 43  # its generation header, then the turns
+
+
+def test_a_warm_process_reads_only_the_turns_added_since_its_last_search(
+    retrieving: Services, aws: Any, redis_url: str
+) -> None:
+    chat = long_chat(retrieving, "s-warm")
+    corpus = CorpusRepository(
+        TurnStore(aws.Table("ChatSessions")),
+        redis.Redis.from_url(redis_url),
+        retrieving.breakers,
+        3_600,
+        time.time,
+    )
+    first = corpus.read_since("s-warm", None)
+    assert first.whole and first.cursor is not None and len(first.passages) == 42
+
+    chat.say("By the way, my bicycle is a green Bianchi from 1987.")  # the worker appends it
+    after = corpus.read_since("s-warm", first.cursor)
+
+    assert not after.whole
+    assert [p.turn.turn for p in after.passages] == [43]
+    # The warm search index took the same entries, and finds the new turn by its words.
+    found = retrieving.recall.search("s-warm", "Which year is my Bianchi bicycle from?", set())
+    assert 43 in [t.turn for t in found.candidates[:3]], [t.turn for t in found.candidates[:5]]
+
+
+def test_a_rebuilt_or_erased_corpus_is_read_whole_again(
+    retrieving: Services, aws: Any, redis_url: str
+) -> None:
+    long_chat(retrieving, "s-rebuilt")
+    client = redis.Redis.from_url(redis_url)
+    corpus = CorpusRepository(
+        TurnStore(aws.Table("ChatSessions")), client, retrieving.breakers, 3_600, time.time
+    )
+    seen = corpus.read_since("s-rebuilt", None)
+
+    client.delete(corpus_key("s-rebuilt"))  # expired, evicted or erased
+    again = corpus.read_since("s-rebuilt", seen.cursor)
+
+    assert again.whole and len(again.passages) == 42  # from DynamoDB, cached as a new generation
+    assert again.cursor is not None and seen.cursor is not None
+    assert again.cursor.generation != seen.cursor.generation
+    assert corpus.read_since("s-rebuilt", seen.cursor).whole  # the old cursor is stale
 
 
 def test_deleting_the_session_erases_its_corpus(retrieving: Services, redis_url: str) -> None:

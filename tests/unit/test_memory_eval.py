@@ -12,7 +12,11 @@ from evaluation.runner import Request, recall, run_strategy, stable_prefix
 
 
 def test_the_harness_writes_figures_for_each_strategy(tmp_path: Path) -> None:
-    settings = Settings(memory={"history_turns": 4, "block_turns": 4}, llm={"offline_delay_seconds": 0})
+    settings = Settings(
+        memory={"history_turns": 4, "block_turns": 4},
+        llm={"offline_delay_seconds": 0},
+        embeddings={"provider": "wordllama"},  # the strategies are measured here, not the model
+    )
     runs = [run_strategy(name, 50, settings) for name in ("window", "hybrid")]
     table = write(runs, tmp_path)
 
@@ -40,7 +44,11 @@ def test_the_estimators_error_is_measured_against_the_models_counts(tmp_path: Pa
 
     from evaluation import tokens
 
-    settings = Settings(memory={"history_turns": 4, "block_turns": 4}, llm={"offline_delay_seconds": 0})
+    settings = Settings(
+        memory={"history_turns": 4, "block_turns": 4},
+        llm={"offline_delay_seconds": 0},
+        embeddings={"provider": "wordllama"},  # the strategies are measured here, not the model
+    )
     runs = [run_strategy("hybrid", 30, settings)]
     counter = build_chat_model(settings.llm, None)
     prompt = runs[0].requests[5].prompt

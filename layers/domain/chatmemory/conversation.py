@@ -125,6 +125,7 @@ class Conversation:
         text = validate_message(message, self._settings.memory.max_message_chars)
         system = self._settings.llm.system_prompt
         self._manager.check_message(system, text)
+        ahead = self._manager.embed_ahead(text) if binding.session_id is not None else {}
         if binding.session_id is None:
             started = self._memory.stateless_turn(text)
         else:
@@ -138,7 +139,7 @@ class Conversation:
         if mode in NOTICES:
             notices = DEFERRED_NOTICES if started.deferred else NOTICES
             self._sender.send(binding.connection_id, notice_frame(*notices[mode]))
-        context = self._manager.prepare(started, system, text, self._settings.llm.max_output_tokens)
+        context = self._manager.prepare(started, system, text, self._settings.llm.max_output_tokens, ahead)
         if context.plan.truncated:
             self._sender.send(binding.connection_id, notice_frame(*TRUNCATED))
         reply, usage = self._stream_reply(binding, started, context.prompt)

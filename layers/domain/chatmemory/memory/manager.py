@@ -15,10 +15,10 @@ from chatmemory.memory import tasks
 from chatmemory.memory.context import ContextPlan, message_tokens, plan_context
 from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, eligible
 from chatmemory.memory.repository import MemoryStateRepository
-from chatmemory.memory.retrieval import Recall, Recalled, retrieval_queries
+from chatmemory.memory.retrieval import QueriesAhead, Recall, Recalled, retrieval_queries
 from chatmemory.memory.scheduler import UpdateScheduler
 from chatmemory.memory.state import MemoryState
-from chatmemory.memory.strategies import Strategy, strategy_for, summary_target
+from chatmemory.memory.strategies import STRATEGIES, Strategy, strategy_for, summary_target
 from chatmemory.memory.tokens import TokenEstimator
 from chatmemory.observability import logger, metrics
 from chatmemory.turns import Usage
@@ -67,7 +67,22 @@ class MemoryManager:
         if needed > self._settings.budget_tokens:
             raise MessageOverBudget(needed - self._estimator.estimate(system), self._settings.budget_tokens)
 
-    def prepare(self, started: StartedTurn, system: str, message: str, max_tokens: int) -> TurnContext:
+    def embed_ahead(self, message: str) -> QueriesAhead:
+        """Start the message's query embedding, when the deployment's strategy searches, so
+        that it runs while the turn is persisted and its memory read (hand it to ``prepare``)."""
+        if self._recall is None or not STRATEGIES[self._settings.strategy].retrieve:
+            return {}
+        started = self._recall.embed_ahead(message)
+        return {message: started} if started is not None else {}
+
+    def prepare(
+        self,
+        started: StartedTurn,
+        system: str,
+        message: str,
+        max_tokens: int,
+        ahead: QueriesAhead | None = None,
+    ) -> TurnContext:
         state = self._state(started)
         strategy = strategy_for(state, self._settings)
         user_memory = self._user_memory(started)
@@ -79,7 +94,7 @@ class MemoryManager:
             for f in (user_memory.active_facts if user_memory is not None else [])
             if f.session_id != session_id
         ]
-        recalled = self._search(started, strategy, message)
+        recalled = self._search(started, strategy, message, ahead or {})
         plan = plan_context(
             strategy,
             state,
@@ -150,14 +165,16 @@ class MemoryManager:
         if session_due or long_term_due or context.strategy.retrieve:  # retrieval: embed this turn
             self._scheduler.schedule(started.turn.session_id)
 
-    def _search(self, started: StartedTurn, strategy: Strategy, message: str) -> Recalled | None:
+    def _search(
+        self, started: StartedTurn, strategy: Strategy, message: str, ahead: QueriesAhead
+    ) -> Recalled | None:
         """Retrieval's candidates for the message; ``None`` when the strategy does not search."""
         if not strategy.retrieve or self._recall is None:
             return None
         if started.history.mode == "stateless":
             return Recalled()
         queries = retrieval_queries(message, started.history.turns, self._settings.retrieval_resolve_query)
-        recalled = self._recall.search(started.turn.session_id, queries, {started.turn.turn})
+        recalled = self._recall.search(started.turn.session_id, queries, {started.turn.turn}, ahead)
         metrics.add_metric(name=f"Retrieval_{recalled.mode}", unit=MetricUnit.Count, value=1)
         return recalled
 

@@ -5,8 +5,10 @@ half its neighbours' scores (what answers a question is often said across consec
 the weight was tuned on LoCoMo's development conversations, docs/memory.md).
 ``context.plan_context`` then fits the best of them into the budget.
 
-Only the query's work is on the hot path (one embedding, one ranking over the cached corpus);
-stored turns are embedded after their reply by the memory worker (``index``).
+Only the query's work is on the hot path (one embedding, started as soon as the message is
+known, and one ranking over the process's index of the corpus, ``search_index``, brought up to
+date with the entries added since its last search); stored turns are embedded after their
+reply by the memory worker (``index``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -22,14 +25,20 @@ import numpy as np
 import Stemmer
 
 from chatmemory.breakers import Breakers
-from chatmemory.embeddings import Embedder, pack, unpack
+from chatmemory.embeddings import Embedder, pack
 from chatmemory.memory.corpus import CorpusRepository, CorpusUnavailable, Passage
+from chatmemory.memory.search_index import SessionIndex
 from chatmemory.observability import logger
 from chatmemory.turns import Turn
 
 RecallMode = Literal["hybrid", "keyword", "unavailable"]
+QueriesAhead = dict[str, "Future[np.ndarray | None]"]  # query embeddings started early, by query
 RRF_K = 60  # the usual reciprocal-rank constant: ranks, not scores, are fused
 NEIGHBOUR_WEIGHT = 0.5  # tuned on LoCoMo's development conversations (docs/eval/)
+# More than any budget holds (an 8,000-token prompt holds about 100 turns of a chat), and the
+# plan then never walks thousands of them.
+MAX_CANDIDATES = 256
+INDEXED_SESSIONS = 16  # sessions whose index a process keeps (a Lambda instance serves one at a time)
 _REFERRING = re.compile(
     r"\b(it|its|that|this|those|these|they|them|he|she|him|her|one|ones|there|then|same)\b", re.I
 )
@@ -69,29 +78,6 @@ def _tokens(texts: list[str]) -> list[list[str]]:
     return [list(doc) for doc in tokenized]
 
 
-class _KeywordIndexes:
-    """BM25 indexes of recent corpora, per process: a corpus that only grew by a turn is
-    re-indexed, one that did not change is not."""
-
-    def __init__(self, size: int = 32) -> None:
-        self._indexes: OrderedDict[tuple[str, int, int], bm25s.BM25] = OrderedDict()
-        self._size, self._lock = size, threading.Lock()
-
-    def get(self, session_id: str, passages: list[Passage]) -> bm25s.BM25:
-        key = (session_id, len(passages), passages[-1].turn.turn)
-        with self._lock:
-            if key in self._indexes:
-                self._indexes.move_to_end(key)
-                return self._indexes[key]
-        index = bm25s.BM25()
-        index.index(_tokens([passage_text(p.turn) for p in passages]), show_progress=False)
-        with self._lock:
-            self._indexes[key] = index
-            while len(self._indexes) > self._size:
-                self._indexes.popitem(last=False)
-        return index
-
-
 def fuse(rankings: list[list[int]], k: int = RRF_K) -> list[int]:
     """Reciprocal rank fusion of rankings of positions, best first."""
     scores: dict[int, float] = {}
@@ -123,56 +109,106 @@ def with_neighbours(scores: np.ndarray, turns: list[int], weight: float = NEIGHB
 class Recall:
     def __init__(self, corpus: CorpusRepository, embedder: Embedder | None, breakers: Breakers) -> None:
         self._corpus, self._embedder, self._breakers = corpus, embedder, breakers
-        self._keyword = _KeywordIndexes()
+        self._indexes: OrderedDict[str, SessionIndex] = OrderedDict()  # per process, newest last
+        self._lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
 
-    def search(self, session_id: str, queries: str | list[str], exclude: set[int]) -> Recalled:
-        """Earlier turns ranked for ``query``, those in ``exclude`` (already in the prompt) left
-        out. Keyword-only when the embedding model is unavailable or a turn is not embedded
-        yet; ``unavailable`` when the corpus cannot be read (the turn answers without it)."""
+    def embed_ahead(self, query: str) -> Future[np.ndarray | None] | None:
+        """Start embedding ``query`` on a worker thread, so that it overlaps the turn's reads;
+        hand the future to ``search``. ``None`` without an embedding model."""
+        if self._embedder is None:
+            return None
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="query-embedding")
+            executor = self._executor
+        return executor.submit(self._embed_query, query)
+
+    def search(
+        self,
+        session_id: str,
+        queries: str | list[str],
+        exclude: set[int],
+        ahead: QueriesAhead | None = None,
+    ) -> Recalled:
+        """Earlier turns ranked for ``queries``, those in ``exclude`` (already in the prompt)
+        left out, the best ``MAX_CANDIDATES``. Keyword-only when the embedding model is
+        unavailable or a turn is not embedded yet; ``unavailable`` when the corpus cannot be
+        read (the turn answers without it). ``ahead``: query embeddings already started."""
+        queries = [queries] if isinstance(queries, str) else queries
+        vectors = [self._query_vector(query, ahead or {}) for query in queries]
         try:
-            passages = self._corpus.read(session_id)
+            with self._lock:
+                return self._rank(session_id, queries, vectors, exclude)
         except CorpusUnavailable:
             return Recalled()
-        if not passages:
+
+    def _rank(
+        self, session_id: str, queries: list[str], vectors: list[np.ndarray | None], exclude: set[int]
+    ) -> Recalled:
+        index = self._refreshed(session_id)
+        if not len(index):
             return Recalled(mode="keyword" if self._embedder is None else "hybrid")
+        alive = index.alive(self._corpus.now())
+        embedded = index.embedded() & alive
         rankings: list[list[int]] = []
-        semantic: list[int] | None = None
-        for query in [queries] if isinstance(queries, str) else queries:
-            rankings.append(self._keyword_ranking(session_id, passages, query))
-            semantic = self._semantic_ranking(passages, query)
-            if semantic is not None:
-                rankings.append(semantic)
-        scores = with_neighbours(fused_scores(rankings, len(passages)), [p.turn.turn for p in passages])
-        order = [int(i) for i in np.argsort(-scores, kind="stable") if scores[i] > 0]
-        candidates = [passages[i].turn for i in order if passages[i].turn.turn not in exclude]
-        return Recalled(candidates, "hybrid" if semantic is not None else "keyword")
+        semantic = False
+        for query, vector in zip(queries, vectors, strict=True):
+            terms = _tokens([query])[0]
+            if terms:
+                keyword = index.keyword.scores(terms)
+                rankings.append(_best_first(keyword, (keyword > 0) & alive))
+            similarity = index.similarity(vector) if vector is not None else None
+            if similarity is not None:
+                rankings.append(_best_first(similarity, embedded))
+                semantic = True
+        numbers = index.numbers()
+        order = np.argsort(numbers, kind="stable")  # neighbours are consecutive turn numbers
+        fused = fused_scores(rankings, len(index)) * alive
+        scores = np.empty_like(fused)
+        scores[order] = with_neighbours(fused[order], numbers[order].tolist())
+        candidates: list[Turn] = []
+        for slot in np.argsort(-scores, kind="stable"):
+            if scores[slot] <= 0 or len(candidates) == MAX_CANDIDATES:
+                break
+            turn = index.turns[int(slot)]
+            if alive[slot] and turn.turn not in exclude:
+                candidates.append(turn)
+        return Recalled(candidates, "hybrid" if semantic else "keyword")
 
-    def _keyword_ranking(self, session_id: str, passages: list[Passage], query: str) -> list[int]:
-        terms = _tokens([query])[0]
-        if not terms:
-            return []
-        index = self._keyword.get(session_id, passages)
-        results, scores = index.retrieve([terms], k=len(passages), show_progress=False)
-        return [int(i) for i, score in zip(results[0], scores[0], strict=True) if score > 0]
+    def _refreshed(self, session_id: str) -> SessionIndex:
+        """The session's index brought up to the cached corpus: the entries added since this
+        process last read it, or the whole corpus when it was rebuilt, erased or never read."""
+        index = self._indexes.get(session_id)
+        read = self._corpus.read_since(session_id, index.cursor if index is not None else None)
+        if index is None or read.whole or not index.add(read.passages):
+            index = SessionIndex(_tokens, passage_text)
+            index.add(read.passages)
+        index.cursor = read.cursor  # None (not from Redis): read whole next time
+        self._indexes[session_id] = index
+        self._indexes.move_to_end(session_id)
+        while len(self._indexes) > INDEXED_SESSIONS:
+            self._indexes.popitem(last=False)
+        return index
 
-    def _semantic_ranking(self, passages: list[Passage], query: str) -> list[int] | None:
-        embedded = [i for i, p in enumerate(passages) if p.vector is not None]
-        if self._embedder is None or not embedded:
+    def _query_vector(self, query: str, ahead: QueriesAhead) -> np.ndarray | None:
+        started = ahead.get(query)
+        return started.result() if started is not None else self._embed_query(query)
+
+    def _embed_query(self, query: str) -> np.ndarray | None:
+        if self._embedder is None:
             return None
         embedder = self._embedder
         try:
-            query_vector = self._breakers.embeddings.call(embedder.embed_query, query)
+            return self._breakers.embeddings.call(embedder.embed_query, query)
         except Exception as exc:  # any provider fault: keywords still answer
             logger.warning("query embedding failed; keywords only", extra={"error": type(exc).__name__})
             return None
-        matrix = np.stack([unpack(passages[i].vector or b"") for i in embedded])
-        similarity = matrix @ query_vector
-        return [embedded[i] for i in np.argsort(-similarity)]
 
     def index(self, session_id: str, turns: list[Turn]) -> int:
         """Embed the answered turns among ``turns`` that the corpus lacks or has without a
         vector, and keep them (off the hot path: the memory worker). Returns how many."""
-        known = {p.turn.turn: p.vector is not None for p in self._safe_read(session_id)}
+        known = self._known(session_id)
         todo = [t for t in turns if t.answered and not known.get(t.turn, False)]
         if not todo:
             return 0
@@ -191,8 +227,16 @@ class Recall:
         self._corpus.add(session_id, fresh)
         return len(fresh)
 
-    def _safe_read(self, session_id: str) -> list[Passage]:
+    def _known(self, session_id: str) -> dict[int, bool]:
+        """The corpus's turns, and whether each has its vector; none if it cannot be read."""
         try:
-            return self._corpus.read(session_id)
+            with self._lock:
+                return self._refreshed(session_id).known()
         except CorpusUnavailable:
-            return []
+            return {}
+
+
+def _best_first(scores: np.ndarray, eligible: np.ndarray) -> list[int]:
+    """Slots where ``eligible``, by descending score."""
+    slots = np.flatnonzero(eligible)
+    return [int(slot) for slot in slots[np.argsort(-scores[slots], kind="stable")]]
