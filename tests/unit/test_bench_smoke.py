@@ -53,3 +53,23 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert rows[("project", "stateless", length)]["round_trips"] == {"redis": 0, "dynamodb": 0}
         assert rows[("floor", "cache_hit", length)]["ratio_to_floor"] == 1.0
     assert "| length | side |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_retrieval_bench_smoke(tmp_path: Path) -> None:
+    """The whole-turn retrieval benchmark runs, and its retrieval turns really searched."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.retrieval", "--lengths", "40", "--reps", "2"]
+        + ["--providers", "wordllama", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = {r["side"]: r for r in json.loads((tmp_path / "retrieval.json").read_text())["rows"]}
+    assert set(rows) == {"token_budget", "retrieval (wordllama)"}
+    assert rows["token_budget"]["retrieved_turns"] == 0
+    assert rows["retrieval (wordllama)"]["median_ms"] > 0
+    assert "| turns | side |" in (tmp_path / "retrieval.md").read_text()

@@ -10,6 +10,7 @@ open the new message's own block (dated, both sides, oldest first) and never bre
 from __future__ import annotations
 
 import datetime
+import functools
 from dataclasses import dataclass, field
 
 from chatmemory.config import MemorySettings
@@ -117,6 +118,7 @@ def recalled_block(turns: list[Turn]) -> str:
     )
 
 
+@functools.lru_cache(maxsize=8_192)  # the same turns come back turn after turn
 def when(at: int) -> str:
     return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%d %B %Y, %H:%M")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -87,18 +88,20 @@ def fuse(rankings: list[list[int]], k: int = RRF_K) -> list[int]:
     return sorted(scores, key=lambda position: -scores[position])
 
 
-def fused_scores(rankings: list[list[int]], size: int, k: int = RRF_K) -> np.ndarray:
+def fused_scores(rankings: Sequence[Sequence[int] | np.ndarray], size: int, k: int = RRF_K) -> np.ndarray:
     scores = np.zeros(size)
     for ranking in rankings:
-        for rank, position in enumerate(ranking):
-            scores[position] += 1.0 / (k + rank + 1)
+        if len(ranking):  # each position at most once per ranking
+            scores[np.asarray(ranking)] += 1.0 / (k + np.arange(1, len(ranking) + 1))
     return scores
 
 
-def with_neighbours(scores: np.ndarray, turns: list[int], weight: float = NEIGHBOUR_WEIGHT) -> np.ndarray:
+def with_neighbours(
+    scores: np.ndarray, turns: list[int] | np.ndarray, weight: float = NEIGHBOUR_WEIGHT
+) -> np.ndarray:
     """Each turn's score plus ``weight`` times those of the turns just before and after it
     (consecutive turn numbers only: an expired or unanswered turn breaks the chain)."""
-    numbers = np.array(turns)
+    numbers = np.asarray(turns)
     adjacent = numbers[1:] == numbers[:-1] + 1
     smoothed = scores.copy()
     smoothed[1:] += weight * scores[:-1] * adjacent
@@ -151,7 +154,7 @@ class Recall:
             return Recalled(mode="keyword" if self._embedder is None else "hybrid")
         alive = index.alive(self._corpus.now())
         embedded = index.embedded() & alive
-        rankings: list[list[int]] = []
+        rankings: list[np.ndarray] = []
         semantic = False
         for query, vector in zip(queries, vectors, strict=True):
             terms = _tokens([query])[0]
@@ -162,11 +165,10 @@ class Recall:
             if similarity is not None:
                 rankings.append(_best_first(similarity, embedded))
                 semantic = True
-        numbers = index.numbers()
-        order = np.argsort(numbers, kind="stable")  # neighbours are consecutive turn numbers
+        numbers, order = index.numbers(), index.by_number()  # neighbours: consecutive numbers
         fused = fused_scores(rankings, len(index)) * alive
         scores = np.empty_like(fused)
-        scores[order] = with_neighbours(fused[order], numbers[order].tolist())
+        scores[order] = with_neighbours(fused[order], numbers[order])
         candidates: list[Turn] = []
         for slot in np.argsort(-scores, kind="stable"):
             if scores[slot] <= 0 or len(candidates) == MAX_CANDIDATES:
@@ -236,7 +238,7 @@ class Recall:
             return {}
 
 
-def _best_first(scores: np.ndarray, eligible: np.ndarray) -> list[int]:
+def _best_first(scores: np.ndarray, eligible: np.ndarray) -> np.ndarray:
     """Slots where ``eligible``, by descending score."""
     slots = np.flatnonzero(eligible)
-    return [int(slot) for slot in slots[np.argsort(-scores[slots], kind="stable")]]
+    return slots[np.argsort(-scores[slots], kind="stable")]
