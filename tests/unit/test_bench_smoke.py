@@ -59,8 +59,19 @@ def test_bench_smoke(tmp_path: Path) -> None:
 def test_retrieval_bench_smoke(tmp_path: Path) -> None:
     """The whole-turn retrieval benchmark runs, and its retrieval turns really searched."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench.retrieval", "--lengths", "40", "--reps", "2"]
-        + ["--providers", "wordllama", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "bench.retrieval",
+            "--lengths",
+            "40",
+            "--reps",
+            "2",
+            "--providers",
+            "wordllama",
+            "--out",
+            str(tmp_path),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
