@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     settings = Settings()
     budgets = [int(b) for b in args.budgets.split(",")]
+    judging = None
+    if settings.llm.provider != "offline":  # the offline model cannot answer or judge
+        from chatmemory.llm.anthropic_model import build_chat_model
+
+        from evaluation.judge import Judge
+
+        judging = replay.Judging(Judge(build_chat_model(settings.llm, settings.llm.api_key)))
     began = time.monotonic()
     results = replay.run(
         samples,
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         budgets,
         args.strategies.split(","),
         log=lambda line: print(line, file=sys.stderr),
+        judging=judging,
     )
     command = ["python -m evaluation --locomo $LOCOMO"]
     for flag in ("conversations", "limit", "turns"):
@@ -107,6 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "command": " ".join(command),
         "model": model_statement(settings),
+        "judge": (
+            f"{model_statement(settings).split(': ')[-1].rstrip('.')} answered the questions of "
+            f"{', '.join(sorted(judging.methods))} at {budgets[0]:,} tokens and graded them"
+            if judging is not None
+            else "not measured: no real model configured (ANTHROPIC_API_KEY or LLM__PROVIDER=bedrock); "
+            "the offline model cannot answer or judge"
+        ),
         "samples": results.samples,
         "turns": sum(len(s.turns) for s in samples),
         "questions": sum(o.method == "recency" and o.budget == budgets[0] for o in results.outcomes),

@@ -21,7 +21,10 @@ BASELINE_LABELS = {
 
 
 def _stats(outcomes: list[Outcome]) -> dict[str, Any]:
+    graded = [o.correct for o in outcomes if o.correct is not None]
     return {
+        "judged": len(graded),
+        "answer_accuracy": round(mean(graded), 4) if graded else None,
         "questions": len(outcomes),
         "evidence_recall": round(mean(o.recall for o in outcomes), 4),
         "all_evidence_present": round(mean(o.complete for o in outcomes), 4),
@@ -56,7 +59,11 @@ def figures(results: Results, meta: dict[str, Any]) -> dict[str, Any]:
         }
         for method, t in results.timings.items()
     }
-    return {"meta": meta, "timings": timings, "budgets": budgets}
+    quality = {
+        strategy: {"summaries": len(scores), "score_mean": round(mean(scores), 3)}
+        for strategy, scores in results.summary_quality.items()
+    }
+    return {"meta": meta, "timings": timings, "budgets": budgets, "summary_quality": quality}
 
 
 def _label(method: str) -> str:
@@ -93,17 +100,22 @@ def markdown(figs: dict[str, Any]) -> str:
         lines += [
             f"## Budget {int(budget):,} tokens",
             "",
-            "| memory | evidence recall | all evidence present | prompt tokens (mean) | max "
-            "| over budget | plan ms / question | replay ms / turn |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| memory | evidence recall | all evidence present | answered correctly (LLM judge) "
+            "| prompt tokens (mean) | max | over budget | plan ms / question | replay ms / turn |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for method in _ordered(methods):
             s = methods[method]["all"]
             t = timings.get(method, {})
             replay = f"{t['replay_ms_per_turn']:.1f}" if t.get("replay_ms_per_turn") else "-"
+            judged = (
+                f"{s['answer_accuracy']:.2f} (n={s['judged']})"
+                if s.get("answer_accuracy") is not None
+                else "-"
+            )
             lines.append(
                 f"| {_label(method)} | {s['evidence_recall']:.2f} | {s['all_evidence_present']:.2f} "
-                f"| {s['prompt_tokens_mean']:,} | {s['prompt_tokens_max']:,} | {s['over_budget']} "
+                f"| {judged} | {s['prompt_tokens_mean']:,} | {s['prompt_tokens_max']:,} | {s['over_budget']} "
                 f"| {s['plan_ms_mean']:.2f} "
                 f"| {replay} |"
             )
@@ -126,6 +138,13 @@ def markdown(figs: dict[str, Any]) -> str:
                 )
             lines.append(f"| {_label(method)} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines.append(f"Answers and summaries (LLM judge): {meta.get('judge', 'not measured')}.")
+    for strategy, q in figs.get("summary_quality", {}).items():
+        lines.append(
+            f"- `{strategy}`: summary quality {q['score_mean']:.2f} (0-1, the judge's score of "
+            f"{q['summaries']} final summaries against three turns each covers)"
+        )
+    lines.append("")
     index = {m: t["index_ms_per_turn"] for m, t in timings.items() if t.get("index_ms_per_turn")}
     if index:
         lines.append(

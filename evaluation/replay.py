@@ -41,6 +41,7 @@ from chatmemory.turns import Turn, Usage
 from moto import mock_aws
 
 from evaluation import baselines
+from evaluation.judge import Judge
 from evaluation.locomo import Question, Sample
 
 TABLE_NAMES = {"ChatSessionsTable": "ChatSessions", "ConnectionsTable": "ChatConnections"}
@@ -105,6 +106,7 @@ class Outcome:
     found: int
     prompt_tokens: int
     plan_ms: float
+    correct: bool | None = None  # the LLM judge's grade of the answer, when a real model judged
 
     @property
     def recall(self) -> float:
@@ -132,6 +134,19 @@ class Results:
     unmapped_evidence: int = 0
     samples: list[str] = field(default_factory=list)
     stored: dict[str, list[Turn]] = field(default_factory=dict)  # per sample, as read back from the store
+    summary_quality: dict[str, list[float]] = field(default_factory=dict)  # per strategy, the judge's scores
+
+
+@dataclass(frozen=True)
+class Judging:
+    """Which methods the judge answers and grades, at the first budget (two model calls a
+    question: judging every method would multiply the bill for little)."""
+
+    judge: Judge
+    methods: frozenset[str] = frozenset({"hybrid", "fused"})
+
+    def of(self, method: str, budget: int, budgets: Sequence[int]) -> Judge | None:
+        return self.judge if method in self.methods and budget == budgets[0] else None
 
 
 def score(request: Prompt, question: Question, sample: Sample) -> int:
@@ -173,6 +188,7 @@ def ask(
     budget: int,
     sample: Sample,
     plan: Callable[[str], Prompt],
+    judge: Judge | None = None,
 ) -> list[Outcome]:
     outcomes = []
     for number, question in enumerate(sample.questions):
@@ -193,6 +209,7 @@ def ask(
                 score(request, question, sample),
                 baselines.prompt_tokens(request),
                 elapsed,
+                judge.grade(request, question.text, question.answer) if judge is not None else None,
             )
         )
     return outcomes
@@ -205,6 +222,7 @@ def run_baselines(
     budgets: Sequence[int],
     embedder: baselines.Embedder,
     results: Results,
+    judging: Judging | None = None,
 ) -> None:
     costs = [baselines.turn_cost(t) for t in turns]
     rankers: dict[str, baselines.Ranker] = {}
@@ -225,7 +243,8 @@ def run_baselines(
     for budget in budgets:
         for name, ranker in rankers.items():
             plan = partial(_baseline, ranker, turns, system, budget, costs)
-            results.outcomes += ask(name, budget, sample, plan)
+            judge = judging.of(name, budget, budgets) if judging is not None else None
+            results.outcomes += ask(name, budget, sample, plan, judge)
 
 
 def _baseline(
@@ -247,6 +266,7 @@ def run(
     strategies: Sequence[str] | None = None,
     embedder: baselines.Embedder | None = None,
     log: Callable[[str], None] = lambda _: None,
+    judging: Judging | None = None,
 ) -> Results:
     """Every strategy (default: all the domain registers) and every baseline, on ``samples``."""
     names = list(strategies or STRATEGIES)
@@ -258,10 +278,12 @@ def run(
         results.unmapped_evidence += sum(len(q.unmapped) for q in sample.questions)
         for index, strategy in enumerate(names):
             session_id = f"locomo-{run_id}-{sample.sample_id}-{strategy}"
-            stored = run_strategy(sample, strategy, session_id, base, redis_url, budgets, results, log)
+            stored = run_strategy(
+                sample, strategy, session_id, base, redis_url, budgets, results, log, judging
+            )
             if index == 0:  # the stored turns are the same whatever the strategy: read back once
                 results.stored[sample.sample_id] = stored
-                run_baselines(stored, sample, base.llm.system_prompt, budgets, embedder, results)
+                run_baselines(stored, sample, base.llm.system_prompt, budgets, embedder, results, judging)
     return results
 
 
@@ -274,6 +296,7 @@ def run_strategy(
     budgets: Sequence[int],
     results: Results,
     log: Callable[[str], None],
+    judging: Judging | None = None,
 ) -> list[Turn]:
     """Replay ``sample`` with ``strategy`` on a fresh moto, ask its questions at each budget;
     the session's turns as the store holds them at the end."""
@@ -311,17 +334,36 @@ def run_strategy(
             timing.seconds += seconds
             log(f"{sample.sample_id} {strategy}: {len(sample.turns)} turns in {seconds:.1f}s")
             clock.now = sample.last_date.timestamp() + 86_400  # the questions come a day later
+            stored = services.memory.store.turns_between(session_id, 1, len(sample.turns))
+            if judging is not None:
+                _check_summary(judging.judge, services, session_id, strategy, stored, results)
             for budget, asking in by_budget.items():
                 previewer = Conversation(
                     asking.memory, model, Discard(), asking.settings, manager=asking.memory_manager
                 )
-                results.outcomes += ask(strategy, budget, sample, partial(_preview, previewer, binding))
-            return services.memory.store.turns_between(session_id, 1, len(sample.turns))
+                judge = judging.of(strategy, budget, budgets) if judging is not None else None
+                results.outcomes += ask(
+                    strategy, budget, sample, partial(_preview, previewer, binding), judge
+                )
+            return stored
         finally:
             if redis is not None:
                 for key in redis.scan_iter(match=f"*{session_id}*"):
                     redis.delete(key)
             metrics.clear_metrics()
+
+
+def _check_summary(
+    judge: Judge, services: Services, session_id: str, strategy: str, stored: list[Turn], results: Results
+) -> None:
+    """The judge's score of the session's final summary against turns it covers."""
+    state = services.memory_state.get(session_id)
+    if state is None or not state.summary:
+        return
+    covered = [t for t in stored if t.turn <= state.summarized_through]
+    score = judge.summary_quality(state.summary, covered, seed=len(stored))
+    if score is not None:
+        results.summary_quality.setdefault(strategy, []).append(score)
 
 
 def _preview(conversation: Conversation, binding: Binding, message: str) -> Prompt:
