@@ -88,7 +88,7 @@ def fresh_dynalite_tables(server: DynaliteProcess) -> Any:
         waiter = client.get_waiter("table_not_exists")
         waiter.wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     # dynalite has no UpdateTimeToLive: expiry is the code's own filter on either engine.
-    create_tables(dynamodb, TABLE_NAMES, time_to_live=False)
+    create_tables(dynamodb, TABLE_NAMES, time_to_live=False, vector_indexes=False)
     return dynamodb
 
 
