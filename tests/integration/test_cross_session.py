@@ -272,3 +272,14 @@ def test_erasure_takes_the_vectors_with_the_turns(services: Services, aws: Any) 
 
     services.data_rights(ENDPOINT).delete_my_data(alice.binding.connection_id)
     assert indexed(aws) == []
+
+
+def test_the_export_says_what_retrieval_keeps_of_each_turn(services: Services) -> None:
+    alice = alice_told_her_secret(services)
+
+    frames = services.data_rights(ENDPOINT).export_session(alice.binding.connection_id)
+
+    document = json.loads("".join(f["data"] for f in frames))
+    assert document["kept"]["embeddings"] == [1, 2, 3, 4]
+    assert document["kept"]["acrossSessions"] == [1, 2, 3, 4]
+    assert "other chats" in document["kept"]["about"]
