@@ -283,3 +283,19 @@ def test_the_export_says_what_retrieval_keeps_of_each_turn(services: Services) -
     assert document["kept"]["embeddings"] == [1, 2, 3, 4]
     assert document["kept"]["acrossSessions"] == [1, 2, 3, 4]
     assert "other chats" in document["kept"]["about"]
+
+
+def test_when_the_owner_key_cannot_be_read_the_turn_answers_without_the_search(
+    aws: Any, redis_url: str
+) -> None:
+    # The key named, and no such secret in Secrets Manager (moto's): a real lookup failure.
+    memory = {**MEMORY, "owner_key": None, "owner_key_secret_name": "no-such-secret"}
+    settings = make_settings(redis_url, memory=memory)
+    services = Services(settings, aws, redis_client(settings), PlainModel())
+    alice = alice_told_her_secret(services)
+    alice.open("alice-2")
+
+    done = alice.say(QUESTION)
+
+    assert done["crossSession"] == "unavailable" and done["memoryMode"] == "full"
+    assert indexed(aws) == []  # nothing could be keyed, so nothing was indexed

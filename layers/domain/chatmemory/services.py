@@ -119,7 +119,9 @@ def management_client(endpoint_url: str, region: str) -> Any:
 
 def owner_key(settings: Settings) -> Callable[[], bytes | None]:
     """The key of cross-session owner values: the settings' (local), else the secret's, read
-    on first use and kept for five minutes; ``None`` (the search off) when neither is set."""
+    on first use (with timeouts as tight as DynamoDB's: it is on a turn's path) and kept for
+    five minutes; ``None`` (the search off) when neither is set."""
+    provider: list[Any] = []
 
     def key() -> bytes | None:
         memory = settings.memory
@@ -127,9 +129,16 @@ def owner_key(settings: Settings) -> Callable[[], bytes | None]:
             return memory.owner_key.encode()
         if not memory.owner_key_secret_name:
             return None
-        from aws_lambda_powertools.utilities import parameters
+        if not provider:
+            from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
-        return str(parameters.get_secret(memory.owner_key_secret_name, max_age=300)).encode()
+            config = Config(
+                connect_timeout=settings.storage.connect_timeout_seconds,
+                read_timeout=settings.storage.read_timeout_seconds,
+                retries={"max_attempts": settings.storage.max_attempts, "mode": "standard"},
+            )
+            provider.append(SecretsProvider(boto_config=config))
+        return str(provider[0].get(memory.owner_key_secret_name, max_age=300)).encode()
 
     return key
 

@@ -133,6 +133,10 @@ class QueryMemo:
         return found
 
 
+class OwnerKeyUnavailable(Exception):
+    """The owner key is configured and could not be read."""
+
+
 @dataclass(frozen=True)
 class Across:
     """What the search found: turns of other sessions, best first."""
@@ -157,7 +161,13 @@ class CrossSession:
         self._owner_key, self._dimensions, self._top_k, self._clock = owner_key, dimensions, top_k, clock
 
     def _owner(self, principal: str, memory: UserMemory) -> str | None:
-        key = self._owner_key()
+        """``None`` when no key is configured; raises ``OwnerKeyUnavailable`` when it is and
+        cannot be read."""
+        try:
+            key = self._owner_key()
+        except Exception as exc:  # Secrets Manager unreachable, denied, misnamed
+            logger.warning("owner key unavailable", extra={"error": type(exc).__name__})
+            raise OwnerKeyUnavailable() from exc
         return owner_value(key, principal, memory.generation) if key else None
 
     # ---- the hot path -----------------------------------------------------------------
@@ -166,8 +176,13 @@ class CrossSession:
         """Turns of the principal's other sessions for ``query``; ``None`` when it does not
         apply (not opted in, no embedding model or key), ``unavailable`` when it failed (the
         turn answers without it)."""
-        owner = self._owner(principal, memory) if memory.long_term and eligible(principal) else None
-        if owner is None or self._embedder is None:
+        if not memory.long_term or not eligible(principal) or self._embedder is None:
+            return None
+        try:
+            owner = self._owner(principal, memory)
+        except OwnerKeyUnavailable:
+            return Across(mode="unavailable")
+        if owner is None:
             return None
         embedder = self._embedder
         known = embedder.remembered(query) if isinstance(embedder, QueryMemo) else None
@@ -213,8 +228,13 @@ class CrossSession:
             return 0
         principal = str(next(iter(principals)))
         memory = self._users.read(principal) if eligible(principal) else None
-        owner = self._owner(principal, memory) if memory is not None and memory.long_term else None
-        if memory is None or owner is None:
+        if memory is None or not memory.long_term:
+            return 0
+        try:
+            owner = self._owner(principal, memory)
+        except OwnerKeyUnavailable:
+            return 0  # indexed by a later run
+        if owner is None:
             return 0
         first, last = min(t.turn for t in turns), max(t.turn for t in turns)
         done = 0
