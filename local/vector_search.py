@@ -14,15 +14,17 @@ rest of it, so in-process ``mock_aws`` and the local stack's moto server both an
 
 Errors follow the developer guide's troubleshooting table: ``ResourceNotFoundException`` for an
 unknown table, ``ValidationException`` for an unknown index, a missing HASH condition, an
-operator other than ``=``, a TopK outside 1-100, a search vector of the wrong dimensions.
+operator other than ``=``, a TopK outside 1-100, a search vector of the wrong dimensions, and
+a PutItem or UpdateItem whose vector attribute is not a list of numbers of the index's
+dimensions (the item is left as it was).
 
 Not emulated: approximate search (DynamoDB's is ANN: this one is exact), index backfilling,
-capacity beyond a byte count, and DynamoDB's rejection of a write whose vector has the wrong
-type or dimensions (such an item is simply not indexed here).
+capacity beyond a byte count, and the write check on batch and transactional writes.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -30,6 +32,8 @@ import numpy as np
 from moto.backend_index import backend_url_patterns
 from moto.dynamodb import urls as dynamodb_urls
 from moto.dynamodb.exceptions import MockValidationException
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler, DynamoResult
 
@@ -45,6 +49,8 @@ _CONDITION = re.compile(r"^\s*(#?[A-Za-z0-9_]+)\s*(=|<>|<=|>=|<|>)\s*(:[A-Za-z0-
 
 _stock_create_table = DynamoHandler.create_table
 _stock_describe = Table.describe
+_stock_put_item = DynamoDBBackend.put_item
+_stock_update_item = DynamoDBBackend.update_item
 
 
 def _invalid(message: str) -> MockValidationException:
@@ -217,6 +223,56 @@ def search_vectors(self: DynamoHandler) -> DynamoResult:
     return DynamoResult(response)
 
 
+def _check_written(table: Table, attrs: dict[str, Any]) -> None:
+    """DynamoDB refuses a write whose vector attribute its indexes cannot take."""
+    for index in getattr(table, "vector_indexes", []):
+        name, dimensions = index["VectorAttribute"]["AttributeName"], int(index["Dimensions"])
+        value = attrs.get(name)
+        if value is None or _vector(value, dimensions) is not None:
+            continue
+        if not isinstance(value, dict) or set(value) != {"L"}:
+            raise _invalid(
+                f"One or more parameter values were invalid: Invalid type for vector attribute {name}"
+            )
+        raise _invalid(
+            f"One or more parameter values were invalid: vector attribute {name} must be a list of"
+            f" {dimensions} numbers (index {index['IndexName']})"
+        )
+
+
+def _put_item(
+    self: DynamoDBBackend, table_name: str, item_attrs: dict[str, Any], *args: Any, **kwargs: Any
+) -> Any:
+    _check_written(self.get_table(table_name), item_attrs)
+    return _stock_put_item(self, table_name, item_attrs, *args, **kwargs)
+
+
+def _update_item(
+    self: DynamoDBBackend, table_name: str, key: dict[str, Any], *args: Any, **kwargs: Any
+) -> Any:
+    table = self.get_table(table_name)
+    if not getattr(table, "vector_indexes", None):
+        return _stock_update_item(self, table_name, key, *args, **kwargs)
+    hash_key = DynamoType(key[table.hash_key_attr])
+    range_key = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
+    before = copy.deepcopy(table.get_item(hash_key, range_key))
+    item = _stock_update_item(self, table_name, key, *args, **kwargs)
+    try:
+        _check_written(table, item.to_json()["Attributes"])
+    except MockValidationException:  # put the item back as it was, then refuse
+        if range_key is None:
+            if before is None:
+                table.items.pop(hash_key, None)
+            else:
+                table.items[hash_key] = before  # type: ignore[assignment]
+        elif before is None:
+            table.items.get(hash_key, {}).pop(range_key, None)
+        else:
+            table.items[hash_key][range_key] = before
+        raise
+    return item
+
+
 def install() -> None:
     """Register the emulation on moto (idempotent)."""
     if getattr(DynamoHandler, "search_vectors", None) is search_vectors:
@@ -224,6 +280,8 @@ def install() -> None:
     DynamoHandler.create_table = _create_table  # type: ignore[method-assign]
     DynamoHandler.search_vectors = search_vectors  # type: ignore[attr-defined]
     Table.describe = _describe  # type: ignore[method-assign]
+    DynamoDBBackend.put_item = _put_item  # type: ignore[method-assign]
+    DynamoDBBackend.update_item = _update_item  # type: ignore[method-assign]
     for base in SEARCH_URL_BASES:
         dynamodb_urls.url_bases.append(base)
         backend_url_patterns.insert(0, ("dynamodb", re.compile(base)))

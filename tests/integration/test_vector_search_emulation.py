@@ -95,7 +95,6 @@ def test_search_finds_the_owner_s_items_nearest_first_with_cosine_scores(ddb: An
     put(ddb, "a", 2, "alice", unit(1))
     put(ddb, "b", 1, "bob", unit(0))  # as near, someone else's
     put(ddb, "a", 3, None, unit(0))  # no owner: not in the index
-    put(ddb, "a", 4, "alice", unit(0, VECTOR_DIMENSIONS - 1))  # wrong dimensions: not indexed
 
     response = search(ddb, "alice", unit(0), ReturnConsumedCapacity="TOTAL")
 
@@ -197,3 +196,30 @@ def test_a_search_key_not_declared_in_attribute_definitions_is_refused(plain: An
         )
 
     assert "not defined in attribute definitions" in raised.value.response["Error"]["Message"]
+
+
+@pytest.mark.parametrize(
+    "vector",
+    [unit(0, VECTOR_DIMENSIONS + 1), [{"S": "1"}] * VECTOR_DIMENSIONS],
+    ids=["wrong dimensions", "not numbers"],
+)
+def test_a_write_whose_vector_the_index_cannot_take_is_refused_and_changes_nothing(
+    ddb: Any, vector: list[dict[str, str]]
+) -> None:
+    put(ddb, "a", 1, "alice", unit(0))
+
+    with pytest.raises(ClientError) as put_refused:
+        put(ddb, "a", 2, "alice", vector)
+    with pytest.raises(ClientError) as update_refused:
+        ddb.update_item(
+            TableName="ChatSessions",
+            Key={"session_id": {"S": "a"}, "turn_number": {"N": "1"}},
+            UpdateExpression="SET fvec = :v",
+            ExpressionAttributeValues={":v": {"L": vector}},
+        )
+
+    for refused in (put_refused, update_refused):
+        assert refused.value.response["Error"]["Code"] == "ValidationException"
+    key = {"session_id": {"S": "a"}, "turn_number": {"N": "1"}}
+    assert ddb.get_item(TableName="ChatSessions", Key=key)["Item"]["fvec"] == {"L": unit(0)}
+    assert "Item" not in ddb.get_item(TableName="ChatSessions", Key={**key, "turn_number": {"N": "2"}})
