@@ -11,6 +11,8 @@ import sys
 
 from moto.server import ThreadedMotoServer
 
+import local.vector_search  # noqa: F401  (SearchVectors, which moto lacks)
+
 
 def main() -> None:
     port = int(sys.argv[1])

@@ -28,6 +28,8 @@ LOCAL_DEFAULTS = {"POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISAB
 # Guest tokens are signed with this development key unless one is given (on AWS the key comes
 # from Secrets Manager). Tokens then survive a restart, like the sessions they resume.
 LOCAL_GUEST_KEY = "local-development-only-guest-token-signing-key"
+# And cross-session retrieval's owner values with this one (on AWS: Secrets Manager's).
+LOCAL_OWNER_KEY = "local-development-only-owner-key"
 warnings.filterwarnings("ignore", message="No application metrics to publish")
 
 
@@ -93,6 +95,7 @@ async def serve(args: argparse.Namespace) -> None:
         env.setdefault(
             "IDENTITY__GUEST_TOKEN_KEY", os.environ.get("IDENTITY__GUEST_TOKEN_KEY", LOCAL_GUEST_KEY)
         )
+        env.setdefault("MEMORY__OWNER_KEY", os.environ.get("MEMORY__OWNER_KEY", LOCAL_OWNER_KEY))
         os.environ.pop("REDIS_URL", None)
         os.environ.update(env)
         template = load_template()

@@ -37,6 +37,8 @@ from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
 from moto.server import ThreadedMotoServer
 
+import local.vector_search  # noqa: F401  (SearchVectors, which moto lacks)
+
 _query_partition = threading.local()
 _stock_all_items = Table.all_items
 _stock_query = Table.query

@@ -65,6 +65,13 @@ def function_environment(functions: Mapping[str, Function]) -> dict[str, str]:
     return env
 
 
+def vector_dimensions(environ: Mapping[str, str]) -> int:
+    """The vector index's dimensions: the environment's embedding dimensions, else the
+    template parameter's default (the offline model's)."""
+    given = environ.get("EMBEDDINGS__DIMENSIONS")
+    return int(given) if given else int(load_template().parameter_default("EmbeddingDimensions"))
+
+
 @dataclass
 class Dependencies:
     """Starts what is missing, and stops what it started (in reverse order)."""
@@ -96,6 +103,7 @@ class Dependencies:
         create_tables(
             boto3.resource("dynamodb", endpoint_url=self.dynamodb_url, region_name=os.environ["AWS_REGION"]),
             self.tables,
+            vector_dimensions=vector_dimensions(environ),
         )
         await self._start_proxy()
         await self._start_queues(environ)
@@ -133,6 +141,8 @@ class Dependencies:
         env = {k: v for k, v in template.items() if k not in environ}
         env.update({k: v for k, v in environ.items() if k != "REDIS_URL"})
         env.setdefault("LLM__OFFLINE_DELAY_SECONDS", DEFAULT_OFFLINE_DELAY)
+        # The template's !Ref: the vector index's dimensions and the embedder's are one value.
+        env.setdefault("EMBEDDINGS__DIMENSIONS", str(vector_dimensions(environ)))
         env.update(
             SESSIONS_TABLE=self.tables["ChatSessionsTable"],
             CONNECTIONS_TABLE=self.tables["ConnectionsTable"],

@@ -184,8 +184,23 @@ class Template:
                 "AttributeDefinitions": props["AttributeDefinitions"],
                 "BillingMode": props.get("BillingMode", "PAY_PER_REQUEST"),
                 "GlobalSecondaryIndexes": props.get("GlobalSecondaryIndexes", []),
+                "VectorIndexes": props.get("VectorIndexes", []),
                 "ttl_attribute": props.get("TimeToLiveSpecification", {}).get("AttributeName"),
             }
+        return out
+
+    def parameter_default(self, name: str) -> Any:
+        return self.raw["Parameters"][name].get("Default")
+
+    def vector_indexes(self, spec: dict[str, Any], dimensions: int | None = None) -> list[dict[str, Any]]:
+        """A table's vector indexes as CreateTable takes them: ``Dimensions`` (a parameter's
+        Ref in the template) resolved to ``dimensions``, else to the parameter's default."""
+        out = []
+        for index in spec["VectorIndexes"]:
+            size = index["Dimensions"]
+            if isinstance(size, dict):
+                size = dimensions or int(self.parameter_default(size["Ref"]))
+            out.append({**index, "Dimensions": int(size)})
         return out
 
 
@@ -195,24 +210,45 @@ def load_template(path: Path = TEMPLATE) -> Template:
         return Template(yaml.load(handle, Loader=_CfnLoader))
 
 
-def create_tables(dynamodb: Any, names: dict[str, str], time_to_live: bool = True) -> None:
+def create_tables(
+    dynamodb: Any,
+    names: dict[str, str],
+    time_to_live: bool = True,
+    vector_dimensions: int | None = None,
+    vector_indexes: bool = True,
+) -> None:
     """Create the template's tables (logical id -> table name) on a DynamoDB endpoint;
-    ``time_to_live=False`` for an engine without UpdateTimeToLive."""
+    ``time_to_live=False`` for an engine without UpdateTimeToLive. Vector indexes get
+    ``vector_dimensions`` (the embedding model's; default: the template parameter's);
+    ``vector_indexes=False`` for an engine without them (their search keys then go too). moto
+    has them once ``local.vector_search`` is imported in its process (here, for a moto in it)."""
+    import local.vector_search  # noqa: F401  (SearchVectors for an in-process moto)
+
+    template = load_template()
     client = dynamodb.meta.client
     existing = set(client.list_tables()["TableNames"])
-    for logical_id, spec in load_template().table_definitions().items():
+    for logical_id, spec in template.table_definitions().items():
         name = names[logical_id]
         if name in existing:
             continue
-        indexes = (
+        indexes: dict[str, Any] = (
             {"GlobalSecondaryIndexes": spec["GlobalSecondaryIndexes"]}
             if spec["GlobalSecondaryIndexes"]
             else {}
         )
+        attributes = spec["AttributeDefinitions"]
+        vectors = template.vector_indexes(spec, vector_dimensions)
+        if vectors and vector_indexes:
+            indexes["VectorIndexes"] = vectors
+        elif vectors:
+            searched = {e["AttributeName"] for v in vectors for e in v.get("SearchSchema", [])}
+            keys = {k["AttributeName"] for k in spec["KeySchema"]}
+            keys.update(k["AttributeName"] for g in spec["GlobalSecondaryIndexes"] for k in g["KeySchema"])
+            attributes = [a for a in attributes if a["AttributeName"] not in searched - keys]
         client.create_table(
             TableName=name,
             KeySchema=spec["KeySchema"],
-            AttributeDefinitions=spec["AttributeDefinitions"],
+            AttributeDefinitions=attributes,
             BillingMode=spec["BillingMode"],
             **indexes,
         )

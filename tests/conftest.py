@@ -34,6 +34,7 @@ from tests.support.processes import DynaliteProcess
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 TABLE_NAMES = {"ChatSessionsTable": "ChatSessions", "ConnectionsTable": "ChatConnections"}
+VECTOR_DIMENSIONS = 256  # the tests' embedding model's (wordllama), and the vector index's
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def aws(request: pytest.FixtureRequest) -> Iterator[Any]:
     with mock_aws():
         if request.param == "moto":
             dynamodb = boto3.resource("dynamodb", region_name="us-east-1")
-            create_tables(dynamodb, TABLE_NAMES)
+            create_tables(dynamodb, TABLE_NAMES, vector_dimensions=VECTOR_DIMENSIONS)
         else:
             marker = request.node.get_closest_marker("moto_only")
             if marker is not None:
@@ -88,17 +89,17 @@ def fresh_dynalite_tables(server: DynaliteProcess) -> Any:
         waiter = client.get_waiter("table_not_exists")
         waiter.wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 60})
     # dynalite has no UpdateTimeToLive: expiry is the code's own filter on either engine.
-    create_tables(dynamodb, TABLE_NAMES, time_to_live=False)
+    create_tables(dynamodb, TABLE_NAMES, time_to_live=False, vector_indexes=False)
     return dynamodb
 
 
 def make_settings(redis_url: str | None, **overrides: Any) -> Settings:
     env: dict[str, Any] = {
-        "memory": {"history_turns": 10},
         "cache": {"redis_url": redis_url},
         "llm": {"provider": "offline", "offline_delay_seconds": 0},
         # The static embedding model: a tenth of E5's CPU per turn; ranking quality is the eval's.
-        "embeddings": {"provider": "wordllama"},
+        "embeddings": {"provider": "wordllama", "dimensions": VECTOR_DIMENSIONS},
+        "memory": {"history_turns": 10, "owner_key": "test-owner-key"},
         "breaker": {"fail_max": 2, "reset_timeout_seconds": 0.5},
         "stream": {"flush_chars": 40, "flush_interval_seconds": 0.05},
     }

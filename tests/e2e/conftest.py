@@ -36,6 +36,7 @@ STACK_ENV = {
     "LLM__OFFLINE_DELAY_SECONDS": "0.005",
     # The static embedding model: a tenth of E5's CPU per turn; ranking quality is the eval's.
     "EMBEDDINGS__PROVIDER": "wordllama",
+    "EMBEDDINGS__DIMENSIONS": "256",  # wordllama's, and so the vector index's
     "LLM__OFFLINE_MODE": "realistic",  # replies as long and as shaped as Claude's
     "BREAKER__RESET_TIMEOUT_SECONDS": "1",
     "BREAKER__FAIL_MAX": "3",

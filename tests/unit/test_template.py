@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from cfnlint.api import ManualArgs, lint, lint_file
 from chatmemory.config import Settings
+from chatmemory.memory import crosssession
 from chatmemory.protocol import KNOWN_ACTIONS
 from chatmemory.store import PRINCIPAL_INDEX
 from pydantic import BaseModel
@@ -43,6 +44,7 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
         "ConnectionsTable": {"dynamodb:GetItem", "dynamodb:PutItem"},
         "@connections": {"execute-api:ManageConnections"},
         "TurnOutboxQueue": {"sqs:SendMessage"},  # a turn DynamoDB could not take now
+        "ChatSessionsVectorIndex": {"dynamodb:SearchVectors"},  # an opted-in user's other sessions
     },
     "GetSessionFunction": {
         "ChatSessionsTable": {"dynamodb:Query", "dynamodb:GetItem"},  # GetItem: the session's strategy
@@ -158,6 +160,8 @@ def resource_name(resource: Any) -> str:
         return "@connections"
     if resource == {"Fn::Sub": "${ChatSessionsTable.Arn}/index/by_principal"}:
         return "ChatSessionsIndex"
+    if resource == {"Fn::Sub": "${ChatSessionsTable.Arn}/index/by_owner_vector"}:
+        return "ChatSessionsVectorIndex"
     if resource == {"Fn::GetAtt": ["TurnOutboxQueue", "Arn"]}:
         return "TurnOutboxQueue"
     return str(resource)
@@ -400,6 +404,7 @@ def test_chat_sessions_table_is_keyed_as_the_turn_store_expects(raw: dict[str, A
         {"AttributeName": "turn_number", "KeyType": "RANGE"},
     ]
     assert sorted(props["AttributeDefinitions"], key=str) == [
+        {"AttributeName": "owner", "AttributeType": "S"},
         {"AttributeName": "principal", "AttributeType": "S"},
         {"AttributeName": "session_id", "AttributeType": "S"},
         {"AttributeName": "turn_number", "AttributeType": "N"},
@@ -413,7 +418,7 @@ def test_chat_sessions_table_is_keyed_as_the_turn_store_expects(raw: dict[str, A
     ]
     assert index["Projection"] == {"ProjectionType": "KEYS_ONLY"}
     assert props["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
-    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["BillingMode"] == "PAY_PER_REQUEST"  # vector indexes need on-demand too
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
     assert props["SSESpecification"] == {"SSEEnabled": True}
     assert raw["Resources"]["ChatSessionsTable"]["DeletionPolicy"] == "Retain"
@@ -424,7 +429,7 @@ def test_connections_table_is_keyed_by_connection_id_with_a_ttl(raw: dict[str, A
     assert props["KeySchema"] == [{"AttributeName": "connection_id", "KeyType": "HASH"}]
     assert props["AttributeDefinitions"] == [{"AttributeName": "connection_id", "AttributeType": "S"}]
     assert props["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
-    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["BillingMode"] == "PAY_PER_REQUEST"  # vector indexes need on-demand too
 
 
 def test_functions_are_told_the_table_names(raw: dict[str, Any]) -> None:
@@ -951,3 +956,24 @@ def test_samconfig_sandbox_runs_without_the_cache_and_prod_with_it() -> None:
 
     assert overrides("default")["EnableCache"] == "false"  # no fixed monthly cost
     assert overrides("prod")["EnableCache"] == "true"
+
+
+def test_the_vector_index_is_keyed_by_owner_and_sized_like_the_embedder(raw: dict[str, Any]) -> None:
+    """Cross-session retrieval (chatmemory.memory.crosssession): SearchVectors with owner = :o,
+    on the attribute the memory worker writes, of the dimensions the functions embed with."""
+    props = raw["Resources"]["ChatSessionsTable"]["Properties"]
+    (index,) = props["VectorIndexes"]
+    assert index["IndexName"] == crosssession.INDEX
+    assert index["VectorAttribute"] == {"AttributeName": crosssession.VECTOR}
+    assert index["SearchSchema"] == [{"AttributeName": crosssession.OWNER, "SearchSchemaElementType": "HASH"}]
+    assert index["DistanceFunction"] == "COSINE"
+    assert index["Dimensions"] == {"Ref": "EmbeddingDimensions"}
+    env = raw["Globals"]["Function"]["Environment"]["Variables"]
+    assert env["EMBEDDINGS__DIMENSIONS"] == {"Ref": "EmbeddingDimensions"}
+    # Everything a found turn becomes in a prompt is projected into the index.
+    assert set(index["Projection"]["NonKeyAttributes"]) >= {
+        "user_message",
+        "assistant_reply",
+        "created_at",
+        "ttl",
+    }

@@ -46,6 +46,15 @@ class MemorySettings(BaseModel):
     summarize_function: str | None = Field(
         None, description="Lambda run asynchronously for summaries and facts; unset: a thread in-process"
     )
+    cross_session: bool = Field(
+        True, description="retrieving strategies also search an opted-in principal's other sessions"
+    )
+    cross_session_top_k: int = Field(5, ge=1, le=30, description="turns of other sessions offered a turn")
+    cross_session_index: str = Field("by_owner_vector", description="the table's vector index")
+    owner_key: str | None = Field(
+        None, description="key of the owner values that scope that search to a principal (local)"
+    )
+    owner_key_secret_name: str | None = Field(None, description="Secrets Manager name of that key")
 
     @property
     def context_turns(self) -> int:
@@ -61,7 +70,11 @@ class EmbeddingSettings(BaseModel):
     provider: Literal["offline", "wordllama", "bedrock", "none"] = "offline"
     bedrock_model: str = "amazon.titan-embed-text-v2:0"
     dimensions: int = Field(
-        512, ge=64, le=1024, description="Titan V2: 256, 512 or 1024; wordllama: up to 256"
+        384,
+        ge=64,
+        le=1024,
+        description="the model's, and the vector index's: offline (E5) 384; Titan V2 256, 512 or 1024;"
+        " wordllama up to 256",
     )
     connect_timeout_seconds: float = 0.5
     read_timeout_seconds: float = 2.0

@@ -235,6 +235,8 @@ class Conversation:
 
     @staticmethod
     def _done(started: StartedTurn, context: TurnContext, usage: Usage) -> dict[str, Any]:
+        own = [t for t in context.plan.recalled if t.session_id == started.turn.session_id]
+        other = [t for t in context.plan.recalled if t.session_id != started.turn.session_id]
         return done_frame(
             started.turn.turn,
             started.history.mode,
@@ -246,7 +248,13 @@ class Conversation:
             budget=context.plan.budget.frame(),
             strategy=context.strategy.name,
             retrieval=context.plan.recall if context.strategy.retrieve else None,
-            retrieved_turns=[t.turn for t in context.plan.recalled] if context.strategy.retrieve else None,
+            retrieved_turns=[t.turn for t in own] if context.strategy.retrieve else None,
+            cross_session=context.across.mode if context.across is not None else None,
+            cross_session_turns=(
+                [{"sessionId": t.session_id, "turn": t.turn} for t in other]
+                if context.across is not None
+                else None
+            ),
         )
 
     def _stream_reply(self, binding: Binding, started: StartedTurn, prompt: Prompt) -> tuple[str, Usage]:

@@ -29,6 +29,14 @@ _ERASE_PASSES = 3
 _TOMBSTONE_SECONDS = CONNECTION_TTL_SECONDS + 3600
 # Principals that are not one person's (no authorizer configured): never erased wholesale.
 _SHARED_PRINCIPALS = frozenset({"anonymous", "unknown"})
+# What an export says is kept besides the turns' text: derived data, erased with each turn.
+KEPT_ABOUT = (
+    "Besides the text, retrieval keeps for each turn listed under embeddings a compact vector of"
+    " it on its item (to find it again in this chat), and for each under acrossSessions a second"
+    " vector and a key derived from your identity, so that your other chats can find it (long-term"
+    " memory on). Both go with the turn when it is erased; turning long-term memory off makes the"
+    " second kind unsearchable at once."
+)
 
 
 class DataRights:
@@ -181,6 +189,7 @@ class DataRights:
         turns, meta = self._dynamodb(self._memory.store.session_items, session_id)
         self._check_owner(binding, (t.principal for t in turns))
         meta = meta or {}
+        embedded, across = self._dynamodb(self._memory.store.derived, session_id)
         document = {
             "sessionId": session_id,
             "exportedAt": int(self._clock()),
@@ -199,6 +208,11 @@ class DataRights:
                 }
                 for t in turns
             ],
+            "kept": {
+                "about": KEPT_ABOUT,
+                "embeddings": embedded,
+                "acrossSessions": across,
+            },
         }
         frames = export_frames(session_id, document)
         for frame in frames:

@@ -407,6 +407,8 @@ def done_frame(
     strategy: str | None = None,
     retrieval: str | None = None,
     retrieved_turns: list[int] | None = None,
+    cross_session: str | None = None,
+    cross_session_turns: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """``done``; the optional fields (prompt cache counts, the budget's split, the memory
     strategy, how retrieval searched and which earlier turns it put in the prompt) are added
@@ -431,6 +433,10 @@ def done_frame(
         frame["retrieval"] = retrieval
     if retrieved_turns is not None:
         frame["retrievedTurns"] = retrieved_turns
+    if cross_session is not None:  # the principal's other sessions were searched (opted in)
+        frame["crossSession"] = cross_session
+    if cross_session_turns is not None:
+        frame["crossSessionTurns"] = cross_session_turns
     return frame
 
 

@@ -26,6 +26,7 @@ from chatmemory.embeddings import Embedder, build_embedder
 from chatmemory.history import SessionMemory
 from chatmemory.llm.base import ChatModel
 from chatmemory.memory.corpus import CorpusRepository
+from chatmemory.memory.crosssession import CrossSession, QueryMemo, VectorIndexStore
 from chatmemory.memory.longterm import UserMemoryCache, UserMemoryRepository, UserMemoryStore
 from chatmemory.memory.manager import MemoryManager
 from chatmemory.memory.repository import MemoryStateRepository
@@ -116,6 +117,32 @@ def management_client(endpoint_url: str, region: str) -> Any:
     )
 
 
+def owner_key(settings: Settings) -> Callable[[], bytes | None]:
+    """The key of cross-session owner values: the settings' (local), else the secret's, read
+    on first use (with timeouts as tight as DynamoDB's: it is on a turn's path) and kept for
+    five minutes; ``None`` (the search off) when neither is set."""
+    provider: list[Any] = []
+
+    def key() -> bytes | None:
+        memory = settings.memory
+        if memory.owner_key:
+            return memory.owner_key.encode()
+        if not memory.owner_key_secret_name:
+            return None
+        if not provider:
+            from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+            config = Config(
+                connect_timeout=settings.storage.connect_timeout_seconds,
+                read_timeout=settings.storage.read_timeout_seconds,
+                retries={"max_attempts": settings.storage.max_attempts, "mode": "standard"},
+            )
+            provider.append(SecretsProvider(boto_config=config))
+        return str(provider[0].get(memory.owner_key_secret_name, max_age=300)).encode()
+
+    return key
+
+
 def _api_key(settings: Settings) -> str | None:
     if settings.llm.api_key or not settings.llm.api_key_secret_name:
         return settings.llm.api_key
@@ -170,13 +197,38 @@ class Services:
             settings.identity.guest_token_ttl_seconds,
             clock,
         )
+        built = embedder if embedder is not None else build_embedder(settings.embeddings, settings.aws_region)
+        # One embedding of the message serves both searches (in this session, and across).
+        shared = QueryMemo(built) if built is not None else None
         self.recall = Recall(
             CorpusRepository(store, redis, self.breakers, settings.memory.cache_ttl_seconds, clock),
-            embedder if embedder is not None else build_embedder(settings.embeddings, settings.aws_region),
+            shared,
             self.breakers,
         )
+        self.cross_session = (
+            CrossSession(
+                VectorIndexStore(
+                    dynamodb.Table(settings.storage.sessions_table), settings.memory.cross_session_index
+                ),
+                shared,
+                self.breakers,
+                self.user_memory,
+                owner_key(settings),
+                settings.embeddings.dimensions,
+                settings.memory.cross_session_top_k,
+                clock,
+            )
+            if settings.memory.cross_session
+            else None
+        )
         self.updater = MemoryUpdater(
-            self.memory_state, store, lambda: self.model, settings.memory, self.user_memory, self.recall
+            self.memory_state,
+            store,
+            lambda: self.model,
+            settings.memory,
+            self.user_memory,
+            self.recall,
+            self.cross_session,
         )
         self.scheduler = (scheduler_factory or self._default_scheduler)(self.updater)
         self.memory_manager = MemoryManager(
@@ -186,6 +238,7 @@ class Services:
             self.scheduler,
             self.user_memory,
             self.recall,
+            self.cross_session,
         )
         self.registry = ConnectionRegistry(
             dynamodb.Table(settings.storage.connections_table), redis, self.breakers

@@ -243,6 +243,30 @@ class TurnStore:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise  # else: erased meanwhile, nothing to keep
 
+    def derived(self, session_id: str) -> tuple[list[int], list[int]]:
+        """What retrieval keeps of the session's turns, for its export: the turns whose
+        embedding is on their item (``vec``), and those also in the cross-session vector index
+        (``owner`` and ``fvec``, see ``memory.crosssession``)."""
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key("session_id").eq(session_id) & _FIRST_TURN,
+            "FilterExpression": Attr("vec").exists() | Attr("fvec").exists(),
+            "ProjectionExpression": "turn_number, #o, fvec, vec",
+            "ExpressionAttributeNames": {"#o": "owner"},
+            "ConsistentRead": True,
+        }
+        embedded: list[int] = []
+        across: list[int] = []
+        while True:
+            page = self._table.query(**query)
+            for item in page["Items"]:
+                number = int(item["turn_number"])  # type: ignore[arg-type]
+                embedded.append(number)
+                if "owner" in item and "fvec" in item:
+                    across.append(number)
+            if "LastEvaluatedKey" not in page:
+                return embedded, across
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     def item_owners(self, session_id: str) -> dict[int, str | None]:
         """Every item's turn number (the meta item's is 0) and the principal it was written
         for (``None`` for the meta item, which records none)."""

@@ -29,6 +29,13 @@ RECALLED_INTRO = (
 )
 RETRIEVAL_MARGIN = 0.04  # of the limit, left unfilled by retrieved turns
 RECALLED_TURN = "[turn {} · {}]\nUser: {}\nAssistant: {}"
+# Cross-session retrieval: turns of the user's other conversations, each labelled with its
+# conversation (the first characters of its id) and its date.
+ACROSS_INTRO = (
+    "From the user's earlier conversations (retrieved for this message):\n"
+    "<earlier-conversations>\n{}\n</earlier-conversations>\n\n"
+)
+ACROSS_TURN = "[conversation {} · {}]\nUser: {}\nAssistant: {}"
 USER_FACTS_INTRO = (
     "\n\nWhat the user asked you to remember from earlier conversations:\n<user-facts>\n{}\n</user-facts>"
 )
@@ -85,6 +92,7 @@ class ContextPlan:
     user_facts: list[Fact] = field(default_factory=list)
     recalled: list[Turn] = field(default_factory=list)  # retrieved earlier turns, oldest first
     recall: str = "off"  # retrieval's mode: off, hybrid, keyword, unavailable
+    session_id: str | None = None  # whose turns ``recalled`` holds; others are other sessions'
 
     def prompt(self, system: str, message: str, max_tokens: int) -> Prompt:
         system_text = system_block(system, self.summary, self.facts, self.user_facts)
@@ -93,7 +101,8 @@ class ContextPlan:
             messages.append({"role": "user", "content": turn.user})
             messages.append({"role": "assistant", "content": turn.assistant or ""})
         breakpoint_at = len(messages) - 1  # the last turn's reply, or -1: the system prompt
-        messages.append({"role": "user", "content": recalled_block(self.recalled) + message})
+        block = recalled_block(self.recalled, self.session_id)
+        messages.append({"role": "user", "content": block + message})
         return Prompt(system=system_text, messages=messages, max_tokens=max_tokens, cache_after=breakpoint_at)
 
 
@@ -110,12 +119,26 @@ def system_block(
     return text
 
 
-def recalled_block(turns: list[Turn]) -> str:
-    if not turns:
-        return ""
-    return RECALLED_INTRO.format(
-        "\n\n".join(RECALLED_TURN.format(t.turn, when(t.at), t.user, t.assistant or "") for t in turns)
-    )
+def recalled_block(turns: list[Turn], session_id: str | None = None) -> str:
+    """The other conversations' turns (oldest first), then this one's (by number)."""
+    other = sorted((t for t in turns if not own(t, session_id)), key=lambda t: (t.at, t.turn))
+    mine = [t for t in turns if own(t, session_id)]
+    text = ""
+    if other:
+        text += ACROSS_INTRO.format(
+            "\n\n".join(
+                ACROSS_TURN.format(t.session_id[:8], when(t.at), t.user, t.assistant or "") for t in other
+            )
+        )
+    if mine:
+        text += RECALLED_INTRO.format(
+            "\n\n".join(RECALLED_TURN.format(t.turn, when(t.at), t.user, t.assistant or "") for t in mine)
+        )
+    return text
+
+
+def own(turn: Turn, session_id: str | None) -> bool:
+    return session_id is None or turn.session_id == session_id
 
 
 @functools.lru_cache(maxsize=8_192)  # the same turns come back turn after turn
@@ -123,9 +146,12 @@ def when(at: int) -> str:
     return datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%d %B %Y, %H:%M")
 
 
-def recalled_cost(turn: Turn, estimator: TokenEstimator) -> int:
+def recalled_cost(turn: Turn, estimator: TokenEstimator, session_id: str | None = None) -> int:
     """A retrieved turn's share of the prompt: its text at the model's counts, and its header."""
-    header = estimator.estimate(RECALLED_TURN.format(turn.turn, when(turn.at), "", "") + "\n\n")
+    label = RECALLED_TURN.format(turn.turn, when(turn.at), "", "")
+    if not own(turn, session_id):
+        label = ACROSS_TURN.format(turn.session_id[:8], when(turn.at), "", "")
+    header = estimator.estimate(label + "\n\n")
     return estimator.turn_tokens(turn) - 2 * MESSAGE_OVERHEAD + header
 
 
@@ -145,6 +171,7 @@ def plan_context(
     user_facts: list[Fact] | None = None,
     recalled: list[Turn] | None = None,
     recall: str = "off",
+    session_id: str | None = None,
 ) -> ContextPlan:
     """What goes into the request: the system prompt and the message always (the caller has
     refused a message that cannot fit), then facts, then the user's long-term facts (those the
@@ -199,17 +226,20 @@ def plan_context(
     # Retrieval fills what is left to the brim, so the estimates' error (about 1% once
     # calibrated, more before) would overflow the limit: it stops a margin short.
     room_for_search = room - round(RETRIEVAL_MARGIN * limit)
-    in_prompt = {t.turn for t in kept}
+    in_prompt = {(t.session_id, t.turn) for t in kept}
+    across_intro = estimator.estimate(ACROSS_INTRO.format(""))  # once, with the first such turn
     for candidate in recalled or []:
-        if candidate.turn in in_prompt:
+        if (candidate.session_id, candidate.turn) in in_prompt:
             continue
-        cost = recalled_cost(candidate, estimator)
+        cost = recalled_cost(candidate, estimator, session_id)
+        if not own(candidate, session_id) and all(own(c, session_id) for c in chosen):
+            cost += across_intro
         if history_tokens + retrieved_tokens + cost <= room_for_search:
             chosen.append(candidate)
             retrieved_tokens += cost
     if not chosen:
         retrieved_tokens = 0
-    chosen.sort(key=lambda t: t.turn)
+    chosen.sort(key=lambda t: (own(t, session_id), t.at if not own(t, session_id) else 0, t.turn))
     budget = Budget(
         limit=limit,
         system=system_tokens,
@@ -221,7 +251,9 @@ def plan_context(
         user_facts=carried_tokens,
         history_turns=len(kept),
     )
-    return ContextPlan(strategy.name, summary, facts, kept, budget, truncated, carried, chosen, recall)
+    return ContextPlan(
+        strategy.name, summary, facts, kept, budget, truncated, carried, chosen, recall, session_id
+    )
 
 
 def fit_turns(

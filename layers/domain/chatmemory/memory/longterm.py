@@ -84,6 +84,13 @@ class UserMemory(BaseModel):
     cursors: dict[str, int] = Field(default_factory=dict)  # session -> last turn merged
     since: int = 0  # epoch seconds: turns accepted until then are not merged
     generation: int = 0  # the item's first version: an item erased and created again has another
+    # The chat the user opted in from, and its last turn said before: those turns were said
+    # without consent (cross-session retrieval never indexes them; ``since`` covers the others).
+    opted_in: dict[str, int] = Field(default_factory=dict)
+
+    def consented(self, turn: Turn) -> bool:
+        """Whether a turn was said with the user's consent to keep it beyond its session."""
+        return turn.at > self.since and turn.turn > self.opted_in.get(turn.session_id, 0)
 
     def cursor(self, session_id: str) -> int:
         return self.cursors.get(session_id, 0)
@@ -149,6 +156,7 @@ class UserMemoryStore:
             cursors={str(k): int(v) for k, v in item.get("cursors", {}).items()},
             since=int(item.get("since", 0)),
             generation=int(item.get("generation", 0)),
+            opted_in={str(k): int(v) for k, v in item.get("opted_in", {}).items()},
         )
 
     def put(
@@ -166,10 +174,11 @@ class UserMemoryStore:
             ":c": memory.cursors,
             ":s": memory.since,
             ":g": memory.generation,
+            ":o": memory.opted_in,
         }
         expression = (
             "SET long_term = :l, #f = :f, version = :v, applied = :a, cursors = :c, since = :s,"
-            " generation = :g"
+            " generation = :g, opted_in = :o"
         )
         if ttl is None:
             expression += " REMOVE #t"
@@ -340,7 +349,7 @@ class UserMemoryRepository:
                 # not: see forget_fact); this chat's from its next turn on.
                 cursors = {k: v for k, v in memory.cursors.items() if k != session_id}
                 cursors[session_id] = max(said, memory.cursor(session_id))
-                update.update(since=now - 1, cursors=cursors)
+                update.update(since=now - 1, cursors=cursors, opted_in={session_id: said})
             return memory.model_copy(update=update)
 
         return self.modify(principal, change)

@@ -13,6 +13,7 @@ from chatmemory.history import StartedTurn
 from chatmemory.llm.base import Prompt
 from chatmemory.memory import tasks
 from chatmemory.memory.context import ContextPlan, message_tokens, plan_context
+from chatmemory.memory.crosssession import Across, CrossSession, interleave
 from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, eligible
 from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.memory.retrieval import QueriesAhead, Recall, Recalled, retrieval_queries
@@ -41,6 +42,7 @@ class TurnContext:
     plan: ContextPlan
     prompt: Prompt
     user_memory: UserMemory | None = None  # the principal's long-term memory, as read for the turn
+    across: Across | None = None  # the search of the principal's other sessions, when it ran
 
 
 class MemoryManager:
@@ -52,10 +54,12 @@ class MemoryManager:
         scheduler: UpdateScheduler | None = None,
         users: UserMemoryRepository | None = None,
         recall: Recall | None = None,
+        cross_session: CrossSession | None = None,
     ) -> None:
         self._settings, self._estimator = settings, estimator
         self._repository, self._scheduler = repository, scheduler
         self._users, self._recall = users, recall
+        self._cross_session = cross_session
 
     @property
     def estimator(self) -> TokenEstimator:
@@ -95,6 +99,9 @@ class MemoryManager:
             if f.session_id != session_id
         ]
         recalled = self._search(started, strategy, message, ahead or {})
+        across = self._search_across(started, recalled, user_memory, message)
+        if recalled is not None and across is not None:
+            recalled = Recalled(interleave(recalled.candidates, across.turns), recalled.mode)
         plan = plan_context(
             strategy,
             state,
@@ -106,6 +113,7 @@ class MemoryManager:
             user_facts,
             recalled.candidates if recalled is not None else None,
             recalled.mode if recalled is not None else "off",
+            session_id=session_id,
         )
         for part, tokens in plan.budget.frame().items():
             if part != "limit":  # BudgetSystemTokens, BudgetUserFactsTokens, ...
@@ -113,7 +121,9 @@ class MemoryManager:
                 metrics.add_metric(name=name, unit=MetricUnit.Count, value=tokens)
         if plan.truncated:
             metrics.add_metric(name="MemoryTruncated", unit=MetricUnit.Count, value=1)
-        return TurnContext(strategy, state, plan, plan.prompt(system, message, max_tokens), user_memory)
+        return TurnContext(
+            strategy, state, plan, plan.prompt(system, message, max_tokens), user_memory, across
+        )
 
     def account(self, context: TurnContext, message: str, usage: Usage) -> int:
         """Calibrate the estimator with the model's count, and return the message's tokens: its
@@ -177,6 +187,21 @@ class MemoryManager:
         recalled = self._recall.search(started.turn.session_id, queries, {started.turn.turn}, ahead)
         metrics.add_metric(name=f"Retrieval_{recalled.mode}", unit=MetricUnit.Count, value=1)
         return recalled
+
+    def _search_across(
+        self, started: StartedTurn, recalled: Recalled | None, memory: UserMemory | None, message: str
+    ) -> Across | None:
+        """The principal's other sessions, searched for the message when the strategy searches
+        and they opted in (read for this very turn: an opt-out stops it at once)."""
+        if self._cross_session is None or recalled is None or memory is None or not memory.long_term:
+            return None
+        principal = started.turn.principal
+        if principal is None or started.history.mode == "stateless":
+            return None
+        across = self._cross_session.search(str(principal), memory, started.turn.session_id, message)
+        if across is not None:
+            metrics.add_metric(name=f"CrossSession_{across.mode}", unit=MetricUnit.Count, value=1)
+        return across
 
     def set_strategy(self, session_id: str, strategy: StrategyName) -> None:
         """Give one session its own strategy (from its next turn), whatever the deployment's."""

@@ -21,6 +21,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from chatmemory.config import MemorySettings
 from chatmemory.llm.base import ChatModel
 from chatmemory.memory import tasks
+from chatmemory.memory.crosssession import CrossSession
 from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, UserMemoryUnavailable, eligible
 from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.memory.retrieval import Recall
@@ -40,6 +41,7 @@ class MemoryUpdater:
     settings: MemorySettings
     users: UserMemoryRepository | None = None  # long-term memory of principals who opted in
     recall: Recall | None = None  # retrieval memory: embeds the turns after their reply
+    cross_session: CrossSession | None = None  # indexes opted-in principals' embedded turns
 
     def update(self, session_id: str) -> bool:
         """Bring the session's summary and facts up to date, then the principal's long-term
@@ -56,6 +58,8 @@ class MemoryUpdater:
                 self.store.turns_between, session_id, max(1, last - self.settings.context_turns + 1), last
             )
             self.recall.index(session_id, recent)
+            if self.cross_session is not None:
+                self.cross_session.index(session_id, recent)
         if strategy.cursor:
             stored = self._update_session(session_id, state, last)
         self.remember(session_id, last)

@@ -1,0 +1,301 @@
+"""Cross-session retrieval: the earlier turns of a principal's *other* sessions most relevant to
+the new message, for principals who opted in to long-term memory.
+
+In DynamoDB it is the table's vector index ``by_owner_vector`` (template.yaml): a turn item is in
+it once it carries ``owner`` (its search key) and ``fvec`` (its embedding, a list of float32
+numbers). The memory worker writes both, after the reply, on the turns of opted-in principals
+only; a turn is found with ``SearchVectors`` and ``owner = :value``, nothing else.
+
+The owner value is an HMAC of the principal and of its long-term memory's generation, with a key
+that never leaves the server: a client can neither choose nor guess another principal's, and it
+is never derived from anything in a request. Opting out erases the memory item, and opting in
+again starts a new generation, so the vectors written before the opt-out match no owner anyone
+queries. The search is also skipped at query time for anyone not opted in, and a result is kept
+only if its item names the asking principal (a second check, should an owner value ever collide).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from boto3.dynamodb.conditions import Attr, Key
+from botocore.exceptions import ClientError
+
+from chatmemory.breakers import Breakers
+from chatmemory.embeddings import Embedder, Vectors, unpack
+from chatmemory.history import DYNAMODB_FAULTS
+from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, eligible
+from chatmemory.observability import logger
+from chatmemory.turns import Turn
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb.service_resource import Table
+
+OWNER = "owner"
+VECTOR = "fvec"
+INDEX = "by_owner_vector"
+MAX_TOP_K = 100  # SearchVectors' limit
+CrossSessionMode = Literal["hybrid", "unavailable"]
+
+
+def owner_value(key: bytes, principal: str, generation: int) -> str:
+    """The search key of a principal's turns, for one generation of its long-term memory."""
+    return hmac.new(key, f"{principal}\x00{generation}".encode(), hashlib.sha256).hexdigest()
+
+
+class VectorIndexStore:
+    """The only code that speaks DynamoDB for the vector index: the two attributes it reads
+    on turn items, and ``SearchVectors``."""
+
+    def __init__(self, table: Table, index: str = INDEX) -> None:
+        self._table, self._index = table, index
+
+    def candidates(self, session_id: str, first: int, last: int) -> list[dict[str, Any]]:
+        """Turns ``first..last`` as the indexer needs them: number, principal, status, when,
+        the compact vector (``vec``) and the owner it is indexed under, if any."""
+        response = self._table.query(
+            KeyConditionExpression=Key("session_id").eq(session_id) & Key("turn_number").between(first, last),
+            ProjectionExpression="turn_number, principal, #s, created_at, vec, #o",
+            ExpressionAttributeNames={"#s": "status", "#o": OWNER},
+            ConsistentRead=True,
+        )
+        return [dict(item) for item in response["Items"]]
+
+    def tag(self, session_id: str, turn: int, principal: str, owner: str, vector: Vectors) -> None:
+        """Put a turn in the index, if it is still there and still ``principal``'s."""
+        try:
+            self._table.update_item(
+                Key={"session_id": session_id, "turn_number": turn},
+                UpdateExpression="SET #o = :o, #v = :v",
+                ConditionExpression=Attr("session_id").exists() & Attr("principal").eq(principal),
+                ExpressionAttributeNames={"#o": OWNER, "#v": VECTOR},
+                ExpressionAttributeValues={":o": owner, ":v": _numbers(vector)},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise  # else: erased meanwhile, nothing to index
+
+    def search(self, owner: str, vector: Vectors, top_k: int) -> list[tuple[dict[str, Any], float]]:
+        """The ``top_k`` nearest turns indexed under ``owner``, nearest first, with their
+        COSINE scores (0 is identical)."""
+        # The resource's client serializes plain Python values, as the table does.
+        response = self._table.meta.client.search_vectors(
+            TableName=self._table.name,
+            IndexName=self._index,
+            SearchVector=_numbers(vector),
+            SearchConditionExpression="#o = :o",
+            ExpressionAttributeNames={"#o": OWNER},
+            ExpressionAttributeValues={":o": owner},
+            TopK=top_k,
+        )
+        return [(dict(hit["Item"]), float(hit["Score"])) for hit in response.get("SearchResults", [])]
+
+
+def _numbers(vector: Vectors) -> list[Decimal]:
+    return [Decimal(f"{float(x):.7g}") for x in vector]  # float32 holds about 7 digits
+
+
+class QueryMemo:
+    """An embedder that remembers the last few queries it embedded (or failed to): in-session
+    and cross-session retrieval search with one embedding of the message (the first one made
+    on a worker thread as soon as the message is known), and a provider that just failed is not
+    asked again for the same text. Shared by the process's threads: the same text has the same
+    vector whoever asks."""
+
+    def __init__(self, inner: Embedder, size: int = 8) -> None:
+        self.name, self._inner, self._size = inner.name, inner, size
+        self._memo: dict[str, Vectors | Exception] = {}
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str]) -> Vectors:
+        return self._inner.embed(texts)
+
+    def remembered(self, text: str) -> Vectors | Exception | None:
+        """The last embedding of ``text`` (or its failure), if there is one."""
+        with self._lock:
+            return self._memo.get(text)
+
+    def embed_query(self, text: str) -> Vectors:
+        found = self.remembered(text)
+        if found is None:
+            try:
+                found = self._inner.embed_query(text)
+            except Exception as exc:  # remembered and raised again: one attempt per query
+                found = exc
+            with self._lock:
+                self._memo[text] = found
+                while len(self._memo) > self._size:
+                    self._memo.pop(next(iter(self._memo)))
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+
+class OwnerKeyUnavailable(Exception):
+    """The owner key is configured and could not be read."""
+
+
+@dataclass(frozen=True)
+class Across:
+    """What the search found: turns of other sessions, best first."""
+
+    turns: list[Turn] = field(default_factory=list)
+    mode: CrossSessionMode = "hybrid"
+
+
+class CrossSession:
+    def __init__(
+        self,
+        store: VectorIndexStore,
+        embedder: Embedder | None,
+        breakers: Breakers,
+        users: UserMemoryRepository,
+        owner_key: Callable[[], bytes | None],
+        dimensions: int,
+        top_k: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self._store, self._embedder, self._breakers, self._users = store, embedder, breakers, users
+        self._owner_key, self._dimensions, self._top_k, self._clock = owner_key, dimensions, top_k, clock
+
+    def _owner(self, principal: str, memory: UserMemory) -> str | None:
+        """``None`` when no key is configured; raises ``OwnerKeyUnavailable`` when it is and
+        cannot be read."""
+        try:
+            key = self._owner_key()
+        except Exception as exc:  # Secrets Manager unreachable, denied, misnamed
+            logger.warning("owner key unavailable", extra={"error": type(exc).__name__})
+            raise OwnerKeyUnavailable() from exc
+        return owner_value(key, principal, memory.generation) if key else None
+
+    # ---- the hot path -----------------------------------------------------------------
+
+    def search(self, principal: str, memory: UserMemory, session_id: str, query: str) -> Across | None:
+        """Turns of the principal's other sessions for ``query``; ``None`` when it does not
+        apply (not opted in, no embedding model or key), ``unavailable`` when it failed (the
+        turn answers without it)."""
+        if not memory.long_term or not eligible(principal) or self._embedder is None:
+            return None
+        try:
+            owner = self._owner(principal, memory)
+        except OwnerKeyUnavailable:
+            return Across(mode="unavailable")
+        if owner is None:
+            return None
+        embedder = self._embedder
+        known = embedder.remembered(query) if isinstance(embedder, QueryMemo) else None
+        try:
+            if isinstance(known, Exception):  # failed for in-session retrieval already
+                raise known
+            vector = (
+                known if known is not None else self._breakers.embeddings.call(embedder.embed_query, query)
+            )
+        except Exception as exc:  # any provider fault: the turn goes on without it
+            logger.warning("cross-session query embedding failed", extra={"error": type(exc).__name__})
+            return Across(mode="unavailable")
+        if len(vector) != self._dimensions:
+            logger.warning("cross-session retrieval off: embedding and index dimensions differ")
+            return None
+        # The session's own turns are in the index too: ask for enough to leave them out.
+        top_k = min(MAX_TOP_K, 3 * self._top_k + 10)
+        try:
+            hits = self._breakers.dynamodb.call(self._store.search, owner, vector, top_k)
+        except DYNAMODB_FAULTS as exc:
+            logger.warning("cross-session search failed", extra={"error": type(exc).__name__})
+            return Across(mode="unavailable")
+        now = int(self._clock())
+        turns = [
+            turn
+            for turn in (_turn(item) for item, _ in hits)
+            if turn is not None
+            and turn.session_id != session_id
+            and turn.principal == principal
+            and turn.answered
+            and turn.expires_at > now
+        ]
+        return Across(turns[: self._top_k])
+
+    # ---- the memory worker -------------------------------------------------------------
+
+    def index(self, session_id: str, turns: list[Turn]) -> int:
+        """Put the session's embedded turns among ``turns`` in the index when their principal
+        opted in, and only those said since (consent); returns how many. Faults are logged:
+        the next run finds the turns still unindexed and indexes them."""
+        principals = {t.principal for t in turns if t.principal}
+        if len(principals) != 1 or not turns:
+            return 0
+        principal = str(next(iter(principals)))
+        memory = self._users.read(principal) if eligible(principal) else None
+        if memory is None or not memory.long_term:
+            return 0
+        try:
+            owner = self._owner(principal, memory)
+        except OwnerKeyUnavailable:
+            return 0  # indexed by a later run
+        if owner is None:
+            return 0
+        first, last = min(t.turn for t in turns), max(t.turn for t in turns)
+        done = 0
+        try:
+            rows = self._breakers.dynamodb.call(self._store.candidates, session_id, first, last)
+            for row in rows:
+                said = Turn(
+                    session_id=session_id,
+                    turn=int(row["turn_number"]),
+                    user="",
+                    at=int(row.get("created_at", 0)),
+                    expires_at=0,
+                )
+                if (
+                    row.get("principal") != principal
+                    or row.get("status") != "complete"
+                    or row.get("vec") is None
+                    or row.get(OWNER) == owner
+                    or not memory.consented(said)
+                ):
+                    continue
+                vector = unpack(bytes(row["vec"]))
+                if len(vector) != self._dimensions:
+                    logger.warning("cross-session index skipped: embedding and index dimensions differ")
+                    return done
+                number = int(row["turn_number"])
+                self._breakers.dynamodb.call(self._store.tag, session_id, number, principal, owner, vector)
+                done += 1
+        except DYNAMODB_FAULTS as exc:
+            logger.warning(
+                "cross-session indexing failed; retried later", extra={"error": type(exc).__name__}
+            )
+        return done
+
+
+def _turn(item: dict[str, Any]) -> Turn | None:
+    try:
+        return Turn(
+            session_id=str(item["session_id"]),
+            turn=int(item["turn_number"]),
+            user=str(item["user_message"]),
+            assistant=str(item["assistant_reply"]) if "assistant_reply" in item else None,
+            status=item.get("status", "pending"),
+            at=int(item["created_at"]),
+            expires_at=int(item["ttl"]),
+            principal=item.get("principal"),
+            user_tokens=int(item.get("user_tokens", 0)),
+            output_tokens=int(item.get("output_tokens", 0)),
+        )
+    except (KeyError, ValueError, TypeError):
+        return None  # not a whole turn: never put half of one in a prompt
+
+
+def interleave(own: list[Turn], other: list[Turn]) -> list[Turn]:
+    """One list of candidates, best first, taking from each ranking in turn: the session's
+    own and the other sessions' rank on scores that cannot be compared."""
+    merged: list[Turn] = []
+    for i in range(max(len(own), len(other))):
+        merged.extend(ranking[i] for ranking in (own, other) if i < len(ranking))
+    return merged
