@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import E2E_REDIS_URL, ROOT, UNSET
+from tests.conftest import TEST_REDIS_URL
+from tests.e2e.conftest import ROOT, UNSET
 
 SESSIONS, TURNS = 20, 3
 
@@ -20,7 +21,9 @@ SESSIONS, TURNS = 20, 3
 @pytest.mark.slow
 def test_the_load_driver_chats_and_finds_every_turn_stored_once(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in UNSET}
-    env["REDIS_URL"] = E2E_REDIS_URL.rpartition("/")[0] + "/12"
+    # Not the e2e stacks' database (theirs is flushed when one starts): the unit and integration
+    # tests', unused meanwhile. The suite uses the two databases it is given and no other.
+    env["REDIS_URL"] = TEST_REDIS_URL
     out = tmp_path / "load"
     result = subprocess.run(
         [
