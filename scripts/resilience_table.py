@@ -26,7 +26,7 @@ message to its last frame, on the first turn under the fault; "later answer" is 
 {turns}th turn under the same fault, once the breaker has opened. "Stored" is read back from
 DynamoDB itself, bypassing the proxy. Every row is also asserted by the test.
 
-Machine: {machine}. Measured {measured_at} with:
+Machine: {machine}. Model: {model}. Measured {measured_at} with:
 
 ```bash
 {command}
@@ -114,6 +114,7 @@ def render(data: dict[str, Any]) -> str:
     lines = [
         INTRO.format(
             machine=data["machine"],
+            model=data.get("model", "the offline model (its mode was not recorded)"),
             measured_at=data["measured_at"],
             command=data["command"],
             settings=settings,

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.support.waiting import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 E2E_REDIS_URL = os.environ.get("E2E_REDIS_URL", "redis://127.0.0.1:6379/14")
 READY = re.compile(r"WebSocket: ws://127\.0\.0\.1:(\d+)/ws")
@@ -79,6 +81,22 @@ class Stack:
 
     def log(self) -> str:
         return "".join(self.output)
+
+    def caught_up(self) -> list[str]:
+        """``output`` once it holds every line the stack wrote before this call. The lines are
+        read from its pipe by another thread, so a line written a moment ago may not be there
+        yet: a no-op fault switch makes the stack print a line of its own, after those, and
+        when that one has been read, so have they."""
+        since = len(self.output)
+        request = urllib.request.Request(f"{self.http_url}_local/faults", data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            response.read()
+        wait_until(
+            lambda: any(line.startswith("Faults:    {}") for line in self.output[since:]),
+            "the stack's own line after the fault switch",
+            interval=0.01,
+        )
+        return self.output
 
     @property
     def dynamodb_url(self) -> str:

@@ -25,10 +25,13 @@ import boto3
 import pytest
 import redis
 from boto3.dynamodb.conditions import Key
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection
 
-from tests.e2e.conftest import E2E_REDIS_URL, STACK_ENV, Stack, start_stack, stop_stack
+from tests.conftest import TEST_REDIS_URL
+from tests.e2e.conftest import STACK_ENV, Stack, start_stack, stop_stack
 from tests.e2e.test_stack_conversation import TIMEOUT, open_socket, receive, reply, session_of, turn
+from tests.support.waiting import DEADLINE, wait_until
 
 RESET_SECONDS = float(STACK_ENV["BREAKER__RESET_TIMEOUT_SECONDS"])
 FAIL_MAX = int(STACK_ENV["BREAKER__FAIL_MAX"])
@@ -39,12 +42,15 @@ TURNS_UNDER_FAULT = FAIL_MAX + 1  # enough to open a breaker and answer once whi
 ANSWER_BOUND = 3.0
 AT_ONCE = " [offline:slow=0]"  # a reply streamed without the model's pauses
 RESULTS_ENV = "RESILIENCE_RESULTS"
-MATRIX_REDIS_URL = E2E_REDIS_URL.rpartition("/")[0] + "/13"
+# A database apart from the e2e stacks' (each flushes its own when it starts): the unit and
+# integration tests', which no test uses while this module runs. The suite uses the two
+# databases it is given and no other.
+MATRIX_REDIS_URL = os.environ.get("MATRIX_REDIS_URL") or TEST_REDIS_URL
 # The outbox: a failed message is delivered again after 1 s; after 8 receives (an outage of
 # about 8 s, longer than any here) it is dead-lettered.
 MAX_RECEIVES = 8
 QUEUE_ARGS = ["--max-receive-count", str(MAX_RECEIVES), "--queue-retry-seconds", "1"]
-REPLAY_BOUND = 10.0  # seconds from recovery until every queued turn is stored
+REPLAY_BOUND = 10.0  # seconds from recovery until every queued turn is stored (measured, not a test)
 
 
 @dataclass
@@ -79,7 +85,10 @@ def _report() -> dict[str, Any]:
     return {
         "command": f"{RESULTS_ENV}=docs/resilience.json .venv/bin/pytest -q tests/e2e/test_fault_matrix.py",
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {sys.version.split()[0]}",
+        f"Python {sys.version.split()[0]}; shared: load average {os.getloadavg()[1]:.1f} "
+        "over the last 5 minutes of the run",
+        "model": f"the offline model in its {STACK_ENV['LLM__OFFLINE_MODE']} mode "
+        "(`LLM__OFFLINE_MODE`) through the anthropic SDK",
         "measured_at": time.strftime("%Y-%m-%d", time.gmtime()),
         "settings": {k: v for k, v in STACK_ENV.items() if "__" in k},
         "rows": [asdict(row) for row in ROWS],
@@ -135,13 +144,16 @@ def session_items(stack: Stack, session_id: str) -> list[dict[str, Any]]:
     return sorted(items["Items"], key=lambda i: int(i["turn_number"]))
 
 
-def wait_for_replay(stack: Stack, session_id: str, count: int, timeout: float = REPLAY_BOUND) -> float:
-    """Seconds until the session has ``count`` turn items (fails after ``timeout``)."""
-    began = time.monotonic()
-    while len(session_items(stack, session_id)) < count:
-        assert time.monotonic() - began < timeout, session_items(stack, session_id)
-        time.sleep(0.05)
-    return time.monotonic() - began
+def wait_for_replay(stack: Stack, session_id: str, count: int) -> None:
+    """Until the session has ``count`` turn items (the outbox replayed what it holds)."""
+    try:
+        wait_until(
+            lambda: len(session_items(stack, session_id)) >= count,
+            f"{count} turns of {session_id} stored",
+            interval=0.05,
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the stack's last lines:\n{''.join(stack.output[-60:])}") from None
 
 
 def assert_stored_once_in_order(stack: Stack, session_id: str, messages: list[str]) -> None:
@@ -164,25 +176,53 @@ def queue_url(stack: Stack, logical_id: str) -> str:
     return str(sqs.get_queue_url(QueueName=f"{logical_id}.fifo")["QueueUrl"])
 
 
+def is_cached(session_id: str) -> bool:
+    """The session's turns are in Redis (a turn is written through just before ``done``)."""
+    return bool(redis.Redis.from_url(MATRIX_REDIS_URL).llen(f"chat:{{{session_id}}}:turns"))
+
+
 def wait_until_cached(session_id: str) -> None:
-    """The first turn is in Redis (the turn is written through just before ``done``)."""
-    client = redis.Redis.from_url(MATRIX_REDIS_URL)
-    deadline = time.monotonic() + 30
-    while not client.llen(f"chat:{{{session_id}}}:turns"):
-        assert time.monotonic() < deadline, "the first turn never reached the cache"
-        time.sleep(0.02)
+    wait_until(lambda: is_cached(session_id), "the first turn in the cache")
 
 
 def recover(stack: Stack) -> None:
-    """Every dependency back, and every breaker past its reset timeout (its next call probes)."""
-    stack.faults(dynamodb="pass", redis="pass")
-    time.sleep(RESET_SECONDS + 0.3)
+    """Every dependency back, and memory whole again: a turn of a fresh session answered from
+    DynamoDB without a notice and written through to Redis, so neither breaker is open any
+    more (each closes on the first call after its reset timeout)."""
+    stack.faults(dynamodb="pass", redis="pass", sqs="pass")
+
+    def whole() -> bool:
+        try:
+            with open_socket(stack) as ws:
+                probe = session_of(ws)["sessionId"]
+                frames = turn(ws, f"are you back?{AT_ONCE}")
+        except InvalidStatus:  # $connect refused: the connections table's breaker is still open
+            return False
+        return frames[-1].get("memoryMode") == "full" and not codes(frames, "notice") and is_cached(probe)
+
+    wait_until(whole, "memory back after the faults", interval=0.2)
+
+
+def prove_nothing_queued(stack: Stack, ws: ClientConnection, session_id: str, kept: list[str]) -> None:
+    """Absence shown by a later event, not by waiting a while: the outbox keeps a session's
+    turns in one FIFO group and stores them in order, so once a turn queued now is stored, any
+    turn queued before it would be too. The session then holds ``kept`` and that turn alone."""
+    marker = f"queued after the fault {uuid.uuid4().hex[:8]}{AT_ONCE}"
+    stack.faults(dynamodb="stall")
+    try:
+        frames = turn(ws, marker)
+    finally:
+        stack.faults(dynamodb="pass")
+    assert "will be saved" in " ".join(f["message"] for f in frames if f["type"] == "notice"), frames
+    wait_for_replay(stack, session_id, len(kept) + 1)
+    assert_stored_once_in_order(stack, session_id, [*kept, marker])
 
 
 def breaker_changes(stack: Stack, since: int) -> list[tuple[str, str, str]]:
-    """(breaker, from, to) of the state changes the handlers logged after line ``since``."""
+    """(breaker, from, to) of the state changes the handlers logged after line ``since``, up to
+    now (every line written before this call is read first)."""
     changes = []
-    for line in stack.output[since:]:
+    for line in stack.caught_up()[since:]:
         try:
             record = json.loads(line)
         except ValueError:
@@ -210,24 +250,29 @@ MEMORY_FAULTS = [
 def test_memory_fault(
     matrix: Stack, fault: str, modes: dict[str, str], memory_mode: str, notices: list[str]
 ) -> None:
+    deferred = memory_mode == "cache_only"
+    remembered = memory_mode == "full"
+    questions = [f"{fault} question {i}{AT_ONCE}" for i in range(TURNS_UNDER_FAULT)]
     with open_socket(matrix) as ws:
         session_id = session_of(ws)["sessionId"]
         assert turn(ws, "My name is Ada")[-1]["memoryMode"] == "full"
         wait_until_cached(session_id)
+        mark = len(matrix.caught_up())  # every line of earlier turns before it
         matrix.faults(**modes)
         try:
             # streamed at once: the seconds measure the stores, not the model's pace
-            answers = [timed_turn(ws, f"{fault} question {i}{AT_ONCE}") for i in range(TURNS_UNDER_FAULT)]
+            answers = [timed_turn(ws, question) for question in questions]
         finally:
             recovered = time.monotonic()
             recover(matrix)
-    deferred = memory_mode == "cache_only"
-    questions = [f"{fault} question {i}{AT_ONCE}" for i in range(TURNS_UNDER_FAULT)]
-    replayed_s = None
-    if deferred:
-        wait_for_replay(matrix, session_id, 1 + TURNS_UNDER_FAULT)
-        replayed_s = time.monotonic() - recovered
-        assert_stored_once_in_order(matrix, session_id, ["My name is Ada", *questions])
+        replayed_s = None
+        if deferred:
+            wait_for_replay(matrix, session_id, 1 + TURNS_UNDER_FAULT)
+            replayed_s = time.monotonic() - recovered
+            assert_fast(replayed_s, REPLAY_BOUND, f"{fault}: replayed after recovery")
+            assert_stored_once_in_order(matrix, session_id, ["My name is Ada", *questions])
+        elif not remembered:
+            prove_nothing_queued(matrix, ws, session_id, ["My name is Ada"])
     stored = stored_turns(matrix, session_id)
 
     for frames, seconds in answers:
@@ -240,16 +285,16 @@ def test_memory_fault(
         # Only stateless answers forget the first turn: the other store still has it.
         history = frames[-1]["usage"]["budget"]["historyTurns"]
         assert (history >= 1) is (memory_mode != "stateless"), frames[-1]
-    remembered = memory_mode == "full"
-    for i in range(TURNS_UNDER_FAULT):
-        item = stored.get(f"{fault} question {i}{AT_ONCE}")
+    for question in questions:
+        item = stored.get(question)
         if remembered or deferred:
             assert item is not None and item["status"] == "complete" and item["assistant_reply"]
         else:
-            assert item is None, item  # nothing reached the table
-    if "stall" in modes.values():
-        # A stall costs client timeouts until the breaker opens; then no answer waits on it.
-        assert answers[-1][1] < answers[0][1], [s for _, s in answers]
+            assert item is None, item  # nothing reached the table, nor is on its way to it
+    for dependency in (name for name, mode in modes.items() if mode == "stall"):
+        # A stall costs client timeouts until the breaker opens (logged); then no answer waits on it.
+        assert (dependency, "closed", "open") in breaker_changes(matrix, mark), breaker_changes(matrix, mark)
+        assert_fast(answers[-1][1], answers[0][1], f"{fault}: an answer once the breaker is open")
 
     ROWS.append(
         Row(
@@ -310,6 +355,7 @@ def test_turns_of_an_outage_are_stored_in_order_once_it_ends_and_poison_is_dead_
         recovered = time.monotonic()
         wait_for_replay(matrix, session_id, 1 + len(questions))
         replayed_s = time.monotonic() - recovered
+        assert_fast(replayed_s, REPLAY_BOUND, "the outage's turns replayed")
         history = session_of(ws)["history"]
 
     for frames, _ in answers:
@@ -320,12 +366,13 @@ def test_turns_of_an_outage_are_stored_in_order_once_it_ends_and_poison_is_dead_
     # The session's history (DynamoDB's: the cache window without them was dropped) shows them.
     assert [t["user"] for t in history] == ["My name is Ada", *questions]
     # The poison, in a group of its own, never held these back and ends in the dead-letter queue.
-    deadline = time.monotonic() + MAX_RECEIVES + 10
     dead: list[str] = []
-    while poison not in dead:
-        assert time.monotonic() < deadline, dead
-        dead += dead_letters(matrix)
-        time.sleep(0.2)
+    wait_until(
+        lambda: dead.extend(dead_letters(matrix)) or poison in dead,
+        "the poison message dead-lettered",
+        timeout=MAX_RECEIVES + DEADLINE,
+        interval=0.2,
+    )
     dead_s = time.monotonic() - poisoned
 
     ROWS.append(
@@ -353,15 +400,14 @@ def test_dynamodb_and_the_outbox_both_down_says_the_turn_is_not_saved(matrix: St
             answers = [timed_turn(ws, f"nowhere to keep {i}") for i in range(TURNS_UNDER_FAULT)]
         finally:
             recover(matrix)
-            matrix.faults(sqs="pass")
-    time.sleep(2.0)  # nothing is on its way: the queue never took these turns
+        # Nothing is on its way: the queue never took these turns.
+        prove_nothing_queued(matrix, ws, session_id, ["My name is Ada"])
 
     for frames, seconds in answers:
         # Said first: it will be saved; then, when the queue refused it: it was not.
         assert codes(frames, "notice") == ["memory_degraded", "not_remembered"], frames
         assert frames[-1]["type"] == "done" and frames[-1]["memoryMode"] == "cache_only"
         assert_fast(seconds, ANSWER_BOUND, "answer under fault")
-    assert [str(i["user_message"]) for i in session_items(matrix, session_id)] == ["My name is Ada"]
 
     ROWS.append(
         Row(
@@ -424,14 +470,15 @@ SLOW = "[offline:slow=0.2] tell me a story"
 FAST = "[offline:slow=0.0] tell me a story"  # the same length: the same reply, at once
 
 
-def wait_for_status(stack: Stack, session_id: str, message: str, timeout: float) -> dict[str, Any] | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for_status(stack: Stack, session_id: str, message: str) -> dict[str, Any]:
+    """The turn's item once it is no longer pending (the handler finished it)."""
+
+    def finished() -> dict[str, Any] | None:
         item = stored_turns(stack, session_id).get(message)
-        if item is not None and item["status"] != "pending":
-            return item
-        time.sleep(0.02)
-    return None
+        return item if item is not None and item["status"] != "pending" else None
+
+    item: dict[str, Any] = wait_until(finished, f"the turn {message!r} finished")
+    return item
 
 
 def test_client_gone_mid_stream(matrix: Stack) -> None:
@@ -443,7 +490,7 @@ def test_client_gone_mid_stream(matrix: Stack) -> None:
         while seen[-1]["type"] != "delta":
             seen.append(receive(ws))
     closed = time.monotonic()
-    item = wait_for_status(matrix, session_id, SLOW, timeout=5.0)
+    item = wait_for_status(matrix, session_id, SLOW)
     finished = time.monotonic()
 
     with open_socket(matrix) as ws:
@@ -453,7 +500,6 @@ def test_client_gone_mid_stream(matrix: Stack) -> None:
 
     # The handler noticed at its next post (410 GoneException -> ClientGone), closed the model
     # stream and kept what was said as interrupted, not complete.
-    assert item is not None, "the interrupted turn was not finished within 5 s of the close"
     assert item["status"] == "interrupted", item
     partial = str(item.get("assistant_reply", ""))
     assert reply(seen) and partial.startswith(reply(seen))
@@ -487,7 +533,7 @@ def test_breaker_opens_fails_fast_probes_and_closes(matrix: Stack) -> None:
         session_id = session_of(ws)["sessionId"]
         assert turn(ws, "My name is Ada")[-1]["memoryMode"] == "full"
         wait_until_cached(session_id)
-        mark = len(matrix.output)
+        mark = len(matrix.caught_up())  # every line of earlier turns before it
         matrix.faults(dynamodb="stall")
         try:
             failing: list[float] = []
@@ -496,32 +542,47 @@ def test_breaker_opens_fails_fast_probes_and_closes(matrix: Stack) -> None:
                 frames, seconds = timed_turn(ws, f"failing {len(failing)} [offline:slow=0]")
                 assert frames[-1]["memoryMode"] == "cache_only"
                 failing.append(seconds)
-            opened = time.monotonic()
             frames, open_seconds = timed_turn(ws, "while open [offline:slow=0]")
             assert frames[-1]["memoryMode"] == "cache_only"
         finally:
             matrix.faults(dynamodb="pass")
-        # DynamoDB answers again, but the breaker is still open: no call, still cache only.
-        frames, _ = timed_turn(ws, "healed, breaker still open [offline:slow=0]")
-        # (On a busy machine that turn may outlast the reset timeout: then it rightly probed.)
-        if time.monotonic() - opened < RESET_SECONDS:
-            assert frames[-1]["memoryMode"] == "cache_only"
-        time.sleep(max(0.0, opened + RESET_SECONDS + 0.1 - time.monotonic()))
-        frames, probe_seconds = timed_turn(ws, "after the reset timeout [offline:slow=0]")
-        # The process's breaker is shared: the probe is this turn's first DynamoDB call or the
-        # outbox replay's (it retries the turns queued meanwhile), whichever comes first.
-        changes = [c for c in breaker_changes(matrix, mark) if c[0] == "dynamodb"]
+        # DynamoDB answers again. The breaker calls it only once its reset timeout has run out
+        # (half-open); that probe succeeds and closes it, and the turn has full memory again.
+        # Turns until then stay cache only, however long the machine takes to get there.
+        probes = 0
 
-    # Each failing call waited for the read timeout; while open, no call waits at all.
+        def full_again() -> float | None:
+            nonlocal probes
+            probes += 1
+            frames, seconds = timed_turn(ws, f"after the fault {probes} [offline:slow=0]")
+            if frames[-1]["memoryMode"] != "full":
+                assert frames[-1]["memoryMode"] == "cache_only", frames[-1]
+                return None
+            assert not codes(frames, "notice"), frames
+            return seconds
+
+        probe_seconds = wait_until(full_again, "full memory after the breaker's reset timeout", interval=0.1)
+        # The process's breaker is shared: the probe is a turn's first DynamoDB call or the
+        # outbox replay's (it retries the turns queued meanwhile), whichever comes first.
+        # The breaker closed before that turn's DynamoDB calls: its change is logged by now.
+        closed = ("dynamodb", "half-open", "closed")
+        changes = [c for c in breaker_changes(matrix, mark) if c[0] == "dynamodb"]
+        assert closed in changes, changes
+
+    # Each failing call waited for the read timeout (a lower bound: a busy machine only adds to
+    # it); while open, no call waits at all (a measurement).
     assert all(s >= READ_TIMEOUT for s in failing), failing
     assert_fast(open_seconds, READ_TIMEOUT, "a turn while the breaker is open")
-    # After the reset timeout one call probes (half-open); it succeeds and closes the breaker.
-    assert changes[:3] == [
-        ("dynamodb", "closed", "open"),
+    # Open, then nothing but probes: each lets one call through (half-open). A probe that met
+    # the stall (the machine was slower than the reset timeout) opened it again; the one after
+    # the heal closed it.
+    first_close = changes.index(closed)
+    assert changes[0] == ("dynamodb", "closed", "open"), changes
+    assert changes[1 : first_close + 1] == [
+        *[("dynamodb", "open", "half-open"), ("dynamodb", "half-open", "open")] * ((first_close - 2) // 2),
         ("dynamodb", "open", "half-open"),
-        ("dynamodb", "half-open", "closed"),
+        closed,
     ], changes
-    assert frames[-1]["memoryMode"] == "full" and not codes(frames, "notice")
 
     ROWS.append(
         Row(
@@ -532,7 +593,8 @@ def test_breaker_opens_fails_fast_probes_and_closes(matrix: Stack) -> None:
             later_answer_s=round(open_seconds, 3),
             stored="-",
             notes=f"opened after {len(failing)} turns; the probe after {RESET_SECONDS:g} s (the next "
-            f"turn's or the outbox replay's call) closed it (that turn: {probe_seconds:.3f} s, full)",
+            f"turn's or the outbox replay's call) closed it (the first full turn: {probe_seconds:.3f} s, "
+            f"{probes} turns after the heal)",
         )
     )
 
@@ -554,9 +616,7 @@ def slow_turn(stack: Stack) -> tuple[list[dict[str, Any]], list[float], dict[str
         while not frames or frames[-1].get("type") not in ("done", "error"):
             frames.append(json.loads(ws.recv(timeout=TIMEOUT)))
             arrived.append(time.monotonic() - began)
-    item = wait_for_status(stack, session_id, SLOW_REPLY, timeout=5.0)
-    assert item is not None
-    return frames, arrived, item
+    return frames, arrived, wait_for_status(stack, session_id, SLOW_REPLY)
 
 
 def test_the_integration_timeout_tells_the_client_and_the_lambda_runs_on() -> None:
@@ -571,10 +631,10 @@ def test_the_integration_timeout_tells_the_client_and_the_lambda_runs_on() -> No
     message = frames[timeouts[0]]
     assert message["message"] == "Endpoint request timed out"
     assert message["connectionId"] and message["requestId"]
-    assert arrived[timeouts[0]] >= 0.3, arrived
+    assert arrived[timeouts[0]] >= 0.3, arrived  # not before the timeout (a busy machine only adds)
     assert_fast(arrived[timeouts[0]], 1.0, "the integration timeout message")
-    # The Lambda was not stopped: the reply kept streaming after the timeout and was stored.
-    assert frames[-1]["type"] == "done" and arrived[-1] > arrived[timeouts[0]]
+    # The Lambda was not stopped: the reply went on after the timeout message and was stored.
+    assert frames[-1]["type"] == "done" and timeouts[0] < len(frames) - 1
     assert stored["status"] == "complete"
 
 
@@ -588,6 +648,7 @@ def test_a_handed_off_turn_outlives_the_integration_timeout_quietly() -> None:
         stop_stack(stack.process)
 
     assert all("type" in f for f in frames), frames  # no "Endpoint request timed out"
+    # The premise: the turn outlived the timeout (a lower bound, which a busy machine only helps).
     assert frames[-1]["type"] == "done" and arrived[-1] > 0.3, arrived
     assert stored["status"] == "complete" and stored["assistant_reply"] == reply(frames)
 
@@ -621,7 +682,7 @@ def test_a_40_second_reply_arrives_whole_without_the_integration_timeout() -> No
             while not frames or frames[-1].get("type") not in ("done", "error"):
                 frames.append(json.loads(ws.recv(timeout=LONG_REPLY_SECONDS + 20)))
                 arrived.append(time.monotonic() - began)
-        item = wait_for_status(stack, session_id, message, timeout=5.0)
+        item = wait_for_status(stack, session_id, message)
     finally:
         stop_stack(stack.process)
 
@@ -631,7 +692,7 @@ def test_a_40_second_reply_arrives_whole_without_the_integration_timeout() -> No
     assert reply(frames) == expected  # whole
     first_delta = arrived[[f["type"] for f in frames].index("delta")]
     assert_fast(first_delta, 2 * pause + 2.0, "the first delta")  # it starts with the model's first chunk
-    assert item is not None and item["status"] == "complete" and item["assistant_reply"] == expected
+    assert item["status"] == "complete" and item["assistant_reply"] == expected
 
     ROWS.append(
         Row(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from tests.e2e.conftest import Stack
 from tests.e2e.test_stack_conversation import open_socket, receive, reply, session_of, turn
 from tests.e2e.test_stack_data_rights import stored
+from tests.support.waiting import wait_until
 
 TABS = 4
 MESSAGES = 3  # per tab
@@ -40,18 +40,20 @@ def test_tabs_sending_at_once_never_lose_duplicate_overwrite_or_interleave_a_tur
             for j in range(MESSAGES):
                 message = f"tab {i} message {j}"
                 barrier.wait(timeout=300)  # every tab sends its j-th message at the same moment
-                for _ in range(200):
+
+                def answered(i: int = i, j: int = j, message: str = message) -> list[dict[str, Any]] | None:
                     sent = {"action": "sendMessage", "message": message, "clientMessageId": f"t{i}-m{j}"}
                     sockets[i].send(json.dumps(sent))
                     frames = [receive(sockets[i])]
                     while frames[-1]["type"] not in ("done", "error"):
                         frames.append(receive(sockets[i]))
                     if frames[-1]["type"] == "error" and frames[-1]["code"] == "busy":
-                        busy[i] += 1
-                        time.sleep(0.02)
-                        continue
-                    answers[message] = frames
-                    break
+                        busy[i] += 1  # another tab's turn is being answered: send it again
+                        return None
+                    return frames
+
+                # however long the other tabs' turns take on a busy machine
+                answers[message] = wait_until(answered, f"{message} answered, not busy", timeout=300)
         except BaseException as exc:
             failures.append(exc)
             barrier.abort()

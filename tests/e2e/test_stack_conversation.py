@@ -4,13 +4,13 @@ fault proxy, the real Redis, the offline model, the template's handlers."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 from urllib.parse import urlencode
 
 from websockets.sync.client import ClientConnection, connect
 
 from tests.e2e.conftest import Stack
+from tests.support.waiting import wait_until
 
 # Generous: a busy 2-core machine may take seconds per frame; a healthy run never waits it out.
 TIMEOUT = 60.0
@@ -108,10 +108,11 @@ def test_a_stalled_table_degrades_to_the_cache_then_recovers(stack: Stack) -> No
             assert frames[-1]["usage"]["budget"]["historyTurns"] >= 1  # the cache still holds the first turn
 
         # The breaker retries DynamoDB after its reset timeout (1 s here): full memory returns.
-        deadline = time.monotonic() + 10
-        while (answer := turn(ws, "Are you back?"))[-1]["memoryMode"] != "full":
-            assert time.monotonic() < deadline, answer
-            time.sleep(0.2)
+        answer = wait_until(
+            lambda: (frames := turn(ws, "Are you back?"))[-1]["memoryMode"] == "full" and frames,
+            "full memory again",
+            interval=0.2,
+        )
         assert not [f for f in answer if f["type"] == "notice"]
         assert stack.faults() == {"dynamodb": "pass", "redis": "pass", "sqs": "pass"}
 

@@ -4,16 +4,17 @@ session; another guest can do neither to it."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import boto3
 import redis
 from boto3.dynamodb.conditions import Key
+from chatmemory.cache import corpus_key
 from websockets.sync.client import ClientConnection
 
 from tests.e2e.conftest import E2E_REDIS_URL, Stack
 from tests.e2e.test_stack_conversation import open_socket, receive, session_of, turn
+from tests.support.waiting import wait_until
 
 
 def stored(stack: Stack, session_id: str) -> list[dict[str, Any]]:
@@ -39,13 +40,29 @@ def export(ws: ClientConnection) -> dict[str, Any]:
 def delete(ws: ClientConnection) -> list[dict[str, Any]]:
     """``deleteSession`` as a client should send it: again after an ``internal`` error (a store
     was unreachable midway, e.g. a breaker still open after an earlier test's faults)."""
-    for _ in range(5):
+
+    def answered() -> dict[str, Any] | None:
         ws.send(json.dumps({"action": "deleteSession"}))
         first = receive(ws)
-        if first["type"] != "error" or first["code"] != "internal":
-            break
-        time.sleep(0.5)
+        return None if first["type"] == "error" and first["code"] == "internal" else first
+
+    first: dict[str, Any] = wait_until(answered, "deleteSession answered, not internal", interval=0.2)
     return [first, receive(ws)] if first["type"] == "deleted" else [first]
+
+
+def memory_caught_up(session_id: str, turns: int) -> None:
+    """Until the memory updates the session's turns scheduled have run. The default strategy
+    (hybrid) searches, so each turn's update embeds it, and the last thing such an update
+    writes is the turn's vector, appended to the session's corpus in Redis (for a principal
+    who did not opt in to long-term memory, nothing comes after). Erasing before then races
+    with them; erasing after leaves them nothing to write."""
+    client = redis.Redis.from_url(E2E_REDIS_URL)
+
+    def embedded() -> bool:
+        entries = [json.loads(raw) for raw in client.lrange(corpus_key(session_id), 0, -1)]
+        return {int(e["turn"]["turn"]) for e in entries if e.get("vec")} >= set(range(1, turns + 1))
+
+    wait_until(embedded, f"the {turns} turns of {session_id} embedded")
 
 
 def test_a_guest_exports_then_erases_their_session(stack: Stack) -> None:
@@ -56,7 +73,7 @@ def test_a_guest_exports_then_erases_their_session(stack: Stack) -> None:
 
         document = export(ws)
         assert [t["user"] for t in document["turns"]] == ["My name is Ada", "I like tea"]
-        time.sleep(0.3)  # let a memory update the turns may have started finish
+        memory_caught_up(session_id, 2)
 
         deleted, fresh = delete(ws)
         assert deleted == {"type": "deleted", "sessionId": session_id}
@@ -110,7 +127,8 @@ def test_a_guest_erases_all_their_data_and_another_guests_stays(stack: Stack) ->
         remember_about(ada)
         with open_socket(stack, first, token) as tab:  # another tab, on the first session
             assert session_of(tab)["sessionId"] == first
-            time.sleep(0.3)  # let memory updates the turns started finish
+            memory_caught_up(first, 1)
+            memory_caught_up(second, 1)
 
             ws.send(json.dumps({"action": "deleteMyData"}))
             deleted, fresh = receive(ws), receive(ws)

@@ -25,6 +25,7 @@ from redis.cluster import RedisCluster
 
 from tests.conftest import make_settings
 from tests.support.processes import RedisProcess
+from tests.support.waiting import wait_for_probes
 
 NOW = int(time.time())
 USER, PASSWORD, SECRET = "chat", "cache-user-password", "chat-memory/cache-password"
@@ -165,7 +166,7 @@ def test_an_unreachable_cluster_degrades_to_dynamodb_and_recovers(cluster: Redis
         assert [t.user for t in services.memory.load("s-6").turns] == [f"message {n}" for n in (1, 2, 3)]
     finally:
         cluster.start()
-    time.sleep(0.6)  # the breaker's reset timeout
+    wait_for_probes(services.breakers.redis)  # its reset timeout ran out: the next call probes
     say(services, "s-6", "message 4")
     assert services.breakers.redis.current_state == pybreaker.STATE_CLOSED
     assert [t.user for t in services.memory.load("s-6").turns][-1] == "message 4"

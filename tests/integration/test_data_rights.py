@@ -18,6 +18,7 @@ from chatmemory.protocol import MAX_FRAME_BYTES, encode
 from chatmemory.services import Services
 
 from tests.support.gateway import Client
+from tests.support.waiting import DEADLINE
 
 TRANSACTIONS = "the memory update is a TransactWriteItems, which dynalite lacks"
 
@@ -39,7 +40,7 @@ def cached_keys(redis_url: str, session_id: str) -> list[bytes]:
 def settle(services: Services) -> None:
     """Wait for the memory updates the turns scheduled (a background thread in tests)."""
     assert isinstance(services.scheduler, ThreadScheduler)
-    services.scheduler.drain()
+    services.scheduler.drain(timeout=DEADLINE)  # generous: it returns when they have run
 
 
 def remember(services: Services, session_id: str, through: int) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -26,6 +25,7 @@ from local.template import load_template
 from tests.integration.test_data_rights import cached_keys, remember, session_of, settle, stored_items
 from tests.support.frames import DOMAIN, STAGE, frames_sent, history_turns, reply_text
 from tests.support.gateway import Client
+from tests.support.waiting import wait_until
 
 TRANSACTIONS = "the memory update is a TransactWriteItems, which dynalite lacks"
 
@@ -278,9 +278,8 @@ def test_a_retry_while_the_first_is_still_streaming_is_told_so_then_gets_the_ans
     session_id = session_of(first)
     worker = threading.Thread(target=send_message, args=(first, message, "m-slow"))
     worker.start()
-    deadline = time.monotonic() + 10
-    while not any(f["type"] == "delta" for f in frames_sent("stream-1")) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    # streaming: the turn is taken, and the model is still answering
+    wait_until(lambda: any(f["type"] == "delta" for f in frames_sent("stream-1")), "the first delta")
     second = Client("stream-2", principal="guest:ada")
     second.connect(session_id=session_id)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from moto.server import ThreadedMotoServer
 
 from local.stack import free_port
 from tests.e2e.conftest import ROOT
+from tests.support.waiting import wait_until
 
 TURNS, CONNECTIONS = "Turns", "Connections"
 
@@ -35,14 +35,14 @@ def _resource(url: str) -> Any:
 
 
 def _wait(port: int) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                return True
         except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"no server on port {port}")
+            return False
+
+    wait_until(listening, f"a server on port {port}", interval=0.1)
 
 
 @pytest.fixture(scope="module")

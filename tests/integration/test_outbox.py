@@ -7,7 +7,6 @@ redis-server; the replay runs the template's outbox function through the local S
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from local.template import create_queues, create_tables, load_template
 from tests.conftest import TABLE_NAMES, make_settings
 from tests.support.gateway import Client
 from tests.support.processes import MotoHttpServer, RedisProcess
+from tests.support.waiting import wait_for_probes, wait_until
 
 RESET_TIMEOUT = 0.5
 MAX_RECEIVES = 3
@@ -66,15 +66,14 @@ class Outage:
             attributes["ApproximateNumberOfMessagesNotVisible"]
         )
 
-    def drain(self, polls: int = 20) -> None:
-        """Deliver batches until the queue is empty (or ``polls`` receives found nothing to do)."""
-        for _ in range(polls):
-            if not self.poller.poll_once() and self.queued() == 0:
-                return
-            time.sleep(0.05)
+    def drain(self) -> None:
+        """Deliver batches until a receive finds nothing and the queue is empty (fails loudly
+        if it never empties)."""
+        wait_until(lambda: not self.poller.poll_once() and self.queued() == 0, "the outbox drained")
 
     def recover(self) -> None:
-        time.sleep(RESET_TIMEOUT + 0.1)
+        """Until every breaker that opened during the outage lets its next call probe."""
+        wait_for_probes(*vars(self.services.breakers).values())
 
 
 @pytest.fixture
@@ -245,7 +244,7 @@ def test_a_poison_message_ends_in_the_dead_letter_queue_without_blocking_other_s
             MessageDeduplicationId=record.outbox_id,
         )
 
-    outage.drain(polls=MAX_RECEIVES * 4)
+    outage.drain()
 
     assert [i["user_message"] for i in outage.items(session_id)] == ["m0", "m1"]
     assert outage.queued() == 0
@@ -285,9 +284,7 @@ def test_a_reply_dynamodb_could_not_take_is_put_on_its_stored_message_later(outa
     answer: list[list[dict[str, Any]]] = []
     speaking = threading.Thread(target=lambda: answer.append(client.say("[offline:slow=0.15] second")))
     speaking.start()
-    deadline = time.monotonic() + 5
-    while len(outage.items(session_id)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: len(outage.items(session_id)) >= 2, "the second message stored")
     outage.dynamodb.stop()
     speaking.join()
     (frames,) = answer

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pybreaker
 import pytest
 from chatmemory.breakers import Breakers
 from chatmemory.config import BreakerSettings
 from chatmemory.errors import TurnConflict
+
+from tests.support.waiting import wait_for_probes
 
 
 def breakers(fail_max: int = 2, reset: float = 0.2) -> Breakers:
@@ -18,7 +19,7 @@ def breakers(fail_max: int = 2, reset: float = 0.2) -> Breakers:
 
 def test_calls_through_a_closed_breaker_run_at_the_same_time() -> None:
     breaker = breakers().dynamodb
-    both_inside = threading.Barrier(2, timeout=5)
+    both_inside = threading.Barrier(2, timeout=60)  # only a failure waits it out
     results: list[int] = []
 
     def guarded(n: int) -> int:
@@ -51,7 +52,7 @@ def test_it_opens_after_fail_max_fails_fast_then_a_trial_call_closes_it() -> Non
     with pytest.raises(pybreaker.CircuitBreakerError):
         breaker.call(lambda: called.append(True))
     assert not called  # open: the dependency is not called at all
-    time.sleep(0.25)
+    wait_for_probes(breaker)  # until its reset timeout has run out since it opened
     assert breaker.call(lambda: "ok") == "ok"  # the half-open trial succeeds
     assert breaker.current_state == pybreaker.STATE_CLOSED
 
