@@ -157,7 +157,7 @@ class TurnStore:
             Limit=limit,
             ConsistentRead=True,
         )
-        return [_to_turn(item) for item in reversed(response["Items"])]
+        return [item_turn(item) for item in reversed(response["Items"])]
 
     def turns_between(self, session_id: str, first: int, last: int) -> list[Turn]:
         """Turns ``first..last`` (expired or not), oldest first: what a summary update reads."""
@@ -169,7 +169,7 @@ class TurnStore:
         turns: list[Turn] = []
         while True:
             page = self._table.query(**query)
-            turns.extend(_to_turn(item) for item in page["Items"])
+            turns.extend(item_turn(item) for item in page["Items"])
             if "LastEvaluatedKey" not in page:
                 return turns
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -190,7 +190,7 @@ class TurnStore:
             Limit=limit,
             ConsistentRead=True,
         )
-        return [_to_turn(item) for item in response["Items"]]
+        return [item_turn(item) for item in response["Items"]]
 
     def session_items(self, session_id: str) -> tuple[list[Turn], dict[str, Any] | None]:
         """Every item of the session, paging through the whole partition: its turns (oldest
@@ -207,7 +207,7 @@ class TurnStore:
                 if int(item["turn_number"]) == META_TURN:  # type: ignore[arg-type]
                     meta = dict(item)
                 else:
-                    turns.append(_to_turn(item))
+                    turns.append(item_turn(item))
             if "LastEvaluatedKey" not in page:
                 return turns, meta
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -225,7 +225,7 @@ class TurnStore:
             page = self._table.query(**query)
             for item in page["Items"]:
                 vector = item.get("vec")
-                found.append((_to_turn(item), bytes(vector) if vector is not None else None))  # type: ignore[arg-type]
+                found.append((item_turn(item), bytes(vector) if vector is not None else None))  # type: ignore[arg-type]
             if "LastEvaluatedKey" not in page:
                 return found
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -445,7 +445,8 @@ class TurnStore:
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
-def _to_turn(item: dict[str, Any]) -> Turn:
+def item_turn(item: dict[str, Any]) -> Turn:
+    """A turn item (or a projection of one that has its text, date and expiry) as a ``Turn``."""
     return Turn(
         session_id=str(item["session_id"]),
         turn=int(item["turn_number"]),

@@ -32,6 +32,7 @@ from chatmemory.embeddings import Embedder, Vectors, unpack
 from chatmemory.history import DYNAMODB_FAULTS
 from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, eligible
 from chatmemory.observability import logger
+from chatmemory.store import item_turn
 from chatmemory.turns import Turn
 
 if TYPE_CHECKING:
@@ -276,18 +277,7 @@ class CrossSession:
 
 def _turn(item: dict[str, Any]) -> Turn | None:
     try:
-        return Turn(
-            session_id=str(item["session_id"]),
-            turn=int(item["turn_number"]),
-            user=str(item["user_message"]),
-            assistant=str(item["assistant_reply"]) if "assistant_reply" in item else None,
-            status=item.get("status", "pending"),
-            at=int(item["created_at"]),
-            expires_at=int(item["ttl"]),
-            principal=item.get("principal"),
-            user_tokens=int(item.get("user_tokens", 0)),
-            output_tokens=int(item.get("output_tokens", 0)),
-        )
+        return item_turn(item)
     except (KeyError, ValueError, TypeError):
         return None  # not a whole turn: never put half of one in a prompt
 
