@@ -5,7 +5,9 @@ ways real networks do, mid-conversation, without touching the store itself:
 
 * ``pass``: bytes flow both ways;
 * ``stall``: connections are accepted and held, nothing is answered (clients hit their timeouts);
-* ``refuse``: connections are closed as soon as they are accepted.
+* ``refuse``: connections are closed as soon as they are accepted;
+* ``lose_replies``: requests reach the dependency, its replies never come back (a write that
+  happened though the client timed out, the case that makes retries need idempotency).
 
 Switching modes drops the connections already open, so pooled keep-alive connections cannot
 carry on as if nothing happened.
@@ -17,7 +19,7 @@ import asyncio
 import contextlib
 from typing import Literal, get_args
 
-Mode = Literal["pass", "stall", "refuse"]
+Mode = Literal["pass", "stall", "refuse", "lose_replies"]
 MODES: tuple[str, ...] = get_args(Mode)
 _CHUNK = 64 * 1024
 
@@ -73,7 +75,8 @@ class FaultProxy:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
             self._open.add(up_writer)
             try:
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                replies = _discard(up_reader) if self.mode == "lose_replies" else _pipe(up_reader, writer)
+                await asyncio.gather(_pipe(reader, up_writer), replies)
             finally:
                 self._open.discard(up_writer)
                 up_writer.transport.abort()
@@ -82,6 +85,12 @@ class FaultProxy:
         finally:
             self._open.discard(writer)
             writer.transport.abort()
+
+
+async def _discard(reader: asyncio.StreamReader) -> None:
+    with contextlib.suppress(ConnectionError, OSError):
+        while await reader.read(_CHUNK):
+            pass
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

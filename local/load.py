@@ -61,6 +61,7 @@ class TurnResult:
     not_kept: bool = False  # a not_remembered notice: the user was told this turn is not kept
     timed_out: bool = False  # API Gateway's "Endpoint request timed out" came (the turn goes on)
     error: str | None = None
+    frames: list[str] = field(default_factory=list)  # the types received, to tell how a turn stalled
 
 
 @dataclass
@@ -195,6 +196,7 @@ async def run_session(
                 while True:
                     frame = await _frame(ws)
                     kind = frame.get("type")
+                    turn.frames.append(str(kind if "type" in frame else frame.get("message")))
                     if kind == "delta":
                         if turn.first_delta_s is None:
                             turn.first_delta_s = time.monotonic() - began - model_delay
@@ -351,7 +353,7 @@ def start_stack(
         environ["DYNAMODB_ENDPOINT_URL"] = environ["SQS_ENDPOINT_URL"] = moto_url
     environ.update(
         LLM__OFFLINE_DELAY_SECONDS=str(model_delay),
-        POWERTOOLS_LOG_LEVEL="WARNING",
+        POWERTOOLS_LOG_LEVEL=os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"),
         PYTHONUNBUFFERED="1",
         **(env or {}),
     )
@@ -472,6 +474,17 @@ def report(
         "turn_errors": Counter(t.error for t in turns if t.error),
         "verification": {k: v for k, v in asdict(verdict).items() if k != "problems"},
         "problems": verdict.problems[:20],
+        # how each session that failed got stuck: its unfinished turn's frames, in order
+        "failed_sessions": [
+            {
+                "session": s.session_id,
+                "error": s.error,
+                "turns_answered": len(s.acknowledged),
+                "last_turn_frames": s.turns[-1].frames[-12:] if s.turns else [],
+            }
+            for s in results
+            if s.error
+        ][:20],
     }
 
 

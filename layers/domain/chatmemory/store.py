@@ -11,6 +11,7 @@ every turn query starts at ``turn_number > 0``.
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.conditions import Attr, ConditionBase, Key
@@ -53,7 +54,12 @@ class TurnStore:
 
     def _put_new_turn(self, turn: Turn, extra: dict[str, Any]) -> None:
         """One conditional put of a turn under its number: a taken number is a ``TurnConflict``,
-        never an overwrite."""
+        never an overwrite.
+
+        botocore retries a put whose reply was lost (a timeout, a dropped connection), and the
+        retry then finds the item its own first attempt wrote. The put's token, returned with
+        the item that failed the condition, tells that success apart from a real conflict."""
+        put_token = uuid.uuid4().hex
         item: dict[str, Any] = {
             "session_id": turn.session_id,
             "turn_number": turn.turn,
@@ -61,6 +67,7 @@ class TurnStore:
             "status": turn.status,
             "created_at": turn.at,
             "ttl": turn.expires_at,
+            "put_token": put_token,
             **extra,
         }
         if turn.principal:
@@ -70,11 +77,19 @@ class TurnStore:
         if turn.message_id:
             item["message_id"] = turn.message_id
         try:
-            self._table.put_item(Item=item, ConditionExpression=Attr("turn_number").not_exists())
+            self._table.put_item(
+                Item=item,
+                ConditionExpression=Attr("turn_number").not_exists(),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise TurnConflict(f"turn {turn.turn} of {turn.session_id} exists") from exc
-            raise
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            # The error carries the item in DynamoDB's wire form (the resource does not convert it).
+            found = exc.response.get("Item", {}).get("put_token", {})  # type: ignore[attr-defined]
+            if found.get("S") == put_token:
+                return  # this put's own first attempt
+            raise TurnConflict(f"turn {turn.turn} of {turn.session_id} exists") from exc
 
     def finish_turn(
         self,
