@@ -82,6 +82,10 @@ class FaultProxy:
                 up_writer.transport.abort()
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            # The server is closing. Not re-raised: Python 3.11's stream callback calls
+            # exception() on the cancelled task and logs a traceback per open connection.
+            pass
         finally:
             self._open.discard(writer)
             writer.transport.abort()
