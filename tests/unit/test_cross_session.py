@@ -59,11 +59,17 @@ def test_a_message_is_embedded_once_for_both_searches_and_a_failure_is_not_retri
     assert memo.remembered("hello") is not None and memo.remembered("other") is None
 
     failing = CountingEmbedder(fail=True)
-    memo = QueryMemo(failing)
+    now = [0.0]
+    memo = QueryMemo(failing, failure_seconds=10, clock=lambda: now[0])
     for _ in range(2):
         with pytest.raises(TimeoutError):
             memo.embed_query("hello")
     assert failing.calls == 1
+    # A later message with the same text (a new turn) asks the provider again.
+    now[0] = 10.0
+    with pytest.raises(TimeoutError):
+        memo.embed_query("hello")
+    assert failing.calls == 2
 
 
 def test_candidates_alternate_between_the_two_rankings() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -106,21 +107,35 @@ class QueryMemo:
     """An embedder that remembers the last few queries it embedded (or failed to): in-session
     and cross-session retrieval search with one embedding of the message (the first one made
     on a worker thread as soon as the message is known), and a provider that just failed is not
-    asked again for the same text. Shared by the process's threads: the same text has the same
-    vector whoever asks."""
+    asked again for the same text within ``failure_seconds`` (the rest of that turn); a later
+    message with the same text asks again. Shared by the process's threads: the same text has
+    the same vector whoever asks."""
 
-    def __init__(self, inner: Embedder, size: int = 8) -> None:
+    def __init__(
+        self,
+        inner: Embedder,
+        size: int = 8,
+        failure_seconds: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name, self._inner, self._size = inner.name, inner, size
-        self._memo: dict[str, Vectors | Exception] = {}
+        self._failure_seconds, self._clock = failure_seconds, clock
+        self._memo: dict[str, tuple[float, Vectors | Exception]] = {}
         self._lock = threading.Lock()
 
     def embed(self, texts: list[str]) -> Vectors:
         return self._inner.embed(texts)
 
     def remembered(self, text: str) -> Vectors | Exception | None:
-        """The last embedding of ``text`` (or its failure), if there is one."""
+        """The last embedding of ``text`` (or its recent failure), if there is one."""
         with self._lock:
-            return self._memo.get(text)
+            entry = self._memo.get(text)
+        if entry is None:
+            return None
+        at, found = entry
+        if isinstance(found, Exception) and self._clock() - at >= self._failure_seconds:
+            return None
+        return found
 
     def embed_query(self, text: str) -> Vectors:
         found = self.remembered(text)
@@ -130,7 +145,8 @@ class QueryMemo:
             except Exception as exc:  # remembered and raised again: one attempt per query
                 found = exc
             with self._lock:
-                self._memo[text] = found
+                self._memo.pop(text, None)  # re-inserted last: the newest is evicted last
+                self._memo[text] = (self._clock(), found)
                 while len(self._memo) > self._size:
                     self._memo.pop(next(iter(self._memo)))
         if isinstance(found, Exception):
