@@ -29,7 +29,7 @@ FACTS_INTRO = "\n\nWhat the user has told you about themselves and their work:\n
 RECALLED_INTRO = (
     "Earlier in this conversation (retrieved for this message):\n<earlier-turns>\n{}\n</earlier-turns>\n\n"
 )
-RETRIEVAL_MARGIN = 0.02  # of the limit, left unfilled by retrieved turns
+RETRIEVAL_MARGIN = 0.03  # of the limit, left unfilled by retrieved turns
 RECALLED_RUN = "[{}]\n{}"  # the day, then the run's turns (their numbers are in done.retrievedTurns)
 RECALLED_TURN = "User: {}\nAssistant: {}"
 # Cross-session retrieval: turns of the user's other conversations, each labelled with its
