@@ -32,6 +32,7 @@ from chatmemory.connections import Binding
 from chatmemory.conversation import Conversation
 from chatmemory.llm.base import ChatModel, Prompt, ReplyStream
 from chatmemory.llm.offline import estimate_tokens
+from chatmemory.memory.manager import MemoryManager
 from chatmemory.memory.scheduler import InlineScheduler
 from chatmemory.memory.strategies import STRATEGIES
 from chatmemory.memory.tasks import FACTS_TASK, SUMMARY_TASK
@@ -339,7 +340,7 @@ def run_strategy(
                 _check_summary(judging.judge, services, session_id, strategy, stored, results)
             for budget, asking in by_budget.items():
                 previewer = Conversation(
-                    asking.memory, model, Discard(), asking.settings, manager=asking.memory_manager
+                    asking.memory, model, Discard(), asking.settings, manager=calibrated(asking, services)
                 )
                 judge = judging.of(strategy, budget, budgets) if judging is not None else None
                 results.outcomes += ask(
@@ -351,6 +352,23 @@ def run_strategy(
                 for key in redis.scan_iter(match=f"*{session_id}*"):
                     redis.delete(key)
             metrics.clear_metrics()
+
+
+def calibrated(asking: Services, replayed: Services) -> MemoryManager:
+    """``asking``'s memory with the estimator the replay calibrated: a deployed process plans
+    every turn with the one estimator its earlier replies calibrated, whatever the budget, and
+    only the first budget's services replayed the conversation."""
+    if asking is replayed:
+        return asking.memory_manager
+    return MemoryManager(
+        asking.settings.memory,
+        replayed.memory_manager.estimator,
+        asking.memory_state,
+        asking.scheduler,
+        asking.user_memory,
+        asking.recall,
+        asking.cross_session,
+    )
 
 
 def _check_summary(

@@ -115,11 +115,11 @@ def test_retrieved_turns_are_dated_both_sides_oldest_first_in_the_new_message(re
     message = model.prompts[-1].messages[-1]["content"]
     block, question = message.split("</earlier-turns>\n\n")
     assert question == QUESTION
-    headers = [line for line in block.splitlines() if line.startswith("[turn ")]
-    assert [int(h.split()[1]) for h in headers] == turns  # oldest first, each with its date
-    assert all(" · " in h and h.rstrip("]").split(", ")[-1].count(":") == 1 for h in headers)
-    planted = block.split("[turn 2 · ")[1]
-    assert f"User: {PLANTED}\nAssistant: That depends" in planted  # both sides
+    # Each run of consecutive turns of one day under one header, its date; oldest first.
+    headers = [line for line in block.splitlines() if line.startswith("[")]
+    assert headers and all(h.rstrip("]").split()[-1].isdigit() for h in headers)  # "[8 May 2023]"
+    assert len(headers) <= len(turns) and block.count("User: ") == len(turns)
+    assert f"User: {PLANTED}\nAssistant: That depends" in block  # both sides
 
 
 def test_with_the_embedding_service_unreachable_keywords_still_find_the_turn(

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 from chatmemory.config import MemorySettings
 from chatmemory.embeddings import normalise, pack, unpack
-from chatmemory.memory.context import plan_context
+from chatmemory.memory.context import blank, plan_context, recalled_block
 from chatmemory.memory.retrieval import fuse, fused_scores, retrieval_queries, with_neighbours
 from chatmemory.memory.state import MemoryState
 from chatmemory.memory.strategies import STRATEGIES
-from chatmemory.memory.tokens import TokenEstimator
+from chatmemory.memory.tokens import MESSAGE_OVERHEAD, TokenEstimator
 from chatmemory.turns import Turn
 
 
@@ -62,9 +62,7 @@ def test_packed_vectors_keep_their_direction() -> None:
 
 
 def test_retrieved_turns_fill_the_room_the_newest_turns_leave_and_never_the_limit() -> None:
-    settings = MemorySettings(
-        budget_tokens=1_000, history_turns=10, block_turns=1, retrieval_recent_share=0.25
-    )
+    settings = MemorySettings(budget_tokens=1_000, history_turns=10, block_turns=1, retrieval_recent_turns=4)
     turns = [turn(n) for n in range(1, 101)]
     estimator = TokenEstimator(3.5)
     best_first = list(reversed(turns[:90]))  # any order: plan keeps the best that fit
@@ -83,13 +81,111 @@ def test_retrieved_turns_fill_the_room_the_newest_turns_leave_and_never_the_limi
     )
 
     assert plan.budget.total <= settings.budget_tokens
-    assert plan.turns and plan.turns[-1].turn == 100  # the newest turns stay as messages
-    assert plan.budget.history <= 0.25 * settings.budget_tokens
+    assert [t.turn for t in plan.turns] == [97, 98, 99, 100]  # the newest turns stay as messages
     assert plan.recalled and [t.turn for t in plan.recalled] == sorted(t.turn for t in plan.recalled)
     assert not {t.turn for t in plan.recalled} & {t.turn for t in plan.turns}
     assert plan.truncated is False  # what is left out is searched, not dropped
-    message = plan.prompt("system", "hi?", 100).messages[-1]["content"]
-    assert message.endswith("hi?") and message.count("[turn ") == len(plan.recalled)
+    request = plan.prompt("system", "hi?", 100)
+    message = request.messages[-1]["content"]
+    assert message.endswith("hi?") and message.count("User: ") == len(plan.recalled)
+    # The budget's count of the block is an upper bound of the offline model's (4 chars a token).
+    block = message.removesuffix("hi?")
+    assert plan.budget.retrieved >= len(block) / 4 - len(plan.recalled)
+
+
+def test_consecutive_retrieved_turns_of_one_day_share_one_header() -> None:
+    day = 1_700_000_000
+    turns = [turn(3, at=day), turn(4, at=day), turn(5, at=day), turn(9, at=day), turn(10, at=day + 86_400)]
+    block = recalled_block(turns, "s")
+    headers = [line for line in block.splitlines() if line.startswith("[")]
+    # 3-5 said in a row, 9 after a gap the same day, 10 the next day.
+    assert headers == ["[14 November 2023]", "[14 November 2023]", "[15 November 2023]"]
+    assert block.count("User: ") == 5 and block.count("Assistant: ") == 5
+
+
+def test_a_run_costs_one_header_and_the_block_is_costed_whole() -> None:
+    settings = MemorySettings(budget_tokens=1_200, history_turns=2, block_turns=1, retrieval_recent_turns=2)
+    turns = [turn(n) for n in range(1, 61)]
+    estimator = TokenEstimator(3.5)
+    consecutive = [turns[n] for n in range(10, 30)]  # one run
+    scattered = [turns[n] for n in range(0, 58, 3)]  # none adjoining
+    plans = [
+        plan_context(
+            STRATEGIES["retrieval"],
+            MemoryState(),
+            turns,
+            "s",
+            "hi?",
+            settings,
+            estimator,
+            None,
+            ranked,
+            "hybrid",
+        )
+        for ranked in (consecutive, scattered)
+    ]
+    assert len(plans[0].recalled) == len(consecutive)
+    per_turn = [p.budget.retrieved / len(p.recalled) for p in plans]
+    assert per_turn[0] < per_turn[1]  # headers saved
+    for plan in plans:
+        block = plan.prompt("s", "hi?", 100).messages[-1]["content"].removesuffix("hi?")
+        markup = recalled_block([blank(t) for t in plan.recalled], "s")
+        text = sum(estimator.turn_tokens(t) - 2 * MESSAGE_OVERHEAD for t in plan.recalled)
+        assert plan.budget.retrieved == text + estimator.estimate(markup)
+        assert len(block) == len(markup) + sum(len(t.user) + len(t.assistant or "") for t in plan.recalled)
+
+
+def test_when_crowded_the_summary_gives_way_past_its_share_and_nothing_is_truncated() -> None:
+    settings = MemorySettings(
+        budget_tokens=900,
+        history_turns=10,
+        block_turns=10,
+        retrieval_recent_turns=4,
+        retrieval_memory_share=0.08,
+    )
+    turns = [turn(n) for n in range(1, 81)]
+    long_summary = MemoryState(summary="word " * 300, summary_tokens=300, summarized_through=60)
+    short_summary = MemoryState(summary="a short summary", summary_tokens=4, summarized_through=60)
+    plans = [
+        plan_context(
+            STRATEGIES["hybrid"],
+            state,
+            turns,
+            "s",
+            "hi?",
+            settings,
+            TokenEstimator(3.5),
+            None,
+            list(reversed(turns[:60])),
+            "hybrid",
+        )
+        for state in (long_summary, short_summary)
+    ]
+    gave_way, kept = plans
+    assert gave_way.summary is None and gave_way.budget.summary == 0 and not gave_way.truncated
+    assert kept.summary == "a short summary"
+    assert len(gave_way.recalled) > len(kept.recalled) - 1
+    # Without a search the same summary stays: nothing else would bring those turns back.
+    alone = plan_context(STRATEGIES["hybrid"], long_summary, turns, "s", "hi?", settings, TokenEstimator(3.5))
+    assert alone.summary is not None
+
+
+def test_a_message_that_names_its_topic_is_not_rewritten_even_when_it_says_she() -> None:
+    recent = [turn(1, "Compare Postgres and MySQL for a small shop")]
+    assert retrieval_queries("When did Melanie say she would paint it?", recent, resolve=True) == [
+        "When did Melanie say she would paint it?"
+    ]
+    assert retrieval_queries("what did she pay in 2022 for it?", recent, resolve=True) == [
+        "what did she pay in 2022 for it?"
+    ]
+    assert len(retrieval_queries("what did she think of it?", recent, resolve=True)) == 2
+
+
+def test_weighted_fusion_favours_the_heavier_ranking_and_k_sharpens_the_top() -> None:
+    scores = fused_scores([[0, 1], [1, 0]], size=2, k=10, weights=[1.5, 1.0])
+    assert scores[0] > scores[1]
+    assert scores[0] == 1.5 / 11 + 1.0 / 12
+    assert fused_scores([[0, 1]], size=2, k=1)[0] / fused_scores([[0, 1]], size=2, k=1)[1] > 1.4
 
 
 def test_a_short_session_keeps_every_turn_as_messages_and_retrieves_nothing() -> None:

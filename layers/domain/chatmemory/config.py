@@ -37,8 +37,18 @@ class MemorySettings(BaseModel):
         3, ge=1, le=100, description="an opted-in user's facts reach long-term memory at least this often"
     )
     chars_per_token: float = Field(3.5, gt=0, description="the token estimator's starting ratio")
-    retrieval_recent_share: float = Field(
-        0.25, ge=0, le=1, description="with retrieval: the share of the turns' room kept for the newest turns"
+    retrieval_recent_turns: int = Field(
+        4,
+        ge=0,
+        le=200,
+        description="with retrieval, when not every wanted turn fits: the newest turns kept as messages",
+    )
+    retrieval_memory_share: float = Field(
+        0.08,
+        ge=0,
+        le=1,
+        description="with retrieval, when not every wanted turn fits: the share of the budget past which "
+        "the summary gives way to retrieved turns (the turns it covers are searched)",
     )
     retrieval_resolve_query: bool = Field(
         True, description="a short or referring message searches with the previous message too"

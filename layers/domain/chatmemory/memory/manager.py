@@ -129,8 +129,12 @@ class MemoryManager:
         """Calibrate the estimator with the model's count, and return the message's tokens: its
         estimate corrected by how this request's estimate compared with that count."""
         budget = context.plan.budget
-        estimated = budget.total - budget.history  # the stored turns' part is the model's own count
-        reported = usage.prompt_tokens - budget.history
+        # The turns' texts (history and retrieved) are at the model's own counts: only the rest,
+        # estimated, is compared. Leaving the retrieved turns in would drown the estimate's
+        # error in counts that are already right; subtracting the history's framing too would
+        # count it as text the model did not see.
+        estimated = budget.total - budget.stored
+        reported = usage.prompt_tokens - budget.stored
         own = self._estimator.estimate(message)
         if estimated <= 0 or reported <= 0:
             return own
