@@ -155,16 +155,18 @@ class Conversation:
         elif started.reply_deferred:
             self._sender.send(binding.connection_id, notice_frame(*REPLY_DEFERRED))
         done = self._done(started, context, usage)
-        if self._quotas is not None and admission is not None:
-            left = self._quotas.charge(binding.principal, admission, usage.input_tokens + usage.output_tokens)
-            if left is not None:
-                done["quota"] = left
+        spent = usage.input_tokens + usage.output_tokens
+        left = self._quotas.left(admission, spent) if self._quotas and admission else None
+        if left is not None:
+            done["quota"] = left
         self._sender.send(binding.connection_id, done)
         # From the message to its done frame: what the user waited (alarmed on at p99).
         metrics.add_metric(
             name="TurnLatency", unit=MetricUnit.Milliseconds, value=1000 * (self._clock() - began)
         )
-        # After done: the user waits for neither.
+        # After done: the user waits for none of these.
+        if self._quotas is not None:
+            self._quotas.charge(binding.principal, spent)
         self._memory.slide_expiry(started)
         self._manager.after_turn(started, context)
         metrics.add_metric(name="InputTokens", unit=MetricUnit.Count, value=usage.input_tokens)

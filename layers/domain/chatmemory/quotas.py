@@ -35,6 +35,13 @@ if TYPE_CHECKING:
 
     from chatmemory.cache import CacheClient
 
+PARTITION_PREFIX = "quota#"
+
+
+class WindowRace(Exception):
+    """A window's item kept being reopened by other writers: counted as a DynamoDB fault."""
+
+
 # What a failing store raises, and an open breaker (as chatmemory.history's, without its imports:
 # the authorizer builds these counters).
 _REDIS_FAULTS: tuple[type[BaseException], ...] = (
@@ -45,9 +52,9 @@ _REDIS_FAULTS: tuple[type[BaseException], ...] = (
 _DYNAMODB_FAULTS: tuple[type[BaseException], ...] = (
     ClientError,
     BotoCoreError,
+    WindowRace,
     pybreaker.CircuitBreakerError,
 )
-PARTITION_PREFIX = "quota#"
 
 
 @dataclass(frozen=True)
@@ -173,14 +180,16 @@ class QuotaCounters:
                 return Count(amount, window.seconds)
             except conflict:
                 continue
-        raise RuntimeError("the quota window kept changing")  # three races in a row: not expected
+        raise WindowRace(window.name)
 
 
 @dataclass(frozen=True)
 class Admission:
-    """What ``Quotas.admit`` found: the message's count in its window (``None``: not counted)."""
+    """What ``Quotas.admit`` counted: the message's count and the day's tokens before the turn
+    (``None``: not counted, neither store answered)."""
 
-    messages: Count | None
+    messages: Count | None = None
+    tokens: Count | None = None
 
 
 class Quotas:
@@ -198,23 +207,21 @@ class Quotas:
         if counts is None:
             logger.warning("quota not checked: neither Redis nor DynamoDB answered")
             metrics.add_metric(name="QuotaUnchecked", unit=MetricUnit.Count, value=1)
-            return Admission(None)
+            return Admission()
         messages, tokens = counts
         if messages.value > self.messages.limit:
             raise self._refused("messages", messages)
         if tokens.value >= self.tokens.limit:
             raise self._refused("tokens", tokens)
-        return Admission(messages)
+        return Admission(messages, tokens)
 
-    def charge(self, principal: str, admission: Admission, tokens: int) -> dict[str, Any] | None:
-        """Count the turn's model tokens; what is left, when less than ``warn_share`` of a limit is
-        (the ``quota`` field of ``done``), else ``None``."""
-        counts = self._counters.add(principal, [(self.tokens, tokens)])
-        if counts is None or admission.messages is None:
+    def left(self, admission: Admission, tokens: int) -> dict[str, Any] | None:
+        """What is left once the turn's ``tokens`` are charged, when less than ``warn_share`` of a
+        limit is (the ``quota`` field of ``done``), else ``None``."""
+        if admission.messages is None or admission.tokens is None:
             return None
-        used = counts[0]
         messages_left = max(self.messages.limit - admission.messages.value, 0)
-        tokens_left = max(self.tokens.limit - used.value, 0)
+        tokens_left = max(self.tokens.limit - admission.tokens.value - tokens, 0)
         share = self._settings.warn_share
         if messages_left >= share * self.messages.limit and tokens_left >= share * self.tokens.limit:
             return None
@@ -222,8 +229,13 @@ class Quotas:
             "messagesLeft": messages_left,
             "messagesResetInSeconds": math.ceil(admission.messages.resets_in),
             "tokensLeft": tokens_left,
-            "tokensResetInSeconds": math.ceil(used.resets_in),
+            "tokensResetInSeconds": math.ceil(admission.tokens.resets_in),
         }
+
+    def charge(self, principal: str, tokens: int) -> None:
+        """Count the turn's model tokens in the principal's day (after its done frame)."""
+        if tokens > 0:
+            self._counters.add(principal, [(self.tokens, tokens)])
 
     @staticmethod
     def _refused(limit: str, count: Count) -> RateLimited:
