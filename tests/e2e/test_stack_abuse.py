@@ -19,6 +19,7 @@ from websockets.sync.client import ClientConnection
 from tests.e2e.conftest import Stack, start_stack, stop_stack
 from tests.e2e.test_stack_conversation import open_socket, session_of, turn
 from tests.support.processes import RedisProcess
+from tests.support.waiting import wait_until
 
 GUESTS = 3  # the burst allowance of the source
 MESSAGES = 2  # per principal per window
@@ -92,18 +93,18 @@ def flood_from_one_source(stack: Stack, redis_server: RedisProcess, sockets: Exi
     with open_socket(stack, ada_session["sessionId"], ada_session["guestToken"]) as again:
         assert "guestToken" not in session_of(again)  # not a new guest: nothing counted
 
-    # Given Ada at her message rate
-    calls = metric_count(stack, "ModelLatency")
+    # Given Ada at her message rate (a handler publishes its metrics when it returns, after done)
     for i in range(MESSAGES):
         assert turn(ada, f"message {i}")[-1]["type"] == "done"
-    assert metric_count(stack, "ModelLatency") == calls + MESSAGES
+    wait_until(lambda: metric_count(stack, "ModelLatency") == MESSAGES, "both model calls published")
     # When she floods, every further message is refused with when to retry, before the model
     flood = [turn(ada, f"flood {i}") for i in range(3)]
     assert all([f["type"] for f in frames] == ["error"] for frames in flood), flood
     assert {frames[0]["code"] for frames in flood} == {"rate_limited"}
     assert all(0 < frames[0]["retryAfterSeconds"] <= 3600 for frames in flood)
-    assert metric_count(stack, "ModelLatency") == calls + MESSAGES
-    assert metric_count(stack, "RateLimited") == 3
+    # Each refused invocation's metrics came out whole: none of them called the model
+    wait_until(lambda: metric_count(stack, "RateLimited") == 3, "the three refusals published")
+    assert metric_count(stack, "ModelLatency") == MESSAGES
     assert stored_messages(stack, ada_session["sessionId"]) == [f"message {i}" for i in range(MESSAGES)]
     # And Bob, another principal of the same source, is still answered
     assert turn(bob, "hello from bob")[-1]["type"] == "done"
