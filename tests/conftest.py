@@ -102,6 +102,14 @@ def make_settings(redis_url: str | None, **overrides: Any) -> Settings:
         "memory": {"history_turns": 10, "owner_key": "test-owner-key"},
         "breaker": {"fail_max": 2, "reset_timeout_seconds": 0.5},
         "stream": {"flush_chars": 40, "flush_interval_seconds": 0.05},
+        # Tests send many messages and make many guests at once: quotas out of their way, except
+        # where a test sets its own (tests/integration/test_quotas.py).
+        "quota": {
+            "messages_per_window": 1_000_000,
+            "tokens_per_day": 1_000_000_000,
+            "guests_per_source_burst": 1_000_000,
+            "guests_per_source_per_hour": 1_000_000,
+        },
     }
     for group, values in overrides.items():
         env.setdefault(group, {}).update(values)

@@ -18,7 +18,7 @@ const STATE_LABELS = {
   offline: "Offline",
 };
 // Errors after which the message was not taken: it goes back into the composer.
-const REFUSED = new Set(["bad_request", "unknown_action", "empty_message", "message_too_large", "busy", "forbidden"]);
+const REFUSED = new Set(["bad_request", "unknown_action", "empty_message", "message_too_large", "busy", "forbidden", "rate_limited"]);
 const STICK_TO_BOTTOM_PX = 120;
 const LOAD_EARLIER_PX = 200; // scrolled this close to the top, the previous page of turns loads
 const SESSION_TIMEOUT_MS = 15000; // an open socket that never answers getSession is retried

@@ -11,8 +11,8 @@ from aws_lambda_powertools.utilities.parser import event_parser
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from chatmemory.authentication import build_authenticator
 from chatmemory.config import get_settings
-from chatmemory.identity import Authenticator, Unauthorized
-from chatmemory.observability import logger
+from chatmemory.identity import Authenticator, Unauthorized, source_of
+from chatmemory.observability import logger, metrics
 
 _authenticator: Authenticator | None = None
 
@@ -25,11 +25,17 @@ def authenticator() -> Authenticator:
 
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.connectionId")
+@metrics.log_metrics
 @event_parser(model=ConnectAuthorizerEvent)
 def lambda_handler(event: ConnectAuthorizerEvent, context: LambdaContext) -> dict[str, Any]:
     token = (event.query_string_parameters or {}).get("token")
+    source = source_of(
+        str(event.request_context.identity.source_ip.network_address),
+        event.headers,
+        get_settings().quota.forwarded_for_hops,
+    )
     try:
-        identity = authenticator().authenticate(token)
+        identity = authenticator().authenticate(token, source)
     except Unauthorized as refused:
         logger.info("connection refused", extra={"reason": str(refused)})
         response = APIGatewayAuthorizerResponseWebSocket.from_route_arn(event.method_arn, "unauthorized")

@@ -51,6 +51,12 @@ STACK_ENV = {
     "STREAM__FLUSH_INTERVAL_SECONDS": "0.02",
     "POWERTOOLS_LOG_LEVEL": "WARNING",
     "PYTHONUNBUFFERED": "1",
+    # One loopback source makes every test's guests, and tests send fast: quotas out of the way,
+    # except in the stack test_stack_abuse.py starts with its own.
+    "QUOTA__MESSAGES_PER_WINDOW": "1000000",
+    "QUOTA__TOKENS_PER_DAY": "1000000000",
+    "QUOTA__GUESTS_PER_SOURCE_BURST": "1000000",
+    "QUOTA__GUESTS_PER_SOURCE_PER_HOUR": "1000000",
 }
 # Never reach the real Claude or a real table from the tests.
 UNSET = ("ANTHROPIC_API_KEY", "LLM__PROVIDER", "DYNAMODB_ENDPOINT_URL", "SESSIONS_TABLE", "CONNECTIONS_TABLE")

@@ -69,6 +69,14 @@ def all_items(aws: Any) -> list[dict[str, Any]]:
         scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+def quota_counter(item: dict[str, Any]) -> bool:
+    """A quota counter of ``chatmemory.quotas``: a count and its window, nothing else."""
+    if not str(item["session_id"]).startswith("quota#"):
+        return False
+    assert set(item) == {"session_id", "turn_number", "quota_count", "window_end", "ttl"}, item
+    return True
+
+
 def turns_of(aws: Any, session_id: str) -> list[dict[str, Any]]:
     return [i for i in stored_items(aws, session_id) if int(i["turn_number"]) > 0]
 
@@ -136,7 +144,10 @@ def test_delete_my_data_erases_every_session_and_the_long_term_memory_of_the_pri
     tombstones = [i for i in left if str(i["session_id"]).startswith("erased#")]
     assert {str(i["session_id"]) for i in tombstones} == {f"erased#{s}" for s in (first, second, third)}
     assert all(set(i) == {"session_id", "turn_number", "ttl"} for i in tombstones)
-    assert {str(i["session_id"]) for i in left} - {str(i["session_id"]) for i in tombstones} == {
+    # and the quota counters, left on purpose (erasing them would reset the quota)
+    assert {str(i["session_id"]) for i in left if not quota_counter(i)} - {
+        str(i["session_id"]) for i in tombstones
+    } == {
         eves,
         "user#guest:eve",
     }

@@ -44,3 +44,15 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MEMORY__HISTORY_TURNS", "0")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_quotas_are_configured_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUOTA__MESSAGES_PER_WINDOW", "40")
+    monkeypatch.setenv("QUOTA__TOKENS_PER_DAY", "1000")
+    monkeypatch.setenv("QUOTA__FORWARDED_FOR_HOPS", "1")
+    quota = Settings().quota
+    assert (quota.messages_per_window, quota.message_window_seconds) == (40, 60)
+    assert quota.tokens_per_day == 1000 and quota.forwarded_for_hops == 1 and quota.enabled
+    monkeypatch.setenv("QUOTA__MESSAGES_PER_WINDOW", "0")
+    with pytest.raises(ValidationError):
+        Settings()

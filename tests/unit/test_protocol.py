@@ -76,3 +76,20 @@ def test_frames_are_compact_utf8_json() -> None:
         "usage": {"inputTokens": 3, "outputTokens": 4},
     }
     assert len(data) < MAX_FRAME_BYTES
+
+
+def test_a_rate_limited_error_says_which_limit_and_when_to_retry() -> None:
+    from chatmemory.errors import RateLimited
+    from chatmemory.protocol import error_frame
+
+    frame = error_frame(RateLimited("messages", 42), "req-1")
+    assert frame == {
+        "type": "error",
+        "code": "rate_limited",
+        "message": "You have used up messages for now. Try again in 42 seconds.",
+        "requestId": "req-1",
+        "limit": "messages",
+        "retryAfterSeconds": 42,
+    }
+    assert error_frame(RateLimited("tokens", 0), None)["retryAfterSeconds"] == 1  # never "now"
+    assert "3 hours" in RateLimited("tokens", 3 * 3600 + 5).message

@@ -6,6 +6,8 @@ neither Redis, DynamoDB's wiring nor the conversation graph it never uses (cold 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from chatmemory.config import Settings
 from chatmemory.identity import Authenticator
 
@@ -29,4 +31,20 @@ def build_authenticator(settings: Settings) -> Authenticator:
         users = UserTokens(
             identity.oidc_issuer, identity.oidc_audience, jwt.PyJWKClient(jwks_url, lifespan=3600)
         )
-    return Authenticator(guests, users, identity.guests_enabled)
+    admit = guest_admission(settings) if settings.quota.enabled else None
+    return Authenticator(guests, users, identity.guests_enabled, admit)
+
+
+def guest_admission(settings: Settings) -> Callable[[str], None]:
+    """The per-source guest limit, its clients built when the first guest is asked for: a
+    connection with a token never loads Redis or the DynamoDB wiring."""
+    built: list[Callable[[str], None]] = []
+
+    def admit(source: str) -> None:
+        if not built:
+            from chatmemory.quotas import GuestAdmission, counters_from_settings
+
+            built.append(GuestAdmission(counters_from_settings(settings), settings.quota).admit)
+        built[0](source)
+
+    return admit

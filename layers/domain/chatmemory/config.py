@@ -171,6 +171,36 @@ class IdentitySettings(BaseModel):
     oidc_jwks_url: str | None = Field(None, description="default: <issuer>/.well-known/jwks.json")
 
 
+class QuotaSettings(BaseModel):
+    """Abuse and cost controls (``chatmemory.quotas``): per principal, messages per window and
+    model tokens per day; per source address, guests created. Each window opens at its first
+    count and lasts its length."""
+
+    enabled: bool = Field(True, description="off: no quota is counted or enforced (trusted callers only)")
+    messages_per_window: int = Field(
+        20, ge=1, description="sendMessage frames a principal may send per window"
+    )
+    message_window_seconds: int = Field(60, ge=1, le=86_400)
+    tokens_per_day: int = Field(
+        200_000, ge=1, description="model tokens (input and output) a principal may use per 24 h"
+    )
+    warn_share: float = Field(
+        0.2, ge=0, le=1, description="done carries `quota` once less than this share of a limit is left"
+    )
+    guests_per_source_burst: int = Field(
+        10, ge=1, description="guests one source address may create per burst window"
+    )
+    guest_burst_window_seconds: int = Field(60, ge=1, le=86_400)
+    guests_per_source_per_hour: int = Field(60, ge=1, description="the sustained rate, per hour")
+    forwarded_for_hops: int = Field(
+        0,
+        ge=0,
+        le=5,
+        description="0: the source is API Gateway's sourceIp; N: the Nth address from the right of "
+        "X-Forwarded-For (behind N trusted proxies that append it)",
+    )
+
+
 class Settings(BaseSettings):
     """Environment variables use a double underscore between group and field.
 
@@ -189,6 +219,7 @@ class Settings(BaseSettings):
     identity: IdentitySettings = IdentitySettings()
     outbox: OutboxSettings = OutboxSettings()
     embeddings: EmbeddingSettings = EmbeddingSettings()
+    quota: QuotaSettings = QuotaSettings()
     aws_region: str = Field("us-east-1", validation_alias="AWS_REGION")
 
     # Conventional names, folded into their groups below.

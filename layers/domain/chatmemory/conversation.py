@@ -30,6 +30,7 @@ from chatmemory.memory.manager import MemoryManager, TurnContext
 from chatmemory.memory.tokens import TokenEstimator
 from chatmemory.observability import logger, metrics, tracer
 from chatmemory.protocol import MAX_FRAME_BYTES, NoticeCode, done_frame, notice_frame
+from chatmemory.quotas import Quotas
 from chatmemory.sender import DeltaBatcher, FrameSender
 from chatmemory.sessions import SessionService
 from chatmemory.turns import Turn, Usage
@@ -105,8 +106,10 @@ class Conversation:
         clock: Callable[[], float] = time.monotonic,
         manager: MemoryManager | None = None,
         sessions: SessionService | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self._memory, self._model, self._sender, self._sessions = memory, model, sender, sessions
+        self._quotas = quotas
         self._settings, self._clock = settings, clock
         self._manager = manager or MemoryManager(
             settings.memory, TokenEstimator(settings.memory.chars_per_token)
@@ -125,6 +128,8 @@ class Conversation:
         text = validate_message(message, self._settings.memory.max_message_chars)
         system = self._settings.llm.system_prompt
         self._manager.check_message(system, text)
+        # Over a quota: refused here, before anything is stored, embedded or asked of the model.
+        admission = self._quotas.admit(binding.principal) if self._quotas is not None else None
         ahead = self._manager.embed_ahead(text) if binding.session_id is not None else {}
         if binding.session_id is None:
             started = self._memory.stateless_turn(text)
@@ -149,12 +154,19 @@ class Conversation:
             self._sender.send(binding.connection_id, notice_frame(*NOT_STORED))
         elif started.reply_deferred:
             self._sender.send(binding.connection_id, notice_frame(*REPLY_DEFERRED))
-        self._sender.send(binding.connection_id, self._done(started, context, usage))
+        done = self._done(started, context, usage)
+        spent = usage.input_tokens + usage.output_tokens
+        left = self._quotas.left(admission, spent) if self._quotas and admission else None
+        if left is not None:
+            done["quota"] = left
+        self._sender.send(binding.connection_id, done)
         # From the message to its done frame: what the user waited (alarmed on at p99).
         metrics.add_metric(
             name="TurnLatency", unit=MetricUnit.Milliseconds, value=1000 * (self._clock() - began)
         )
-        # After done: the user waits for neither.
+        # After done: the user waits for none of these.
+        if self._quotas is not None:
+            self._quotas.charge(binding.principal, spent)
         self._memory.slide_expiry(started)
         self._manager.after_turn(started, context)
         metrics.add_metric(name="InputTokens", unit=MetricUnit.Count, value=usage.input_tokens)

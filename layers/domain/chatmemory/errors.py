@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from chatmemory.turns import Turn
@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     BUSY = "busy"
     FORBIDDEN = "forbidden"
     LLM_UNAVAILABLE = "llm_unavailable"
+    RATE_LIMITED = "rate_limited"
     INTERNAL = "internal"
 
 
@@ -32,6 +33,10 @@ class ChatError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def fields(self) -> dict[str, Any]:
+        """Fields the ``error`` frame carries besides code and message."""
+        return {}
 
 
 class BadRequest(ChatError):
@@ -86,6 +91,30 @@ class NotAnsweredTwice(ChatError):
             "The assistant could not answer this message earlier, and a message is never answered twice. "
             "Send it again as a new message to retry."
         )
+
+
+class RateLimited(ChatError):
+    """A principal's quota is used up: nothing was stored and the model was not called."""
+
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, limit: str, retry_after_seconds: int) -> None:
+        self.limit, self.retry_after_seconds = limit, max(1, retry_after_seconds)
+        what = "messages" if limit == "messages" else "the day's share of the assistant"
+        super().__init__(
+            f"You have used up {what} for now. Try again in {_duration(self.retry_after_seconds)}."
+        )
+
+    def fields(self) -> dict[str, Any]:
+        return {"limit": self.limit, "retryAfterSeconds": self.retry_after_seconds}
+
+
+def _duration(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} seconds"
+    if seconds < 7_200:
+        return f"{seconds // 60} minutes"
+    return f"{seconds // 3_600} hours"
 
 
 class Forbidden(ChatError):

@@ -7,6 +7,7 @@ a user's subject.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 import uuid
 from collections.abc import Callable
@@ -87,13 +88,23 @@ class UserTokens:
 
 
 class Authenticator:
-    def __init__(self, guests: GuestTokens | None, users: UserTokens | None, guests_enabled: bool) -> None:
+    def __init__(
+        self,
+        guests: GuestTokens | None,
+        users: UserTokens | None,
+        guests_enabled: bool,
+        admit_guest: Callable[[str], None] | None = None,
+    ) -> None:
+        """``admit_guest(source)``: raises ``Unauthorized`` when that source may not create a guest now."""
         self._guests, self._users, self._guests_enabled = guests, users, guests_enabled
+        self._admit_guest = admit_guest
 
-    def authenticate(self, token: str | None) -> Identity:
+    def authenticate(self, token: str | None, source: str = "unknown") -> Identity:
         if not token:
             if not (self._guests_enabled and self._guests):
                 raise Unauthorized("a token is required")
+            if self._admit_guest is not None:
+                self._admit_guest(source)
             principal = f"guest:{uuid.uuid4()}"
             return Identity(principal, new_guest_token=self._guests.issue(principal))
         try:
@@ -113,3 +124,22 @@ class Authenticator:
         if self._guests is None or not principal.startswith("guest:"):
             return None
         return self._guests.issue(principal)
+
+
+def source_of(source_ip: str | None, headers: dict[str, str] | None, forwarded_for_hops: int) -> str:
+    """The address guests are counted against: API Gateway's source IP, or behind ``hops``
+    trusted proxies the address the outermost of them saw (addresses left of it are the
+    client's own say). An IPv6 address counts as its /64: one host usually holds the whole /64."""
+    address = source_ip or "unknown"
+    if forwarded_for_hops:
+        forwarded = next((v for k, v in (headers or {}).items() if k.lower() == "x-forwarded-for"), "")
+        hops = [part.strip() for part in forwarded.split(",") if part.strip()]
+        if len(hops) >= forwarded_for_hops:
+            address = hops[-forwarded_for_hops]
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address[:64]
+    if parsed.version == 6:
+        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
+    return str(parsed)

@@ -445,7 +445,8 @@ def notice_frame(code: NoticeCode, message: str) -> dict[str, Any]:
 
 
 def error_frame(error: ChatError, request_id: str | None) -> dict[str, Any]:
-    return {"type": "error", "code": str(error.code), "message": error.message, "requestId": request_id}
+    frame = {"type": "error", "code": str(error.code), "message": error.message, "requestId": request_id}
+    return {**frame, **error.fields()}
 
 
 def encode(frame: dict[str, Any]) -> bytes:

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import boto3
-import redis
 from botocore.config import Config
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from chatmemory.breakers import Breakers
-from chatmemory.cache import CacheClient, LazyCluster, SecretCredentials, TurnCache
+from chatmemory.cache import CacheClient, TurnCache
+from chatmemory.clients import dynamodb_resource, redis_client
 from chatmemory.config import Settings, get_settings
 from chatmemory.connections import ConnectionRegistry
 from chatmemory.conversation import Conversation
@@ -36,60 +34,16 @@ from chatmemory.memory.tokens import TokenEstimator
 from chatmemory.memory.updater import MemoryUpdater
 from chatmemory.memory_controls import MemoryControls
 from chatmemory.outbox import OutboxReplayer, TurnOutbox
+from chatmemory.quotas import QuotaCounters, Quotas
 from chatmemory.sender import ConnectionSender
 from chatmemory.sessions import SessionService
 from chatmemory.store import TurnStore
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import DynamoDBServiceResource
-    from redis.cluster import RedisCluster
 
-
-def dynamodb_resource(settings: Settings) -> DynamoDBServiceResource:
-    """DynamoDB with tight timeouts and bounded retries: the breaker, not botocore's 60 s
-    default read timeout, decides how long a turn may wait on a failing table."""
-    config = Config(
-        connect_timeout=settings.storage.connect_timeout_seconds,
-        read_timeout=settings.storage.read_timeout_seconds,
-        retries={"max_attempts": settings.storage.max_attempts, "mode": "standard"},
-    )
-    return boto3.resource(
-        "dynamodb",
-        region_name=settings.aws_region,
-        endpoint_url=settings.storage.dynamodb_endpoint_url,
-        config=config,
-    )
-
-
-def redis_client(settings: Settings) -> CacheClient | None:
-    """The cache's client, not yet connected; TLS when the URL is ``rediss://``."""
-    cache = settings.cache
-    if not cache.redis_url:
-        return None
-    auth: dict[str, Any] = {}
-    if cache.password_secret_name:
-        auth["credential_provider"] = SecretCredentials(cache.username, cache.password_secret_name)
-    elif cache.username:
-        auth["username"] = cache.username
-    if cache.cluster:
-        # The configuration endpoint's DNS name stays the node to rediscover the slots from.
-        lazy = LazyCluster(
-            cache.redis_url,
-            socket_timeout=cache.socket_timeout_seconds,
-            socket_connect_timeout=cache.connect_timeout_seconds,
-            retry=Retry(NoBackoff(), retries=1),
-            dynamic_startup_nodes=False,
-            **auth,
-        )
-        return cast("RedisCluster[bytes]", lazy)  # it stands for the client it builds
-    return redis.Redis.from_url(
-        cache.redis_url,
-        socket_timeout=cache.socket_timeout_seconds,
-        socket_connect_timeout=cache.connect_timeout_seconds,
-        retry=Retry(NoBackoff(), retries=1),
-        health_check_interval=30,
-        **auth,
-    )
+# The clients' builders are re-exported: tests, the benchmark and the evaluation use them.
+__all__ = ["Services", "dynamodb_resource", "get_services", "redis_client", "use_services"]
 
 
 def outbox_client(settings: Settings) -> Any:
@@ -243,6 +197,14 @@ class Services:
         self.registry = ConnectionRegistry(
             dynamodb.Table(settings.storage.connections_table), redis, self.breakers
         )
+        self.quotas = (
+            Quotas(
+                QuotaCounters(redis, dynamodb.Table(settings.storage.sessions_table), self.breakers, clock),
+                settings.quota,
+            )
+            if settings.quota.enabled
+            else None
+        )
         self._model = model
         self.clock = clock
         self._management_client_factory = management_client_factory or (
@@ -305,6 +267,7 @@ class Services:
             self.settings,
             manager=self.memory_manager,
             sessions=self.sessions(endpoint_url),
+            quotas=self.quotas,
         )
 
     @property
