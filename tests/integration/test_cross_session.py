@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from boto3.dynamodb.conditions import Attr
+from boto3.dynamodb.conditions import Attr, Key
 from chatmemory.connections import Binding
 from chatmemory.llm.base import Prompt, ReplyStream
 from chatmemory.memory.crosssession import OWNER, VECTOR, owner_value
@@ -180,11 +180,17 @@ def test_when_the_search_fails_the_turn_answers_without_it_and_says_so(aws: Any,
     alice = alice_told_her_secret(services)
     alice.open("alice-2")
 
-    done = alice.say(QUESTION)
+    answers = [alice.say(f"{QUESTION} ({n})") for n in range(3)]  # past the breakers' fail_max
 
-    assert done["crossSession"] == "unavailable"
-    assert done["crossSessionTurns"] == []
-    assert done["memoryMode"] == "full"
+    assert all(d["crossSession"] == "unavailable" and d["crossSessionTurns"] == [] for d in answers)
+    assert all(d["memoryMode"] == "full" for d in answers)
+    # The index's breaker opened, not the turn store's: every reply is stored whole.
+    assert services.breakers.vectors.current_state == "open"
+    assert services.breakers.dynamodb.current_state == "closed"
+    stored = aws.Table("ChatSessions").query(
+        KeyConditionExpression=Key("session_id").eq("alice-2") & Key("turn_number").gt(0)
+    )["Items"]
+    assert [i["status"] for i in stored] == ["complete"] * 3
 
 
 # ---- as an attacker would --------------------------------------------------------------

@@ -66,6 +66,9 @@ class Breakers:
     dynamodb: pybreaker.CircuitBreaker
     outbox: pybreaker.CircuitBreaker  # SQS, where turns wait while DynamoDB is unavailable
     embeddings: pybreaker.CircuitBreaker  # the embedding model: retrieval falls back to keywords
+    # The vector index's SearchVectors: a missing or misconfigured index turns cross-session
+    # retrieval off, never the turn store (whose breaker would leave replies unstored).
+    vectors: pybreaker.CircuitBreaker
 
     @classmethod
     def from_settings(cls, settings: BreakerSettings) -> Breakers:
@@ -83,4 +86,5 @@ class Breakers:
             dynamodb=make("dynamodb"),
             outbox=make("outbox"),
             embeddings=make("embeddings"),
+            vectors=make("vectors"),
         )

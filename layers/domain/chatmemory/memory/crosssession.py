@@ -222,7 +222,7 @@ class CrossSession:
         # The session's own turns are in the index too: ask for enough to leave them out.
         top_k = min(MAX_TOP_K, 3 * self._top_k + 10)
         try:
-            hits = self._breakers.dynamodb.call(self._store.search, owner, vector, top_k)
+            hits = self._breakers.vectors.call(self._store.search, owner, vector, top_k)
         except DYNAMODB_FAULTS as exc:
             logger.warning("cross-session search failed", extra={"error": type(exc).__name__})
             return Across(mode="unavailable")
