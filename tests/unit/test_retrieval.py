@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from chatmemory.config import MemorySettings
 from chatmemory.embeddings import normalise, pack, unpack
-from chatmemory.memory.context import blank, plan_context, recalled_block
+from chatmemory.memory.context import ContextPlan, blank, plan_context, recalled_block
 from chatmemory.memory.retrieval import fuse, fused_scores, retrieval_queries, with_neighbours
 from chatmemory.memory.state import MemoryState
 from chatmemory.memory.strategies import STRATEGIES
@@ -23,6 +23,29 @@ def turn(number: int, text: str = "a message of about forty characters, ok", at:
         status="complete",
         at=at + number * 60,
         expires_at=2_000_000_000,
+    )
+
+
+def searched_plan(
+    strategy: str,
+    state: MemoryState,
+    turns: list[Turn],
+    settings: MemorySettings,
+    ranked: list[Turn],
+    recall: str = "hybrid",
+) -> ContextPlan:
+    """``plan_context`` after a search that ranked ``ranked`` (``recall``: how it searched)."""
+    return plan_context(
+        STRATEGIES[strategy],
+        state,
+        turns,
+        "system",
+        "hi?",
+        settings,
+        TokenEstimator(3.5),
+        None,
+        ranked,
+        recall,
     )
 
 
@@ -64,21 +87,9 @@ def test_packed_vectors_keep_their_direction() -> None:
 def test_retrieved_turns_fill_the_room_the_newest_turns_leave_and_never_the_limit() -> None:
     settings = MemorySettings(budget_tokens=1_000, history_turns=10, block_turns=1, retrieval_recent_turns=4)
     turns = [turn(n) for n in range(1, 101)]
-    estimator = TokenEstimator(3.5)
     best_first = list(reversed(turns[:90]))  # any order: plan keeps the best that fit
 
-    plan = plan_context(
-        STRATEGIES["retrieval"],
-        MemoryState(),
-        turns,
-        "system",
-        "hi?",
-        settings,
-        estimator,
-        None,
-        best_first,
-        "hybrid",
-    )
+    plan = searched_plan("retrieval", MemoryState(), turns, settings, best_first, "hybrid")
 
     assert plan.budget.total <= settings.budget_tokens
     assert [t.turn for t in plan.turns] == [97, 98, 99, 100]  # the newest turns stay as messages
@@ -110,18 +121,7 @@ def test_a_run_costs_one_header_and_the_block_is_costed_whole() -> None:
     consecutive = [turns[n] for n in range(10, 30)]  # one run
     scattered = [turns[n] for n in range(0, 58, 3)]  # none adjoining
     plans = [
-        plan_context(
-            STRATEGIES["retrieval"],
-            MemoryState(),
-            turns,
-            "s",
-            "hi?",
-            settings,
-            estimator,
-            None,
-            ranked,
-            "hybrid",
-        )
+        searched_plan("retrieval", MemoryState(), turns, settings, ranked, "hybrid")
         for ranked in (consecutive, scattered)
     ]
     assert len(plans[0].recalled) == len(consecutive)
@@ -147,18 +147,7 @@ def test_when_crowded_the_summary_gives_way_past_its_share_and_nothing_is_trunca
     long_summary = MemoryState(summary="word " * 300, summary_tokens=300, summarized_through=60)
     short_summary = MemoryState(summary="a short summary", summary_tokens=4, summarized_through=60)
     plans = [
-        plan_context(
-            STRATEGIES["hybrid"],
-            state,
-            turns,
-            "s",
-            "hi?",
-            settings,
-            TokenEstimator(3.5),
-            None,
-            list(reversed(turns[:60])),
-            "hybrid",
-        )
+        searched_plan("hybrid", state, turns, settings, list(reversed(turns[:60])), "hybrid")
         for state in (long_summary, short_summary)
     ]
     gave_way, kept = plans
@@ -191,18 +180,7 @@ def test_weighted_fusion_favours_the_heavier_ranking_and_k_sharpens_the_top() ->
 def test_a_short_session_keeps_every_turn_as_messages_and_retrieves_nothing() -> None:
     settings = MemorySettings(budget_tokens=8_000)
     turns = [turn(n) for n in range(1, 6)]
-    plan = plan_context(
-        STRATEGIES["retrieval"],
-        MemoryState(),
-        turns,
-        "system",
-        "hi?",
-        settings,
-        TokenEstimator(3.5),
-        None,
-        list(turns),
-        "hybrid",
-    )
+    plan = searched_plan("retrieval", MemoryState(), turns, settings, list(turns), "hybrid")
     assert [t.turn for t in plan.turns] == [1, 2, 3, 4, 5]
     assert plan.recalled == [] and plan.budget.retrieved == 0
 
@@ -210,16 +188,5 @@ def test_a_short_session_keeps_every_turn_as_messages_and_retrieves_nothing() ->
 def test_when_the_search_failed_what_does_not_fit_is_truncation() -> None:
     settings = MemorySettings(budget_tokens=600, history_turns=10, block_turns=1)
     turns = [turn(n) for n in range(1, 60)]
-    plan = plan_context(
-        STRATEGIES["retrieval"],
-        MemoryState(),
-        turns,
-        "s",
-        "hi?",
-        settings,
-        TokenEstimator(3.5),
-        None,
-        [],
-        "unavailable",
-    )
+    plan = searched_plan("retrieval", MemoryState(), turns, settings, [], "unavailable")
     assert plan.truncated is True
