@@ -3,6 +3,7 @@ moto DynamoDB server over HTTP that the tests stop and restart."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
 import logging
@@ -15,6 +16,7 @@ from typing import Any
 import boto3
 import pybreaker
 import pytest
+from boto3.dynamodb.conditions import Key
 from chatmemory.observability import logger
 from chatmemory.services import Services, use_services
 
@@ -23,7 +25,7 @@ from tests.conftest import TABLE_NAMES, make_settings
 from tests.support.frames import history_turns
 from tests.support.gateway import Client
 from tests.support.processes import MotoHttpServer, RedisProcess
-from tests.support.waiting import probes_now, run_out_reset_timeouts
+from tests.support.waiting import probes_now, run_out_reset_timeouts, wait_until
 
 # Longer than any test: an open breaker stays open until the test runs its timeout out
 # (``Live.wait_for_reset``), however slow the machine; the unit tests time it for real.
@@ -246,3 +248,34 @@ def test_long_term_memory_with_redis_dead_is_read_from_dynamodb_and_erasure_says
     (frame,) = client.send({"action": "forgetUserMemory"})
     assert frame["type"] == "userMemory" and frame["facts"] == []
     assert done_of(client.say("And now?"))["usage"]["budget"]["userFacts"] == 0
+
+
+def test_a_reply_that_could_not_be_stored_does_not_leave_the_session_busy(live: Live) -> None:
+    """DynamoDB goes away after the message is stored and before the reply is: the user is told
+    it is not kept, and the next message is answered, not refused as busy while DynamoDB still
+    says pending (the handler marked the turn ended in Redis)."""
+    client = live.client()
+    client.say("one")
+    (session,) = [f for f in client.send({"action": "getSession"}) if f["type"] == "session"]
+    table = boto3.resource("dynamodb", endpoint_url=live.dynamodb.url, region_name="us-east-1").Table(
+        "ChatSessions"
+    )
+    slow = "two [offline:slow=0.02]"
+
+    def stored() -> list[str]:
+        items = table.query(
+            KeyConditionExpression=Key("session_id").eq(session["sessionId"]), ConsistentRead=True
+        )["Items"]
+        return [str(i.get("user_message")) for i in items]
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answering = pool.submit(client.say, slow)
+        wait_until(lambda: slow in stored(), "the second message stored")
+        live.dynamodb.stop()
+        frames = answering.result(timeout=120)
+    live.dynamodb.start()
+    live.wait_for_reset()
+
+    assert "not_remembered" in [f.get("code") for f in frames if f["type"] == "notice"], frames
+    following = client.say("three")
+    assert following[-1]["type"] == "done", following

@@ -43,6 +43,12 @@ def corpus_key(session_id: str) -> str:
     return f"chat:{{{session_id}}}:corpus"
 
 
+def ended_key(session_id: str) -> str:
+    """The number of the session's last turn that ended without its reply stored (a number,
+    no text): not "being answered", though DynamoDB still says pending."""
+    return f"chat:{{{session_id}}}:ended"
+
+
 def user_memory_key(principal: str) -> str:
     """A principal's long-term memory (across sessions)."""
     return f"user:{{{principal}}}:memory"
@@ -104,10 +110,19 @@ class TurnCache:
     def invalidate_state(self, session_id: str) -> None:
         self._redis.delete(state_key(session_id))
 
+    def mark_ended(self, session_id: str, turn: int, ttl_seconds: int) -> None:
+        self._redis.set(ended_key(session_id), turn, ex=ttl_seconds)
+
+    def ended(self, session_id: str) -> int:
+        raw = self._redis.get(ended_key(session_id))
+        return int(raw) if raw else 0
+
     def forget(self, session_id: str) -> None:
         """Drop everything cached for the session (its turns, its memory state, its retrieval
         corpus with the turns' vectors): one command, one slot."""
-        self._redis.delete(turns_key(session_id), state_key(session_id), corpus_key(session_id))
+        self._redis.delete(
+            turns_key(session_id), state_key(session_id), corpus_key(session_id), ended_key(session_id)
+        )
 
     def forget_user(self, principal: str) -> None:
         """Drop the principal's cached long-term memory."""

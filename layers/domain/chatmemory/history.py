@@ -226,6 +226,12 @@ class SessionMemory:
             # The message is stored, its reply is not: the outbox finishes that very item later.
             logger.warning("could not store the reply", extra={"error": type(exc).__name__})
             started.reply_deferred = self._defer(turn, stored=True)
+            # DynamoDB still says pending: without this mark the session's next message would
+            # be refused as busy until the turn timeout, though nothing is being answered.
+            self._cache_write(
+                turn.session_id,
+                lambda c: c.mark_ended(turn.session_id, turn.turn, self.settings.turn_timeout_seconds),
+            )
             return started.reply_deferred
         self._cache_write(
             turn.session_id, lambda c: c.append(turn.session_id, turn, first_turn=turn.turn == 1)
@@ -276,8 +282,22 @@ class SessionMemory:
     def _check_taken(self, history: History, client_message_id: str | None, message_id: str | None) -> None:
         _check_duplicate(history, client_message_id, message_id)
         last = history.turns[-1] if history.turns else None
-        if last and last.status == "pending" and self._now() - last.at < self.settings.turn_timeout_seconds:
+        if (
+            last
+            and last.status == "pending"
+            and self._now() - last.at < self.settings.turn_timeout_seconds
+            and not self._ended(last)
+        ):
             raise Busy()
+
+    def _ended(self, turn: Turn) -> bool:
+        """The pending turn ended without its reply stored (marked in Redis by its handler)."""
+        if self.cache is None:
+            return False
+        try:
+            return bool(self.breakers.redis.call(self.cache.ended, turn.session_id) == turn.turn)
+        except REDIS_FAULTS:
+            return False
 
     def _erased(self, session_id: str) -> bool:
         try:
