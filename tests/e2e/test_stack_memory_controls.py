@@ -15,6 +15,7 @@ from websockets.sync.client import ClientConnection
 
 from tests.e2e.conftest import E2E_REDIS_URL, Stack
 from tests.e2e.test_stack_conversation import open_socket, receive, reply, session_of, turn
+from tests.support.cached import holds_no_data
 from tests.support.waiting import wait_until
 
 
@@ -79,7 +80,7 @@ def test_long_term_memory_reaches_the_guests_next_session_only(stack: Stack) -> 
         erased = send(ws, {"action": "forgetUserMemory"})
         assert erased["type"] == "userMemory" and erased["facts"] == [] and erased["longTerm"] is False
         assert user_items(stack, principal) == []
-        assert not redis.Redis.from_url(E2E_REDIS_URL).exists("user:{" + principal + "}:memory")
+        assert holds_no_data(redis.Redis.from_url(E2E_REDIS_URL), "user:{" + principal + "}:memory")
         assert "long-term facts" not in reply(turn(ws, "And now?"))
 
 

@@ -17,6 +17,7 @@ import pybreaker
 import pytest
 import redis
 from chatmemory.cache import LazyCluster, TurnCache, state_key, turns_key
+from chatmemory.cached_copy import Copy, VersionedCopies
 from chatmemory.connections import Binding
 from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.memory.state import MemoryState
@@ -109,12 +110,18 @@ def test_turn_cache_on_the_cluster_serves_trims_and_forgets(cluster: RedisProces
     cache.append("s-2", turn(4, "s-2"), first_turn=False)
     assert cache.window("s-2", NOW) is None
 
-    # the memory state beside the turns, and both dropped by one command (one slot)
+    # the memory state beside the turns (a versioned copy: its script runs on the cluster), and
+    # both forgotten by one MULTI on one slot: the turns dropped, the state a tombstone
     cache.fill("s-3", [turn(1, "s-3")])
-    cache.put_state("s-3", MemoryState())
-    assert cache.state("s-3") == MemoryState()
+    states = VersionedCopies(client, MemoryState, ttl_seconds=60)
+    assert states.put(state_key("s-3"), 2, MemoryState(summary="two", version=2)) is True
+    assert states.put(state_key("s-3"), 1, MemoryState(summary="one", version=1)) is False
+    assert states.get(state_key("s-3")) == Copy(2, MemoryState(summary="two", version=2))
     cache.forget("s-3")
-    assert client.exists(turns_key("s-3"), state_key("s-3")) == 0
+    assert client.exists(turns_key("s-3")) == 0
+    erased = states.get(state_key("s-3"))
+    assert erased is not None and erased.value is None
+    assert states.put(state_key("s-3"), 3, MemoryState(summary="stale", version=3)) is False
 
 
 def test_the_write_through_is_one_transaction_on_one_slot(cluster: RedisProcess) -> None:

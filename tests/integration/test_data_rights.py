@@ -17,6 +17,7 @@ from chatmemory.memory.state import Fact, MemoryState
 from chatmemory.protocol import MAX_FRAME_BYTES, encode
 from chatmemory.services import Services
 
+from tests.support.cached import keys_with_data
 from tests.support.gateway import Client
 from tests.support.waiting import DEADLINE
 
@@ -34,7 +35,8 @@ def stored_items(aws: Any, session_id: str) -> list[dict[str, Any]]:
 
 
 def cached_keys(redis_url: str, session_id: str) -> list[bytes]:
-    return redis.Redis.from_url(redis_url).keys(f"*{session_id}*")
+    """The session's keys in Redis that hold data (not an erasure's tombstone)."""
+    return keys_with_data(redis.Redis.from_url(redis_url), f"*{session_id}*")
 
 
 def settle(services: Services) -> None:

@@ -23,6 +23,7 @@ from local.events import message_event
 from local.lambda_runtime import invoke
 from local.template import load_template
 from tests.integration.test_data_rights import cached_keys, remember, session_of, settle, stored_items
+from tests.support.cached import keys_with_data
 from tests.support.frames import DOMAIN, STAGE, frames_sent, history_turns, reply_text
 from tests.support.gateway import Client
 from tests.support.waiting import wait_until
@@ -124,7 +125,7 @@ def test_delete_my_data_erases_every_session_and_the_long_term_memory_of_the_pri
     put_user_memory(aws, redis_url, "guest:eve")
     settle(services)
     eve_items = sorted(stored_items(aws, eves), key=str)
-    eve_keys = sorted(cached_keys(redis_url, eves)) + sorted(cache.keys("user:{guest:eve}*"))
+    eve_keys = sorted(cached_keys(redis_url, eves)) + keys_with_data(cache, "user:{guest:eve}*")
     assert len(eve_keys) == 4  # turns, memory state, retrieval corpus, long-term memory
 
     deleted, fresh = ada.send({"action": "deleteMyData"})
@@ -153,10 +154,12 @@ def test_delete_my_data_erases_every_session_and_the_long_term_memory_of_the_pri
     }
     for session_id in (first, second, third):
         assert cached_keys(redis_url, session_id) == []
-    assert cache.keys("user:{guest:ada}*") == []
+    assert keys_with_data(cache, "user:{guest:ada}*") == []
     # ...and Eve's data is untouched.
     assert sorted(stored_items(aws, eves), key=str) == eve_items
-    assert sorted(cached_keys(redis_url, eves)) + sorted(cache.keys("user:{guest:eve}*")) == eve_keys
+    assert (
+        sorted(cached_keys(redis_url, eves)) + sorted(keys_with_data(cache, "user:{guest:eve}*")) == eve_keys
+    )
     assert (
         len(
             aws.Table("ChatSessions").query(KeyConditionExpression=Key("session_id").eq("user#guest:eve"))[

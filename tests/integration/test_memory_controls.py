@@ -22,6 +22,7 @@ from chatmemory.memory.updater import MemoryUpdater
 from chatmemory.services import Services, redis_client, use_services
 
 from tests.conftest import make_settings
+from tests.support.cached import holds_no_data
 from tests.support.frames import ENDPOINT, frames_sent
 from tests.support.gateway import Client
 
@@ -313,7 +314,7 @@ def test_forget_one_fact_then_all_erases_them_from_dynamodb_and_redis(
 
     assert frame["longTerm"] is False and frame["facts"] == []
     assert user_items(aws, "guest:ada") == []
-    assert not services.redis.exists(user_key("guest:ada"))
+    assert holds_no_data(services.redis, user_key("guest:ada"))
     ada.send({"action": "newSession"})
     frames = ada.say("Hello")
     assert "<user-facts>" not in model.prompts[-1].system
@@ -331,7 +332,7 @@ def test_opting_out_erases_and_stops_collecting(services: Services, aws: Any) ->
     frame = only(ada.send({"action": "setMemory", "longTerm": False}), "memory")
 
     assert frame["longTerm"] is False
-    assert user_items(aws, "guest:ada") == [] and not services.redis.exists(user_key("guest:ada"))
+    assert user_items(aws, "guest:ada") == [] and holds_no_data(services.redis, user_key("guest:ada"))
     talk(ada, services, "My deadline is Friday.", "More filler.")  # turn 6: turns 3-4 summarised
     assert user_items(aws, "guest:ada") == []
 
@@ -630,4 +631,4 @@ def test_delete_my_data_while_a_merge_is_pending_stays_erased(
     queued(services).run()
 
     assert user_items(aws, "guest:ada") == []
-    assert not services.redis or not services.redis.exists(user_key("guest:ada"))
+    assert not services.redis or holds_no_data(services.redis, user_key("guest:ada"))

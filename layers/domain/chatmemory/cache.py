@@ -6,7 +6,7 @@ turns only. A list whose turn numbers are not consecutive is never served: it is
 the caller falls back to DynamoDB.
 
 A session's memory state (summary, facts, cursor, strategy) is one string beside the list,
-under the same hash tag, written through after DynamoDB accepted it.
+under the same hash tag, a versioned copy (``chatmemory.cached_copy``) of its meta item.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from redis.credentials import CredentialProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 
-from chatmemory.memory.state import MemoryState
+from chatmemory.cached_copy import clock_version, tombstone
 from chatmemory.turns import Turn, is_contiguous
 
 if TYPE_CHECKING:
@@ -100,16 +100,6 @@ class TurnCache:
     def invalidate(self, session_id: str) -> None:
         self._redis.delete(turns_key(session_id))
 
-    def state(self, session_id: str) -> MemoryState | None:
-        raw = self._redis.get(state_key(session_id))
-        return MemoryState.model_validate_json(raw) if raw else None
-
-    def put_state(self, session_id: str, state: MemoryState) -> None:
-        self._redis.set(state_key(session_id), state.model_dump_json(), ex=self._ttl)
-
-    def invalidate_state(self, session_id: str) -> None:
-        self._redis.delete(state_key(session_id))
-
     def mark_ended(self, session_id: str, turn: int, ttl_seconds: int) -> None:
         self._redis.set(ended_key(session_id), turn, ex=ttl_seconds)
 
@@ -118,15 +108,17 @@ class TurnCache:
         return int(raw) if raw else 0
 
     def forget(self, session_id: str) -> None:
-        """Drop everything cached for the session (its turns, its memory state, its retrieval
-        corpus with the turns' vectors): one command, one slot."""
-        self._redis.delete(
-            turns_key(session_id), state_key(session_id), corpus_key(session_id), ended_key(session_id)
-        )
+        """Drop everything cached for the session (its turns, its retrieval corpus with the
+        turns' vectors) and leave a tombstone for its memory state (``chatmemory.cached_copy``:
+        a refill read before the erasure cannot bring it back): one MULTI, one slot."""
+        with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(turns_key(session_id), corpus_key(session_id), ended_key(session_id))
+            pipe.set(state_key(session_id), tombstone(clock_version()), ex=self._ttl)
+            pipe.execute()
 
     def forget_user(self, principal: str) -> None:
-        """Drop the principal's cached long-term memory."""
-        self._redis.delete(user_memory_key(principal))
+        """Leave a tombstone for the principal's cached long-term memory."""
+        self._redis.set(user_memory_key(principal), tombstone(clock_version()), ex=self._ttl)
 
 
 class SecretCredentials(CredentialProvider):

@@ -15,6 +15,7 @@ from botocore.config import Config
 
 from chatmemory.breakers import Breakers
 from chatmemory.cache import CacheClient, TurnCache
+from chatmemory.cached_copy import VersionedCopies
 from chatmemory.clients import dynamodb_resource, redis_client
 from chatmemory.config import Settings, get_settings
 from chatmemory.connections import ConnectionRegistry
@@ -30,6 +31,7 @@ from chatmemory.memory.manager import MemoryManager
 from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.memory.retrieval import Recall
 from chatmemory.memory.scheduler import LambdaScheduler, ThreadScheduler, UpdateScheduler
+from chatmemory.memory.state import MemoryState
 from chatmemory.memory.tokens import TokenEstimator
 from chatmemory.memory.updater import MemoryUpdater
 from chatmemory.memory_controls import MemoryControls
@@ -141,7 +143,12 @@ class Services:
             store, cache, self.breakers, settings.memory.session_ttl_seconds, clock
         )
         self.memory_state = MemoryStateRepository(
-            store, cache, self.breakers, lambda: int(clock()) + settings.memory.session_ttl_seconds
+            store,
+            VersionedCopies(redis, MemoryState, settings.memory.cache_ttl_seconds)
+            if redis is not None
+            else None,
+            self.breakers,
+            lambda: int(clock()) + settings.memory.session_ttl_seconds,
         )
         self.user_memory = UserMemoryRepository(
             UserMemoryStore(dynamodb.Table(settings.storage.sessions_table)),

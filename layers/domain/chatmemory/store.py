@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from boto3.dynamodb.conditions import Attr, ConditionBase, Key
 from botocore.exceptions import ClientError
 
+from chatmemory.cached_copy import clock_version
 from chatmemory.config import StrategyName
 from chatmemory.errors import TurnConflict
 from chatmemory.memory.state import Fact, MemoryState
@@ -343,21 +344,11 @@ class TurnStore:
     def memory_state(self, session_id: str) -> MemoryState:
         response = self._table.get_item(
             Key={"session_id": session_id, "turn_number": META_TURN},
-            ProjectionExpression="#sm, summary_tokens, #f, summarized_through, #st",
+            ProjectionExpression="#sm, summary_tokens, #f, summarized_through, #st, version",
             ExpressionAttributeNames={"#sm": "summary", "#f": "facts", "#st": "strategy"},
             ConsistentRead=True,
         )
-        item: dict[str, Any] = dict(response.get("Item") or {})
-        return MemoryState(
-            summary=str(item.get("summary", "")),
-            summary_tokens=int(item.get("summary_tokens", 0)),
-            facts=[
-                Fact(key=str(f["key"]), value=str(f["value"]), turn=int(f["turn"]))
-                for f in item.get("facts", [])
-            ],
-            summarized_through=int(item.get("summarized_through", 0)),
-            strategy=item.get("strategy"),
-        )
+        return _memory_state(dict(response.get("Item") or {}))
 
     def advance_memory(self, session_id: str, state: MemoryState, expires_at: int) -> bool:
         """Store a summary and facts reaching ``state.summarized_through``, unless the stored ones
@@ -372,7 +363,8 @@ class TurnStore:
             "TableName": self._table.name,
             "Key": meta_key,
             "UpdateExpression": (
-                "SET #sm = :s, summary_tokens = :st, #f = :f, summarized_through = :n, #t = :t"
+                "SET #sm = :s, summary_tokens = :st, #f = :f, summarized_through = :n, #t = :t,"
+                " version = if_not_exists(version, :v0) + :one"
             ),
             "ConditionExpression": "attribute_not_exists(summarized_through) OR summarized_through < :n",
             "ExpressionAttributeNames": {"#sm": "summary", "#f": "facts", "#t": "ttl"},
@@ -382,6 +374,7 @@ class TurnStore:
                 ":f": [f.model_dump() for f in state.facts],
                 ":n": state.summarized_through,
                 ":t": expires_at,
+                **_next_version(),
             },
         }
         items: list[TransactWriteItemTypeDef] = [{"Update": update}]  # type: ignore[typeddict-item]
@@ -407,13 +400,18 @@ class TurnStore:
             raise
         return True
 
-    def set_strategy(self, session_id: str, strategy: StrategyName, expires_at: int) -> None:
-        self._table.update_item(
+    def set_strategy(self, session_id: str, strategy: StrategyName, expires_at: int) -> MemoryState:
+        """Set the session's own strategy; the meta item as it is now (a copy to cache)."""
+        response = self._table.update_item(
             Key={"session_id": session_id, "turn_number": META_TURN},
-            UpdateExpression="SET #st = :s, #t = if_not_exists(#t, :t)",
+            UpdateExpression=(
+                "SET #st = :s, #t = if_not_exists(#t, :t), version = if_not_exists(version, :v0) + :one"
+            ),
             ExpressionAttributeNames={"#st": "strategy", "#t": "ttl"},
-            ExpressionAttributeValues={":s": strategy, ":t": expires_at},
+            ExpressionAttributeValues={":s": strategy, ":t": expires_at, **_next_version()},
+            ReturnValues="ALL_NEW",
         )
+        return _memory_state(dict(response.get("Attributes") or {}))
 
     # ---- turns replayed from the outbox (chatmemory.outbox) -------------------------------
 
@@ -458,6 +456,26 @@ class TurnStore:
             if "LastEvaluatedKey" not in page:
                 return None
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _next_version() -> dict[str, int]:
+    """The values of ``version = if_not_exists(version, :v0) + :one``: every write of the meta
+    item raises its version (``chatmemory.cached_copy``); a new item's first version comes from
+    the clock, so an item erased and created again never repeats a version cached before."""
+    return {":v0": clock_version(), ":one": 1}
+
+
+def _memory_state(item: dict[str, Any]) -> MemoryState:
+    return MemoryState(
+        summary=str(item.get("summary", "")),
+        summary_tokens=int(item.get("summary_tokens", 0)),
+        facts=[
+            Fact(key=str(f["key"]), value=str(f["value"]), turn=int(f["turn"])) for f in item.get("facts", [])
+        ],
+        summarized_through=int(item.get("summarized_through", 0)),
+        strategy=item.get("strategy"),
+        version=int(item.get("version", 0)),
+    )
 
 
 def item_turn(item: dict[str, Any]) -> Turn:

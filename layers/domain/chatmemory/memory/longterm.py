@@ -12,7 +12,8 @@ erasure, so that what was said before it and not merged yet stays out, and by op
 only what was said with the user's consent is collected), ``applied`` (the merges done, by
 session and turn) and, for guests, ``ttl``.
 Redis caches it at ``user:{<principal>}:memory``, including "not opted in", so a turn of a user
-who never opted in costs one Redis GET.
+who never opted in costs one Redis GET: a versioned copy (``chatmemory.cached_copy``), the
+item's ``version`` compared on every put, an erasure leaving a tombstone.
 
 Erasing everything of a principal means deleting that partition and that key.
 """
@@ -31,6 +32,7 @@ from pydantic import BaseModel, Field
 from chatmemory.breakers import Breakers
 from chatmemory.cache import CacheClient
 from chatmemory.cache import user_memory_key as user_key
+from chatmemory.cached_copy import VersionedCopies, clock_version
 from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS
 from chatmemory.memory.state import Fact, FactChange, apply_fact_changes, normalize_key
 from chatmemory.observability import logger
@@ -205,20 +207,26 @@ class UserMemoryStore:
 
 
 class UserMemoryCache:
-    """The profile in Redis, one string per principal."""
+    """The profile in Redis, one versioned copy per principal (``chatmemory.cached_copy``): a
+    refill read before a write or an erasure can never replace what that write cached."""
 
     def __init__(self, client: CacheClient, ttl_seconds: int) -> None:
-        self._redis, self._ttl = client, ttl_seconds
+        self._copies = VersionedCopies(client, UserMemory, ttl_seconds)
 
     def get(self, principal: str) -> UserMemory | None:
-        raw = self._redis.get(user_key(principal))
-        return UserMemory.model_validate_json(raw) if raw else None
+        cached = self._copies.get(user_key(principal))
+        if cached is None:
+            return None
+        return cached.value or UserMemory()  # erased: nothing kept, not opted in
 
     def put(self, principal: str, memory: UserMemory) -> None:
-        self._redis.set(user_key(principal), memory.model_dump_json(), ex=self._ttl)
+        self._copies.put(user_key(principal), memory.version, memory)
+
+    def erase(self, principal: str) -> None:
+        self._copies.put(user_key(principal), clock_version(), None)
 
     def forget(self, principal: str) -> None:
-        self._redis.delete(user_key(principal))
+        self._copies.drop(user_key(principal))
 
 
 class UserMemoryUnavailable(Exception):
@@ -383,7 +391,7 @@ class UserMemoryRepository:
             raise UserMemoryUnavailable() from exc
         if self.cache is not None:
             try:
-                self.breakers.redis.call(self.cache.forget, principal)
+                self.breakers.redis.call(self.cache.erase, principal)
             except REDIS_FAULTS as exc:
                 logger.warning("Redis erase of user memory failed", extra={"error": type(exc).__name__})
                 raise UserMemoryUnavailable() from exc

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatmemory.breakers import Breakers
-from chatmemory.cache import TurnCache
+from chatmemory.cache import state_key
+from chatmemory.cached_copy import VersionedCopies
 from chatmemory.config import StrategyName
 from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS
 from chatmemory.memory.state import MemoryState
@@ -20,8 +21,12 @@ from chatmemory.store import TurnStore
 
 @dataclass
 class MemoryStateRepository:
+    """The cached copy follows ``chatmemory.cached_copy``: every copy put carries the version
+    DynamoDB returned, so a refill read before a write, or an update that read the state before
+    a ``setMemory``, can never put back an older state."""
+
     store: TurnStore
-    cache: TurnCache | None
+    cache: VersionedCopies[MemoryState] | None
     breakers: Breakers
     expiry: Callable[[], int]  # the session's expiry, from now
 
@@ -29,14 +34,14 @@ class MemoryStateRepository:
         """The state, or ``None`` when it cannot be read."""
         if self.cache is not None:
             try:
-                cached = self.breakers.redis.call(self.cache.state, session_id)
+                cached = self.breakers.redis.call(self.cache.get, state_key(session_id))
                 if cached is not None:
-                    return cached
+                    return cached.value or MemoryState()  # ``None``: the session was erased
             except REDIS_FAULTS as exc:
                 logger.warning("Redis read of memory state failed", extra={"error": type(exc).__name__})
         stored = self.read_stored(session_id)
         if stored is not None:
-            self._cache(lambda c: c.put_state(session_id, stored))
+            self._cache(session_id, stored)
         return stored
 
     def read_stored(self, session_id: str) -> MemoryState | None:
@@ -48,23 +53,38 @@ class MemoryStateRepository:
 
     def advance(self, session_id: str, state: MemoryState) -> bool:
         """Store a newer summary and facts; False if stored ones already reach as far. Faults
-        propagate: the update is then retried after a later turn."""
+        propagate: the update is then retried after a later turn. The copy cached is the item
+        read back (a transaction returns no values), so what another writer changed meanwhile,
+        the strategy say, is cached as DynamoDB has it."""
         written = self.breakers.dynamodb.call(self.store.advance_memory, session_id, state, self.expiry())
         if written:
-            self._cache(lambda c: c.put_state(session_id, state))
+            stored = self.read_stored(session_id)
+            if stored is not None:
+                self._cache(session_id, stored)
+            else:
+                self._drop(session_id)
         return bool(written)
 
     def set_strategy(self, session_id: str, strategy: StrategyName) -> None:
         """The session's own strategy, from its next turn on."""
-        self.breakers.dynamodb.call(self.store.set_strategy, session_id, strategy, self.expiry())
-        self._cache(lambda c: c.invalidate_state(session_id))
+        stored = self.breakers.dynamodb.call(self.store.set_strategy, session_id, strategy, self.expiry())
+        self._cache(session_id, stored)
 
-    def _cache(self, op: Callable[[TurnCache], object]) -> None:
+    def _cache(self, session_id: str, state: MemoryState) -> None:
+        cache = self.cache
+        if cache is None:
+            return
+        try:
+            self.breakers.redis.call(cache.put, state_key(session_id), state.version, state)
+        except REDIS_FAULTS as exc:
+            # The copy left is an older one, still coherent (an older summary with the turns
+            # after it); a newer write or the cache entry's expiry replaces it.
+            logger.warning("Redis write of memory state failed", extra={"error": type(exc).__name__})
+
+    def _drop(self, session_id: str) -> None:
         if self.cache is None:
             return
         try:
-            self.breakers.redis.call(op, self.cache)
+            self.breakers.redis.call(self.cache.drop, state_key(session_id))
         except REDIS_FAULTS as exc:
-            # A stale state is still coherent (an older summary with the turns after it); it
-            # expires with the cache entry.
             logger.warning("Redis write of memory state failed", extra={"error": type(exc).__name__})

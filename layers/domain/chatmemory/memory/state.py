@@ -33,6 +33,7 @@ class MemoryState(BaseModel):
     facts: list[Fact] = Field(default_factory=list)
     summarized_through: int = 0  # summary and facts cover turns 1..summarized_through
     strategy: StrategyName | None = None  # the session's override of the deployment's strategy
+    version: int = 0  # the meta item's, raised by every write (``chatmemory.cached_copy``)
 
 
 def normalize_key(key: str) -> str:
