@@ -9,7 +9,9 @@ from typing import Any
 import boto3
 import redis
 from boto3.dynamodb.conditions import Key
-from chatmemory.cache import corpus_key
+from chatmemory.cache import corpus_key, user_memory_key
+from chatmemory.cached_copy import Copy, VersionedCopies
+from chatmemory.memory.longterm import UserFact, UserMemory
 from websockets.sync.client import ClientConnection
 
 from tests.e2e.conftest import E2E_REDIS_URL, Stack
@@ -104,6 +106,8 @@ def test_a_guest_erases_all_their_data_and_another_guests_stays(stack: Stack) ->
     dynamodb = boto3.resource("dynamodb", endpoint_url=stack.dynamodb_url, region_name="us-east-1")
     table = dynamodb.Table("ChatSessions")
     cache = redis.Redis.from_url(E2E_REDIS_URL)
+    copies = VersionedCopies(cache, UserMemory, ttl_seconds=3600)
+    memory = UserMemory(facts=[UserFact(key="drink", value="likes tea", session_id="s", turn=1, at=1)])
 
     def guest(ws: ClientConnection) -> tuple[str, str, str]:
         frame = session_of(ws)
@@ -112,7 +116,7 @@ def test_a_guest_erases_all_their_data_and_another_guests_stays(stack: Stack) ->
 
     def remember_about(principal: str) -> None:  # long-term memory, as it is laid out
         table.put_item(Item={"session_id": f"user#{principal}", "turn_number": 0, "facts": "likes tea"})
-        cache.set(f"user:{{{principal}}}:memory", "likes tea")
+        copies.put(user_memory_key(principal), 1, memory)
 
     with open_socket(stack) as other:
         theirs, _, eve = guest(other)
@@ -149,4 +153,4 @@ def test_a_guest_erases_all_their_data_and_another_guests_stays(stack: Stack) ->
 
     # Eve's data is untouched
     assert [i["user_message"] for i in stored(stack, theirs)] == ["Eve's own words"]
-    assert len(stored(stack, f"user#{eve}")) == 1 and cache.get(f"user:{{{eve}}}:memory") == b"likes tea"
+    assert len(stored(stack, f"user#{eve}")) == 1 and copies.get(user_memory_key(eve)) == Copy(1, memory)
