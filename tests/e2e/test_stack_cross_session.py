@@ -6,7 +6,6 @@ comes back from the first chat; another guest, asking the same, gets nothing of 
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import boto3
@@ -14,6 +13,7 @@ from boto3.dynamodb.conditions import Attr, Key
 
 from tests.e2e.conftest import Stack
 from tests.e2e.test_stack_conversation import open_socket, receive, reply, session_of, turn
+from tests.support.waiting import wait_until
 
 SECRET = "The code for the garden shed is 7319 and the key hides under the blue flowerpot."
 QUESTION = "What is the code for my garden shed?"
@@ -34,11 +34,13 @@ def indexed_turns(stack: Stack, session_id: str) -> list[int]:
 
 def wait_indexed(stack: Stack, session_id: str, turn_number: int) -> list[int]:
     """The worker indexes a turn after its reply, off the hot path: the stored turn carrying
-    its owner is the event waited for (15 s at most)."""
-    deadline = time.monotonic() + 15
-    while turn_number not in (found := indexed_turns(stack, session_id)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return found
+    its owner is the event waited for."""
+
+    def with_it() -> list[int]:
+        found = indexed_turns(stack, session_id)
+        return found if turn_number in found else []
+
+    return wait_until(with_it, f"turn {turn_number} of {session_id} indexed")
 
 
 def send(ws: Any, body: dict[str, Any]) -> dict[str, Any]:
