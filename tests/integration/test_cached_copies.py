@@ -11,14 +11,17 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
-from chatmemory.cache import state_key
+import redis
+from chatmemory.cache import state_key, turns_key
 from chatmemory.cached_copy import VersionedCopies
+from chatmemory.connections import binding_key
 from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.llm.base import ChatModel, Prompt, ReplyStream
 from chatmemory.memory.longterm import user_key
 from chatmemory.memory.state import MemoryState
 from chatmemory.memory.tasks import SUMMARY_TASK
 from chatmemory.services import Services, redis_client, use_services
+from chatmemory.turns import Turn
 from pydantic import BaseModel
 
 from tests.conftest import make_settings
@@ -179,3 +182,72 @@ def test_a_summary_written_while_the_strategy_changes_keeps_the_new_strategy(
     assert state is not None and state.summary and state.strategy == "token_budget"
     assert ada.say("Next")[-1]["memoryStrategy"] == "token_budget"
     assert session_of(ada)["memoryStrategy"] == "token_budget"
+
+
+# ---- copies that do not parse, and a copy Redis failed to replace -----------------------------
+
+
+def test_a_cached_turn_that_does_not_parse_is_a_miss(services: Services) -> None:
+    assert services.redis is not None
+    ada = Client("cc-4", principal="guest:ada")
+    ada.connect()
+    session_id = session_of(ada)["sessionId"]
+    talk(ada, services, "one", "two")
+    services.redis.lset(turns_key(session_id), 0, b'{"shape": "of another release"}')
+
+    frames = ada.say("three")
+
+    assert frames[-1]["type"] == "done" and frames[-1]["turn"] == 3, frames
+    assert all(Turn.model_validate_json(e) for e in services.redis.lrange(turns_key(session_id), 0, -1))
+
+
+def test_a_cached_binding_that_does_not_parse_is_a_miss(services: Services) -> None:
+    assert services.redis is not None
+    ada = Client("cc-5", principal="guest:ada")
+    ada.connect()
+    session_id = session_of(ada)["sessionId"]
+    services.redis.set(binding_key("cc-5"), b"not a binding")
+
+    assert session_of(ada)["sessionId"] == session_id
+    assert ada.say("still here")[-1]["type"] == "done"
+
+
+class SetHiccup:
+    """A real Redis client whose next SET of a connection's binding times out: a hiccup, the
+    server still up (the commands after it go through)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client, self.armed = client, False
+
+    def set(self, key: str, *args: Any, **kwargs: Any) -> Any:
+        if self.armed and key.startswith("conn:"):
+            self.armed = False
+            raise redis.exceptions.TimeoutError("Timeout reading from socket")
+        return self._client.set(key, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_a_new_chat_is_not_sent_to_the_old_one_when_redis_missed_its_binding(
+    aws: Any, redis_url: str, model: SummaryHook
+) -> None:
+    settings = make_settings(redis_url, memory=MEMORY)
+    client = SetHiccup(redis_client(settings))
+    services = Services(settings, aws, client, model)  # type: ignore[arg-type]
+    use_services(services)
+    try:
+        ada = Client("cc-6", principal="guest:ada")
+        ada.connect()
+        old = session_of(ada)["sessionId"]
+        ada.say("in the old chat")
+
+        client.armed = True
+        fresh = only(ada.send({"action": "newSession"}), "session")["sessionId"]
+
+        assert client.armed is False and fresh != old  # the hiccup happened, on that write
+        assert session_of(ada)["sessionId"] == fresh
+        assert ada.say("in the new chat")[-1]["turn"] == 1  # the new chat's first turn
+        assert [t["user"] for t in session_of(ada)["history"]] == ["in the new chat"]
+    finally:
+        use_services(None)

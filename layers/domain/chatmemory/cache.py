@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from pydantic import ValidationError
 from redis.credentials import CredentialProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
@@ -65,7 +66,11 @@ class TurnCache:
         raw = self._redis.lrange(turns_key(session_id), 0, -1)
         if not raw:
             return None
-        turns = [Turn.model_validate_json(entry) for entry in raw]
+        try:
+            turns = [Turn.model_validate_json(entry) for entry in raw]
+        except ValidationError:  # another shape (another release) or garbage: a miss
+            self.invalidate(session_id)
+            return None
         if not is_contiguous(turns):
             self.invalidate(session_id)
             return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from chatmemory.breakers import Breakers
 from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS
@@ -51,12 +51,17 @@ class ConnectionRegistry:
         cached = self._redis_call(lambda r: r.set(key, data, ex=CONNECTION_TTL_SECONDS))
         if stored is _FAILED and cached is _FAILED:
             raise ConnectionError("no store accepted the connection binding")
+        if cached is _FAILED and stored is not _FAILED:
+            # A copy of the binding this one replaces must not outlive it: lookups prefer Redis.
+            self._redis_call(lambda r: r.delete(key))
 
     def lookup(self, connection_id: str) -> Binding | None:
         """The binding, ``None`` if there is none; ``BindingUnavailable`` if no store answered."""
         cached = self._redis_call(lambda r: r.get(binding_key(connection_id)))
         if isinstance(cached, bytes):
-            return Binding.model_validate_json(cached)
+            binding = self._parsed(connection_id, cached)
+            if binding is not None:
+                return binding
         item = self._dynamodb(
             lambda: self._table.get_item(Key={"connection_id": connection_id}, ConsistentRead=True).get(
                 "Item"
@@ -74,9 +79,17 @@ class ConnectionRegistry:
                 "Attributes"
             )
         )
-        if isinstance(cached, bytes):
-            return Binding.model_validate_json(cached)
+        if isinstance(cached, bytes) and (binding := self._parsed(connection_id, cached)) is not None:
+            return binding
         return Binding.model_validate(item) if isinstance(item, dict) else None
+
+    def _parsed(self, connection_id: str, cached: bytes) -> Binding | None:
+        """The cached binding; ``None`` (and the key dropped) when it does not parse: a miss."""
+        try:
+            return Binding.model_validate_json(cached)
+        except ValidationError:
+            self._redis_call(lambda r: r.delete(binding_key(connection_id)))
+            return None
 
     def _dynamodb(self, op: Callable[[], Any]) -> Any:
         """The operation's result, or ``_FAILED`` when DynamoDB (or its breaker) refused."""
