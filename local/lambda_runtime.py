@@ -1,12 +1,16 @@
 """Run the template's Lambda handlers in this process, as the Lambda runtime would: each
-function's code root importable on its own, a context with a real remaining-time clock."""
+function's code root importable on its own, a context with a real remaining-time clock, and
+each invocation's metrics its own (an instance of Lambda runs one invocation at a time; here
+invocations run on threads of one process, and Powertools keeps its metrics in one dict per
+process: an invocation that flushed while another added a metric lost it)."""
 
 from __future__ import annotations
 
 import importlib.util
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +38,45 @@ class LambdaContext:
         return max(0, int((self._deadline - time.monotonic()) * 1000))
 
 
+class PerThread(MutableMapping[str, Any]):
+    """A mapping with a dict of its own on each thread."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def _data(self) -> dict[str, Any]:
+        if not hasattr(self._local, "data"):
+            self._local.data = {}
+        data: dict[str, Any] = self._local.data
+        return data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+
+def isolate_metrics() -> None:
+    """Give each thread (each invocation) its own metrics and metadata, as a Lambda instance
+    has; the dimensions (the service) stay shared, as every invocation sets the same."""
+    from chatmemory.observability import metrics
+
+    provider = metrics.provider
+    if not isinstance(provider.metric_set, PerThread):
+        provider.metric_set = PerThread()  # type: ignore[assignment]
+        provider.metadata_set = PerThread()  # type: ignore[assignment]
+
+
 _handlers: dict[str, Handler] = {}
 
 
@@ -47,6 +90,7 @@ def load_handler(function: Function) -> Handler:
             raise ImportError(f"cannot load {function.module_file}")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        isolate_metrics()
         _handlers[function.logical_id] = getattr(module, function.function_name)
     return _handlers[function.logical_id]
 

@@ -47,13 +47,25 @@ def flooded() -> Iterator[tuple[Stack, RedisProcess]]:
 
 
 def metric_count(stack: Stack, name: str) -> int:
-    """How many handler invocations published ``name`` (one EMF document each)."""
+    """How many handler invocations published ``name`` (one EMF document each: the local
+    runtime keeps each invocation's metrics its own, as Lambda does)."""
     count = 0
     for line in stack.caught_up():
         if line.startswith('{"_aws"'):
-            document = json.loads(line)
-            count += int(name in document)
+            count += int(name in json.loads(line))
     return count
+
+
+def published(stack: Stack, name: str, count: int) -> None:
+    """Wait until ``name`` was published ``count`` times; on a timeout, say how often it was
+    and what the stack wrote last."""
+    try:
+        wait_until(lambda: metric_count(stack, name) >= count, f"{name} published {count} times")
+    except AssertionError as exc:
+        tail = "".join(stack.output[-40:])
+        raise AssertionError(
+            f"{exc}: {metric_count(stack, name)} times; the stack's last lines:\n{tail}"
+        ) from None
 
 
 def new_guest(stack: Stack, sockets: ExitStack) -> tuple[ClientConnection, dict[str, Any]]:
@@ -96,14 +108,16 @@ def flood_from_one_source(stack: Stack, redis_server: RedisProcess, sockets: Exi
     # Given Ada at her message rate (a handler publishes its metrics when it returns, after done)
     for i in range(MESSAGES):
         assert turn(ada, f"message {i}")[-1]["type"] == "done"
-    wait_until(lambda: metric_count(stack, "ModelLatency") == MESSAGES, "both model calls published")
+    published(stack, "ModelLatency", MESSAGES)
+    assert metric_count(stack, "ModelLatency") == MESSAGES
     # When she floods, every further message is refused with when to retry, before the model
     flood = [turn(ada, f"flood {i}") for i in range(3)]
     assert all([f["type"] for f in frames] == ["error"] for frames in flood), flood
     assert {frames[0]["code"] for frames in flood} == {"rate_limited"}
     assert all(0 < frames[0]["retryAfterSeconds"] <= 3600 for frames in flood)
     # Each refused invocation's metrics came out whole: none of them called the model
-    wait_until(lambda: metric_count(stack, "RateLimited") == 3, "the three refusals published")
+    published(stack, "RateLimited", 3)
+    assert metric_count(stack, "RateLimited") == 3
     assert metric_count(stack, "ModelLatency") == MESSAGES
     assert stored_messages(stack, ada_session["sessionId"]) == [f"message {i}" for i in range(MESSAGES)]
     # And Bob, another principal of the same source, is still answered
