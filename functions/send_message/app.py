@@ -6,6 +6,7 @@ from apigw_websocket import OK, RouteRequest, message_route
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from chatmemory.errors import BadRequest
 from chatmemory.handoff import hand_off, handed_off
+from chatmemory.observability import metrics
 from chatmemory.protocol import SendMessage
 from chatmemory.services import get_services
 
@@ -22,6 +23,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         return answer(original, context)
     settings = get_services().settings
     if hand_off(settings.stream, event, lambda worker: lambda_handler(worker, context), settings.aws_region):
+        metrics.flush_metrics()  # this invocation ends here: HandedOff goes out with it
         return OK
     return answer(event, context)
 

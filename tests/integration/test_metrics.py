@@ -133,3 +133,53 @@ def test_without_the_cache_memory_comes_straight_from_dynamodb(
     (document,) = published(capsys)
     assert values(document, "TurnsPerSession") == [2]
     assert values(document, "CacheMiss") == [1] and values(document, "BreakerOpened") == []
+
+
+class AcceptingLambda:
+    """Lambda's Invoke API, as far as an asynchronous self-invocation needs (202, queued)."""
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+
+    def invoke(self, **kwargs: Any) -> dict[str, Any]:
+        self.payloads.append(kwargs["Payload"])
+        return {"StatusCode": 202}
+
+
+def test_a_handed_off_turn_publishes_its_handoff_when_it_acknowledges(
+    aws: Any, redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatmemory import handoff
+
+    settings = make_settings(redis_url, stream={"handoff": "lambda"})
+    use_services(Services(settings, aws, redis_client(settings), build_chat_model(settings.llm, None)))
+    lambda_api = AcceptingLambda()
+    monkeypatch.setattr(handoff, "_client", lambda_api)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "chat-SendMessageFunction-X1")
+    try:
+        client = Client("metrics-handoff")
+        client.connect()
+        published(capsys)
+
+        assert client.say("Hello") == []  # acknowledged: the worker answers
+
+        (document,) = published(capsys)
+        assert values(document, "HandedOff") == [1] and len(lambda_api.payloads) == 1
+    finally:
+        use_services(None)
+
+
+def test_a_memory_update_on_a_thread_publishes_its_metrics_when_it_ends(
+    services: Services, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chatmemory.memory.scheduler import ThreadScheduler
+
+    client = Client("metrics-update", principal="guest:ada")
+    client.connect()
+    client.send({"action": "setMemory", "longTerm": True})
+    client.say("My name is Ada Lovelace.")  # a stated fact: merged into long-term memory after the reply
+    assert isinstance(services.scheduler, ThreadScheduler)
+    services.scheduler.drain()
+
+    merged = [d for d in published(capsys) if values(d, "UserMemoryMerged")]
+    assert len(merged) == 1 and "TurnLatency" not in merged[0]  # its own document, not the turn's

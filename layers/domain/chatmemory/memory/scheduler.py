@@ -67,6 +67,7 @@ class ThreadScheduler:
         try:
             while not done:
                 self._run(session_id)
+                _publish_metrics()
                 with self._lock:  # checked and released at once: a request cannot slip between
                     done = session_id not in self._again
                     self._again.discard(session_id)
@@ -77,6 +78,13 @@ class ThreadScheduler:
                 with self._lock:
                     self._running.pop(session_id, None)
                     self._again.discard(session_id)
+
+
+def _publish_metrics() -> None:
+    """An update's metrics go out when it ends, as the summarize function's invocation
+    publishes its own on AWS (the local runtime keeps each thread's metrics apart)."""
+    if metrics.provider.metric_set:  # nothing to publish is not worth Powertools' warning
+        metrics.flush_metrics()
 
 
 class LambdaScheduler:
