@@ -20,6 +20,7 @@ from aiohttp import web
 from local.event_sources import QueuePoller
 from local.gateway import Gateway, Limits
 from local.lambda_runtime import load_handler
+from local.output import whole_lines
 from local.stack import Dependencies
 from local.template import load_template
 
@@ -160,6 +161,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    whole_lines()
     try:
         asyncio.run(serve(args))
     except OSError as exc:

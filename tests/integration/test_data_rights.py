@@ -310,3 +310,34 @@ def test_a_memory_update_racing_the_erasure_does_not_bring_the_session_back(
 
     assert stored_items(aws, session_id) == []
     assert cached_keys(redis_url, session_id) == []
+
+
+def test_a_tab_whose_message_lands_after_the_erasure_does_not_bring_the_session_back(
+    services: Services, aws: Any, redis_url: str
+) -> None:
+    ada = Client("late-1", principal="guest:ada")
+    ada.connect()
+    session_id = session_of(ada)
+    for message in ("My name is Ada", "I like tea"):
+        ada.say(message)
+    tab = Client("late-2", principal="guest:ada")
+    tab.connect(session_id=session_id)
+    assert session_of(tab) == session_id
+
+    # The tab read the history (two turns) before the erasure; its put of turn 3 lands after.
+    store = services.memory.store
+    put = store.put_user_message
+    erased: list[list[dict[str, Any]]] = []
+
+    def erase_first(turn: Any) -> None:
+        if not erased:
+            erased.append(ada.send({"action": "deleteSession"}))
+        put(turn)
+
+    store.put_user_message = erase_first  # type: ignore[method-assign]
+    frames = tab.say("A message on its way")
+
+    assert erased and erased[0][0]["type"] == "deleted"
+    assert stored_items(aws, session_id) == []  # turn 3 was taken back
+    assert frames[0]["type"] == "session" and frames[0]["sessionId"] != session_id  # moved on
+    assert frames[-1]["type"] == "done" and frames[-1]["turn"] == 1

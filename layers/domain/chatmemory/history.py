@@ -134,12 +134,11 @@ class SessionMemory:
         history = self.load(session_id, context=True)
         self._check_taken(history, client_message_id, message_id)
         number = history.last_turn_number + 1
-        if number == 1 and self._erased(session_id):
-            raise SessionErased()
         for attempt in range(2):
             turn = self._new_turn(session_id, number, principal, message, client_message_id, message_id)
             try:
                 self.breakers.dynamodb.call(self.store.put_user_message, turn)
+                self._withdraw_if_erased(turn)
                 return StartedTurn(turn, history, persisted=True)
             except TurnConflict:
                 logger.info("turn number taken, re-reading history", extra={"attempt": attempt})
@@ -299,11 +298,24 @@ class SessionMemory:
         except REDIS_FAULTS:
             return False
 
-    def _erased(self, session_id: str) -> bool:
+    def _withdraw_if_erased(self, turn: Turn) -> None:
+        """After the put, not before: erasure leaves its tombstone before it deletes, so a turn
+        that landed after the erasure's last pass sees the tombstone here, at whatever number
+        (a tab whose history was read before the erasure writes the next one), and takes its
+        item back; one that landed before it, the erasure deleted."""
         try:
-            return bool(self.breakers.dynamodb.call(self.store.is_erased, session_id, self._now()))
+            erased = self.breakers.dynamodb.call(self.store.is_erased, turn.session_id, self._now())
         except DYNAMODB_FAULTS:
-            return False
+            return  # fails open, like the other reads of a turn: the turn goes on
+        if not erased:
+            return
+        try:
+            self.breakers.dynamodb.call(self.store.delete_items, turn.session_id, [turn.turn])
+        except DYNAMODB_FAULTS as exc:
+            logger.warning(
+                "could not withdraw a turn from an erased session", extra={"error": type(exc).__name__}
+            )
+        raise SessionErased()
 
     def _last_stored_number(self, session_id: str) -> int:
         try:
