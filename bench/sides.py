@@ -336,6 +336,7 @@ def floor_case(world: World, length: int, operation: str) -> Case:
         "principal": {"S": "bench"},
     }
     item_key = {"session_id": {"S": session_id}, "turn_number": {"N": number}}
+    tombstone_key = {"session_id": {"S": f"erased#{session_id}"}, "turn_number": {"N": "0"}}
     reply_values = {
         ":r": {"S": world.reply_text},
         ":s": {"S": "complete"},
@@ -366,6 +367,9 @@ def floor_case(world: World, length: int, operation: str) -> Case:
                 pipe.execute()
             cached = stored
         ddb.put_item(TableName=table, Item=user_item, ConditionExpression="attribute_not_exists(turn_number)")
+        ddb.get_item(  # the erased session's tombstone, read after the put
+            TableName=table, Key=tombstone_key, ConsistentRead=True
+        )
         ddb.update_item(
             TableName=table,
             Key=item_key,

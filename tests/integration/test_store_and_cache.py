@@ -12,6 +12,7 @@ import redis
 from botocore.exceptions import ClientError
 from chatmemory.cache import TurnCache, turns_key
 from chatmemory.errors import Busy, TurnConflict
+from chatmemory.memory.scheduler import ThreadScheduler
 from chatmemory.memory.state import Fact, MemoryState
 from chatmemory.services import Services
 from chatmemory.store import TurnStore
@@ -88,7 +89,8 @@ def test_every_read_of_the_store_is_a_request_dynamodb_accepts(aws: Any) -> None
     store.set_strategy("s-1", "window", NOW + 3600)
 
     assert store.last_turn_number("s-1") == 2
-    assert store.extend_expiry("s-1", NOW + 7200) == 3  # both turns and the meta item
+    assert store.extend_expiry("s-1", NOW + 7200, NOW) == 3  # both turns and the meta item
+    assert store.oldest_live_turn("s-1", NOW) == (1, NOW + 7200)
     assert [t.turn for t in store.turns_between("s-1", 0, 2)] == [1, 2]
     turns, meta = store.session_items("s-1")
     assert [t.turn for t in turns] == [1, 2] and meta is not None and meta["strategy"] == "window"
@@ -285,6 +287,8 @@ def test_an_active_session_keeps_its_oldest_turns_past_the_ttl(aws: Any, redis_u
     for t in (0, 40, 80, 120):
         clock.now = NOW + t
         conversation.send_message(binding, f"at {t}", None)
+        assert isinstance(services.scheduler, ThreadScheduler)
+        services.scheduler.drain()  # the memory worker keeps the turns alive, after the reply
 
     clock.now = NOW + 150
     history = services.memory.load("s-ttl")
@@ -293,3 +297,93 @@ def test_an_active_session_keeps_its_oldest_turns_past_the_ttl(aws: Any, redis_u
     # and once the session is idle for a whole TTL, it is gone
     clock.now = NOW + 120 + 61 + 60
     assert services.memory.load("s-ttl").turns == []
+
+
+def expiring_services(aws: Any, redis_url: str, clock: FakeClock, **scheduler: Any) -> Services:
+    from chatmemory.llm.anthropic_model import build_chat_model
+    from chatmemory.services import redis_client
+
+    from tests.conftest import make_settings
+
+    settings = make_settings(redis_url, memory={"session_ttl_seconds": 600})
+    model = build_chat_model(settings.llm, None)
+    return Services(settings, aws, redis_client(settings), model, clock=clock, **scheduler)
+
+
+def test_the_session_is_kept_alive_not_only_its_window(aws: Any, redis_url: str) -> None:
+    """TTL 600 s: turns 1-20 at t=0, 21-60 at t=290. At t=310 every turn a turn loads (the
+    newest 30 at most) has 580 s left, but turns 1-20 only 290: the session must be kept alive
+    by its oldest turn, not its loaded window's, or turns 1-20 vanish at t=600 from a session
+    in use."""
+    from chatmemory.connections import Binding
+
+    clock = FakeClock(NOW)
+    services = expiring_services(aws, redis_url, clock)
+    conversation = services.conversation("https://abc123def4.execute-api.us-east-1.amazonaws.com/prod")
+    binding = Binding(connection_id="c-old", session_id="s-old", principal="p", connected_at=NOW)
+    assert isinstance(services.scheduler, ThreadScheduler)
+    for n in range(1, 62):
+        clock.now = NOW + (0 if n <= 20 else 290 if n <= 60 else 310)
+        conversation.send_message(binding, f"turn {n}", None)
+        services.scheduler.drain()
+
+    clock.now = NOW + 700
+    store = TurnStore(aws.Table("ChatSessions"))
+    assert [t.turn for t in store.turns_between("s-old", 1, 61) if t.expires_at > clock.now] == list(
+        range(1, 62)
+    )
+
+
+class WriteCounter:
+    """The DynamoDB writes a client sends (each request once, retries included)."""
+
+    WRITES = ("PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems")
+
+    def __init__(self, aws: Any) -> None:
+        self.writes: list[str] = []
+        aws.meta.client.meta.events.register("before-call.dynamodb.*", self._seen)
+
+    def _seen(self, model: Any, **_: Any) -> None:
+        if model.name in self.WRITES:
+            self.writes.append(model.name)
+
+
+class Later:
+    """A scheduler that keeps what it is asked: the worker's own writes are not the turn's."""
+
+    def __init__(self, updater: Any) -> None:
+        self.asked: list[str] = []
+
+    def schedule(self, session_id: str) -> None:
+        self.asked.append(session_id)
+
+
+def test_a_long_sessions_turn_writes_no_more_than_a_short_ones(aws: Any, redis_url: str) -> None:
+    """Both sessions' turns are past half their TTL: keeping them alive is the memory worker's
+    work, after the reply, not a write per stored turn inside the user's turn."""
+    from chatmemory.connections import Binding
+
+    clock = FakeClock(NOW)
+    services = expiring_services(aws, redis_url, clock, scheduler_factory=Later)
+    store = TurnStore(aws.Table("ChatSessions"))
+    conversation = services.conversation("https://abc123def4.execute-api.us-east-1.amazonaws.com/prod")
+    counter = WriteCounter(aws)
+    writes = {}
+    for size in (10, 1_000):
+        session = f"s-{size}"
+        for n in range(1, size + 1):  # 200 s of 600 left
+            old = turn(n, session, expires_at=NOW + 200).model_copy(update={"principal": f"p-{size}"})
+            store.put_turn(old, outbox_id=f"o-{n}")
+        binding = Binding(
+            connection_id=f"c-{size}", session_id=session, principal=f"p-{size}", connected_at=NOW
+        )
+        counter.writes.clear()
+        conversation.send_message(binding, "one more", None)
+        writes[size] = list(counter.writes)
+
+    assert writes[1_000] == writes[10], writes  # the message, its reply, the quota's counters
+    assert isinstance(services.scheduler, Later) and services.scheduler.asked == ["s-10", "s-1000"]
+    # and the worker's keep-alive moves every turn of the long session, the new one included
+    assert services.memory.keep_alive("s-1000", 0) == (1, NOW + 600)
+    live = [t for t in store.turns_between("s-1000", 1, 1_001) if t.expires_at > NOW + 300]
+    assert len(live) == 1_001

@@ -64,6 +64,11 @@ class StartedTurn:
     reply_deferred: bool = False  # persisted, but its reply went to the outbox (set by finish_turn)
 
 
+# A session longer than the turns a turn loads, with no note of its expiry yet: how often the
+# memory worker is asked to look at its oldest turn (a read of a few items).
+_UNNOTED_EVERY = 10
+
+
 @dataclass
 class SessionMemory:
     store: TurnStore
@@ -163,22 +168,44 @@ class SessionMemory:
                 return StartedTurn(turn, History(kept, mode, history.source), False, deferred)
         raise Busy()
 
-    def slide_expiry(self, started: StartedTurn) -> None:
-        """Keep a live session's older turns alive: once the oldest turn of the window is past
-        half its TTL, every turn's TTL moves to a full TTL from now (so this runs about twice
-        per TTL period of an active session, not on every turn), and the cache entry, whose
-        copies carry the old expiry, is dropped."""
+    # ---- expiry: a session lives as long as it is used --------------------------------
+
+    def expiry_due(self, started: StartedTurn, turns_expire_at: int) -> bool:
+        """Whether the memory worker should keep the session's turns alive after this turn:
+        their earliest expiry, as the meta item notes it (``turns_expire_at``, from the memory
+        state the turn already has: no store is asked on the hot path), is less than half a TTL
+        away. Not noted (a session without a meta item yet: no summary, no strategy of its
+        own): by the loaded window's oldest turn, which is the session's while the session fits
+        the window; past that, every ``_UNNOTED_EVERY`` turns the worker looks."""
+        if turns_expire_at:
+            return self._half_gone(turns_expire_at)
         turns = started.history.turns
-        if not started.persisted or not turns:
-            return
-        if turns[0].expires_at - self._now() > self.settings.session_ttl_seconds // 2:
-            return
-        try:
-            self.breakers.dynamodb.call(self.store.extend_expiry, started.turn.session_id, self._expiry())
-        except DYNAMODB_FAULTS as exc:
-            logger.warning("could not extend the session's expiry", extra={"error": type(exc).__name__})
-            return
-        self._cache_invalidate(started.turn.session_id)
+        if not turns:
+            return False
+        longer = len(turns) >= self.settings.context_turns
+        return self._half_gone(turns[0].expires_at) or (longer and started.turn.turn % _UNNOTED_EVERY == 0)
+
+    def _half_gone(self, expires_at: int) -> bool:
+        return expires_at - self._now() <= self.settings.session_ttl_seconds // 2
+
+    def keep_alive(self, session_id: str, turns_expire_at: int) -> tuple[int, int] | None:
+        """Off the hot path (the memory worker): when the session's oldest live turn is past
+        half its TTL, every live item's TTL moves to a full TTL from now (about twice per TTL
+        period of an active session, whatever its length) and the cached window, whose copies
+        carry the old expiry, is dropped. Returns the oldest live turn and when it now expires,
+        for the meta item to note; ``None`` when there is nothing to note. Faults propagate."""
+        if turns_expire_at and not self._half_gone(turns_expire_at):
+            return None
+        now = self._now()
+        oldest = self.breakers.dynamodb.call(self.store.oldest_live_turn, session_id, now)
+        if oldest is None:
+            return None
+        number, expires_at = oldest
+        if self._half_gone(expires_at):
+            expires_at = self._expiry()
+            self.breakers.dynamodb.call(self.store.extend_expiry, session_id, expires_at, now)
+            self._cache_invalidate(session_id)
+        return number, expires_at
 
     def stateless_turn(self, message: str) -> StartedTurn:
         """A turn for a connection whose session cannot be known: answered, not stored."""

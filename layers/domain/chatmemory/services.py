@@ -190,6 +190,7 @@ class Services:
             self.user_memory,
             self.recall,
             self.cross_session,
+            self.memory.keep_alive,
         )
         self.scheduler = (scheduler_factory or self._default_scheduler)(self.updater)
         self.memory_manager = MemoryManager(

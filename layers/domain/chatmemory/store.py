@@ -134,16 +134,15 @@ class TurnStore:
         items = response["Items"]
         return int(items[0]["turn_number"]) if items else 0  # type: ignore[arg-type]
 
-    def extend_expiry(self, session_id: str, expires_at: int) -> int:
-        """Move the TTL of every turn of the session up to ``expires_at``; returns how many moved.
-
-        Turns expire one by one otherwise: a session in use for longer than its TTL would lose
-        its oldest turns while it is still alive.
-        """
+    def extend_expiry(self, session_id: str, expires_at: int, now: int) -> int:
+        """Move the TTL of every live item of the session (its turns and its meta item) up to
+        ``expires_at``; returns how many moved. Turns expire one by one otherwise: a session in
+        use for longer than its TTL would lose its oldest turns while it is still alive. An item
+        already expired (DynamoDB deletes them up to two days late) stays expired."""
         moved = 0
         query: dict[str, Any] = {
             "KeyConditionExpression": Key("session_id").eq(session_id),
-            "FilterExpression": Attr("ttl").lt(expires_at),
+            "FilterExpression": Attr("ttl").gt(now) & Attr("ttl").lt(expires_at),
             "ProjectionExpression": "turn_number",
         }
         while True:
@@ -158,6 +157,27 @@ class TurnStore:
                 moved += 1
             if "LastEvaluatedKey" not in page:
                 return moved
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def oldest_live_turn(self, session_id: str, now: int) -> tuple[int, int] | None:
+        """The number and expiry of the session's oldest turn not expired yet; ``None`` if it
+        has none. TTLs never decrease with the turn number, so that expiry is the session's
+        earliest: a read of the first few items, not of the session."""
+        query: dict[str, Any] = {
+            "KeyConditionExpression": Key("session_id").eq(session_id) & Key("turn_number").gt(META_TURN),
+            "FilterExpression": Attr("ttl").gt(now),
+            "ProjectionExpression": "turn_number, #t",
+            "ExpressionAttributeNames": {"#t": "ttl"},
+            "Limit": 25,
+            "ConsistentRead": True,
+        }
+        while True:
+            page = self._table.query(**query)
+            if page["Items"]:
+                item = page["Items"][0]
+                return int(item["turn_number"]), int(item["ttl"])  # type: ignore[arg-type]
+            if "LastEvaluatedKey" not in page:
+                return None
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def latest_turns(self, session_id: str, limit: int, now: int) -> list[Turn]:
@@ -344,7 +364,7 @@ class TurnStore:
     def memory_state(self, session_id: str) -> MemoryState:
         response = self._table.get_item(
             Key={"session_id": session_id, "turn_number": META_TURN},
-            ProjectionExpression="#sm, summary_tokens, #f, summarized_through, #st, version",
+            ProjectionExpression="#sm, summary_tokens, #f, summarized_through, #st, version, turns_expire_at",
             ExpressionAttributeNames={"#sm": "summary", "#f": "facts", "#st": "strategy"},
             ConsistentRead=True,
         )
@@ -396,6 +416,37 @@ class TurnStore:
                 reason.get("Code") == "ConditionalCheckFailed"
                 for reason in exc.response.get("CancellationReasons", [])
             ):
+                return False
+            raise
+        return True
+
+    def record_turns_expiry(self, session_id: str, oldest_turn: int, turns_expire_at: int) -> bool:
+        """Note on the meta item when the session's turns start to expire (``turns_expire_at``,
+        the oldest live turn's TTL, also the meta item's own), for the next turns to see
+        without reading them. Only on a meta item that exists (a note alone is not worth an
+        item; the summary or a strategy of its own makes one), and only if that turn still
+        exists (an erased session's meta item is not brought back): False otherwise, in one
+        transaction."""
+        update: dict[str, Any] = {
+            "TableName": self._table.name,
+            "Key": {"session_id": session_id, "turn_number": META_TURN},
+            "UpdateExpression": (
+                "SET turns_expire_at = :e, #t = :e, version = if_not_exists(version, :v0) + :one"
+            ),
+            "ConditionExpression": "attribute_exists(turn_number)",
+            "ExpressionAttributeNames": {"#t": "ttl"},
+            "ExpressionAttributeValues": {":e": turns_expire_at, **_next_version()},
+        }
+        check: dict[str, Any] = {
+            "TableName": self._table.name,
+            "Key": {"session_id": session_id, "turn_number": oldest_turn},
+            "ConditionExpression": "attribute_exists(turn_number)",
+        }
+        items: list[TransactWriteItemTypeDef] = [{"Update": update}, {"ConditionCheck": check}]  # type: ignore[typeddict-item]
+        try:
+            self._table.meta.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "TransactionCanceledException":
                 return False
             raise
         return True
@@ -475,6 +526,7 @@ def _memory_state(item: dict[str, Any]) -> MemoryState:
         summarized_through=int(item.get("summarized_through", 0)),
         strategy=item.get("strategy"),
         version=int(item.get("version", 0)),
+        turns_expire_at=int(item.get("turns_expire_at", 0)),
     )
 
 

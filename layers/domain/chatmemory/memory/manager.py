@@ -155,11 +155,12 @@ class MemoryManager:
         self._estimator.observe(estimated, reported)
         return max(1, round(own * reported / estimated))
 
-    def after_turn(self, started: StartedTurn, context: TurnContext) -> None:
+    def after_turn(self, started: StartedTurn, context: TurnContext, expiry_due: bool = False) -> None:
         """Schedule a memory update when the session's summary and facts are a block behind, or
         when the principal opted in to long-term memory and this turn states a fact or their
-        memory is ``long_term_every_turns`` behind the session; the reply has been sent by now.
-        An earlier failed update is retried the same way."""
+        memory is ``long_term_every_turns`` behind the session, or when the session's turns are
+        to be kept alive (``expiry_due``); the reply has been sent by now. An earlier failed
+        update is retried the same way."""
         if self._scheduler is None or not started.persisted:
             return
         turn = started.turn.turn
@@ -176,7 +177,7 @@ class MemoryManager:
                 or tasks.states_fact(started.turn.user)
             )
         )
-        if session_due or long_term_due or context.strategy.retrieve:  # retrieval: embed this turn
+        if session_due or long_term_due or expiry_due or context.strategy.retrieve:  # retrieval: embed it
             self._scheduler.schedule(started.turn.session_id)
 
     def _search(

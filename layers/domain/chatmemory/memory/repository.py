@@ -65,6 +65,18 @@ class MemoryStateRepository:
                 self._drop(session_id)
         return bool(written)
 
+    def note_turns_expiry(self, session_id: str, oldest_turn: int, turns_expire_at: int) -> None:
+        """Note when the session's turns start to expire, and cache the state as stored. Faults
+        propagate; an erased session is left alone."""
+        if self.breakers.dynamodb.call(
+            self.store.record_turns_expiry, session_id, oldest_turn, turns_expire_at
+        ):
+            stored = self.read_stored(session_id)
+            if stored is not None:
+                self._cache(session_id, stored)
+            else:
+                self._drop(session_id)
+
     def set_strategy(self, session_id: str, strategy: StrategyName) -> None:
         """The session's own strategy, from its next turn on."""
         stored = self.breakers.dynamodb.call(self.store.set_strategy, session_id, strategy, self.expiry())

@@ -34,6 +34,7 @@ class MemoryState(BaseModel):
     summarized_through: int = 0  # summary and facts cover turns 1..summarized_through
     strategy: StrategyName | None = None  # the session's override of the deployment's strategy
     version: int = 0  # the meta item's, raised by every write (``chatmemory.cached_copy``)
+    turns_expire_at: int = 0  # when the session's oldest turn expires, as last noted (0: not yet)
 
 
 def normalize_key(key: str) -> str:

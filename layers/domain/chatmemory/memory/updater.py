@@ -42,6 +42,9 @@ class MemoryUpdater:
     users: UserMemoryRepository | None = None  # long-term memory of principals who opted in
     recall: Recall | None = None  # retrieval memory: embeds the turns after their reply
     cross_session: CrossSession | None = None  # indexes opted-in principals' embedded turns
+    # Keeps a live session's turns alive (``SessionMemory.keep_alive``): the oldest live turn
+    # and its expiry to note, or ``None``.
+    keep_alive: Callable[[str, int], tuple[int, int] | None] | None = None
 
     def update(self, session_id: str) -> bool:
         """Bring the session's summary and facts up to date, then the principal's long-term
@@ -50,6 +53,7 @@ class MemoryUpdater:
         state = self.repository.read_stored(session_id)
         if state is None:
             raise MemoryUnreachable(session_id)
+        self._keep_alive(session_id, state)
         last = self.repository.breakers.dynamodb.call(self.store.last_turn_number, session_id)
         stored = False
         strategy = strategy_for(state, self.settings)
@@ -64,6 +68,17 @@ class MemoryUpdater:
             stored = self._update_session(session_id, state, last)
         self.remember(session_id, last)
         return stored
+
+    def _keep_alive(self, session_id: str, state: MemoryState) -> None:
+        if self.keep_alive is None:
+            return
+        noted = self.keep_alive(session_id, state.turns_expire_at)
+        if noted is None or noted[1] == state.turns_expire_at:
+            return
+        try:
+            self.repository.note_turns_expiry(session_id, *noted)
+        except Exception as exc:  # the TTLs moved; the note is retried on a later run
+            logger.warning("could not note the session's expiry", extra={"error": type(exc).__name__})
 
     def _update_session(self, session_id: str, state: MemoryState, last: int) -> bool:
         target = summary_target(state.summarized_through, last, self.settings)
