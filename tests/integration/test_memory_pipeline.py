@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
@@ -13,7 +14,8 @@ from boto3.dynamodb.conditions import Key
 from chatmemory.cache import state_key
 from chatmemory.errors import ChatError, LlmUnavailable
 from chatmemory.llm.anthropic_model import build_chat_model
-from chatmemory.memory.tasks import SUMMARY_TASK
+from chatmemory.llm.base import ReplyStream
+from chatmemory.memory.tasks import FACTS_TASK, SUMMARY_TASK
 from chatmemory.protocol import encode
 from chatmemory.services import Services, redis_client
 from chatmemory.store import TurnStore
@@ -257,3 +259,32 @@ def test_summaries_cut_at_max_tokens_never_corrupt_memory_or_stop_it_moving(aws:
     assert all(line.rstrip().endswith((".", "!", "?")) for line in meta["summary"].splitlines()), meta[
         "summary"
     ]
+
+
+class RefusesFacts:
+    """The offline model, except that asked for facts it refuses in prose, as Claude sometimes
+    does: no list of changes in the answer."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def stream(self, prompt: Any) -> Any:
+        if FACTS_TASK in prompt.system:
+            return nullcontext(ReplyStream(iter(["I'm sorry, I can't list facts about this conversation."])))
+        return self.inner.stream(prompt)
+
+
+@pytest.mark.moto_only(TRANSACTIONS)
+def test_an_unusable_facts_answer_does_not_stop_the_summary(aws: Any, redis_url: str) -> None:
+    settings = make_settings(redis_url, memory=MEMORY)
+    services = Services(
+        settings, aws, redis_client(settings), RefusesFacts(build_chat_model(settings.llm, None))
+    )
+    chat = Chat(services, "s-prose")
+    for i in range(9):
+        chat.say(f"My note {i} is short.")
+        chat.settle()
+
+    (meta,) = meta_items(aws, "s-prose")
+    assert int(meta["summarized_through"]) == 3 and meta["summary"]  # summarised all the same
+    assert meta["facts"] == []  # their facts skipped, not invented

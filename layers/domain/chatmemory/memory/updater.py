@@ -25,10 +25,11 @@ from chatmemory.memory.crosssession import CrossSession
 from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, UserMemoryUnavailable, eligible
 from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.memory.retrieval import Recall
-from chatmemory.memory.state import MemoryState, merge_facts
+from chatmemory.memory.state import FactChange, MemoryState, merge_facts
 from chatmemory.memory.strategies import strategy_for, summary_target
 from chatmemory.observability import logger, metrics
 from chatmemory.store import TurnStore
+from chatmemory.turns import Turn
 
 _MERGE_ATTEMPTS = 3  # a merge that found the memory changed (another run, an erasure) extracts again
 
@@ -91,7 +92,7 @@ class MemoryUpdater:
         summary, summary_tokens = tasks.summarize(
             model, state.summary, turns, self.settings.summary_max_tokens
         )
-        changes = tasks.extract_facts(model, state.facts, turns)
+        changes = self._fact_changes(model, state, turns, target)
         updated = MemoryState(
             summary=summary,
             summary_tokens=summary_tokens,
@@ -108,6 +109,23 @@ class MemoryUpdater:
             name="MemoryUpdated" if stored else "MemoryUpdateRaced", unit=MetricUnit.Count, value=1
         )
         return stored
+
+    @staticmethod
+    def _fact_changes(
+        model: ChatModel, state: MemoryState, turns: list[Turn], target: int
+    ) -> list[FactChange]:
+        """The block's fact changes; none when the model's answer holds no list of them (prose,
+        a refusal): the summary goes on without them, rather than the whole update failing
+        again on every turn after it. A model that cannot be reached fails the update."""
+        try:
+            return tasks.extract_facts(model, state.facts, turns)
+        except tasks.MemoryTaskFailed as exc:
+            logger.warning(
+                "facts answer unusable; the block's facts are skipped",
+                extra={"through": target, "error": str(exc)},
+            )
+            metrics.add_metric(name="MemoryFactsSkipped", unit=MetricUnit.Count, value=1)
+            return []
 
     def remember(self, session_id: str, last: int) -> bool:
         """Merge the facts stated in the session's turns after its long-term cursor into the
