@@ -29,6 +29,7 @@ class Issuer:
     def token(self, **overrides: Any) -> str:
         now = int(time.time())
         claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 300, **overrides}
+        claims = {name: value for name, value in claims.items() if value is not None}  # None: left out
         return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": "k1"})
 
 

@@ -84,3 +84,52 @@ def test_without_guests_a_token_is_required() -> None:
         closed.authenticate(None)
     with pytest.raises(Unauthorized):
         closed.authenticate(GuestTokens(GUEST_KEY, 3600).issue("guest:g"))
+
+
+# ---- Cognito's two token types ----------------------------------------------------------------
+
+
+def cognito(issuer: Issuer, token_use: str, **claims: Any) -> str:
+    """A Cognito token: an ID token names the app client in ``aud``; an access token has no
+    ``aud`` and names it in ``client_id``."""
+    if token_use == "access":
+        return issuer.token(**{"aud": None, "token_use": "access", "client_id": AUDIENCE, **claims})
+    return issuer.token(token_use=token_use, **claims)
+
+
+@pytest.mark.parametrize("token_use", ["id", "access"])
+def test_cognito_id_and_access_tokens_give_the_user_principal(
+    authenticator: Authenticator, issuer: Issuer, token_use: str
+) -> None:
+    assert authenticator.authenticate(cognito(issuer, token_use)).principal == "user:alice"
+
+
+@pytest.mark.parametrize(
+    ("token_use", "claims"),
+    [
+        ("access", {"client_id": "another-client"}),
+        ("id", {"aud": "another-client"}),
+        ("refresh", {}),
+        ("access", {"client_id": None}),
+    ],
+    ids=["access-for-another-client", "id-for-another-client", "another-token-use", "access-without-client"],
+)
+def test_cognito_tokens_for_another_client_or_of_another_use_are_refused(
+    authenticator: Authenticator, issuer: Issuer, token_use: str, claims: dict[str, Any]
+) -> None:
+    with pytest.raises(Unauthorized):
+        authenticator.authenticate(cognito(issuer, token_use, **claims))
+
+
+def test_a_token_without_audience_or_client_is_refused(authenticator: Authenticator, issuer: Issuer) -> None:
+    with pytest.raises(Unauthorized):
+        authenticator.authenticate(issuer.token(aud=None))
+
+
+def test_an_issuer_without_an_audience_is_refused_as_a_setting() -> None:
+    from chatmemory.config import IdentitySettings
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="OIDC_AUDIENCE"):
+        IdentitySettings(oidc_issuer=ISSUER)
+    assert IdentitySettings(oidc_issuer=ISSUER, oidc_audience=AUDIENCE).oidc_audience == AUDIENCE

@@ -26,7 +26,7 @@ def build_authenticator(settings: Settings) -> Authenticator:
         key = str(parameters.get_secret(identity.guest_token_secret_name, max_age=300))
     guests = GuestTokens(key, identity.guest_token_ttl_seconds) if key else None
     users = None
-    if identity.oidc_issuer and identity.oidc_audience:
+    if identity.oidc_issuer and identity.oidc_audience:  # the settings refuse one without the other
         jwks_url = identity.oidc_jwks_url or identity.oidc_issuer.rstrip("/") + "/.well-known/jwks.json"
         users = UserTokens(
             identity.oidc_issuer, identity.oidc_audience, jwt.PyJWKClient(jwks_url, lifespan=3600)

@@ -170,6 +170,14 @@ class IdentitySettings(BaseModel):
     oidc_audience: str | None = None
     oidc_jwks_url: str | None = Field(None, description="default: <issuer>/.well-known/jwks.json")
 
+    @model_validator(mode="after")
+    def _an_issuer_needs_an_audience(self) -> IdentitySettings:
+        # Without one, no user token could be checked for whom it is for: refuse the setting
+        # rather than accept every token of the issuer or, as before, silently none.
+        if self.oidc_issuer and not self.oidc_audience:
+            raise ValueError("IDENTITY__OIDC_ISSUER needs IDENTITY__OIDC_AUDIENCE (the app client id)")
+        return self
+
 
 class QuotaSettings(BaseModel):
     """Abuse and cost controls (``chatmemory.quotas``): per principal, messages per window and

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
@@ -66,7 +67,10 @@ class GuestTokens:
 
 class UserTokens:
     """OIDC/Cognito ID or access tokens, verified against the issuer's JWKS (keys cached by
-    ``PyJWKClient``): signature, issuer, audience and expiry."""
+    ``PyJWKClient``): signature, issuer, expiry, and whom the token is for, as its type says.
+    An ID token (or any OIDC token without ``token_use``) must name the audience in ``aud``; a
+    Cognito access token has no ``aud``: its ``client_id`` must be the audience (the app client
+    id). Any other ``token_use`` (a refresh token, say) is refused."""
 
     def __init__(self, issuer: str, audience: str, jwks: jwt.PyJWKClient) -> None:
         self._issuer, self._audience, self._jwks = issuer, audience, jwks
@@ -79,12 +83,25 @@ class UserTokens:
                 key.key,
                 algorithms=_USER_ALGORITHMS,
                 issuer=self._issuer,
-                audience=self._audience,
-                options={"require": ["exp", "iat", "sub", "iss"]},
+                options={"require": ["exp", "iat", "sub", "iss"], "verify_aud": False},
             )
         except jwt.PyJWTError as exc:
             raise Unauthorized(f"user token refused: {type(exc).__name__}") from exc
+        self._check_audience(claims)
         return f"user:{claims['sub']}"
+
+    def _check_audience(self, claims: dict[str, Any]) -> None:
+        token_use = claims.get("token_use")
+        if token_use == "access":
+            if claims.get("client_id") != self._audience:
+                raise Unauthorized("user token refused: an access token for another client")
+            return
+        if token_use not in (None, "id"):
+            raise Unauthorized(f"user token refused: token_use {str(token_use)[:20]!r}")
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        if self._audience not in audiences:
+            raise Unauthorized("user token refused: for another audience")
 
 
 class Authenticator:
