@@ -81,7 +81,31 @@ const store = {
   },
 };
 
+/** When a JWT expires (seconds since the epoch), read from its payload; 0 if unreadable. */
+function tokenExpiry(token) {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const exp = JSON.parse(atob(payload)).exp;
+    return typeof exp === "number" ? exp : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** A guest token that has expired can never connect again (the server refuses it, and a
+ * browser cannot tell that refusal from a server that is down): forget it and its session and
+ * become a new guest, instead of a page that retries a dead token forever. A token in use is
+ * renewed by the server long before (a new one comes in the session frame). */
+function forgetExpiredToken() {
+  const token = store.get(STORAGE.token);
+  if (!token || tokenExpiry(token) * 1000 > Date.now() + 30_000) return;
+  store.set(STORAGE.token, null);
+  store.set(STORAGE.session, null);
+  state.erased = "Your guest session expired, so this is a new chat as a new guest."; // said once bound
+}
+
 function socketUrl() {
+  forgetExpiredToken();
   const url = endpoint();
   const session = store.get(STORAGE.session);
   const token = store.get(STORAGE.token);
@@ -109,7 +133,7 @@ const state = {
   /** The reply being waited for: { user, bubble, text, turn, clientMessageId } or null. */
   pending: null,
   memoryMode: "full",
-  /** What to say once the session frame after a `deleted` frame arrives, or null. */
+  /** What to say once the next session frame arrives (after `deleted`, or an expired token), or null. */
   erased: null,
   /** The strategy a new chat asked for, set on its fresh session once it is bound. */
   wantStrategy: null,

@@ -49,6 +49,11 @@ def lambda_handler(event: ConnectAuthorizerEvent, context: LambdaContext) -> dic
     )
     response.allow_route("$connect")  # the only route an authorizer guards on WebSocket APIs
     logger.info(
-        "connection allowed", extra={"guest": identity.is_guest, "new_guest": bool(identity.new_guest_token)}
+        "connection allowed",
+        extra={
+            "guest": identity.is_guest,
+            "new_guest": identity.is_guest and not token,
+            "token_issued": bool(identity.new_guest_token),
+        },
     )
     return response.asdict()

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -574,3 +575,25 @@ def test_a_session_that_cannot_be_loaded_is_said_once_and_never_loops_reconnecti
     expect(page.locator(USER)).to_have_count(1)
     expect(page.locator('[data-testid="error"]')).to_have_count(0)
     assert len(sockets) == 1
+
+
+def test_an_expired_guest_token_becomes_a_new_guest_not_a_dead_page(stack: Any, page: Any) -> None:
+    """The page kept a guest token that has since expired (30 days unused): it connects as a new
+    guest and says so, rather than retrying a token the server refuses, forever."""
+    import jwt
+    from playwright.sync_api import expect
+
+    expired = jwt.encode(
+        {"iss": "chat-memory:guest", "sub": "guest:gone", "iat": 1, "exp": 2}, "x" * 40, algorithm="HS256"
+    )
+    page.add_init_script(
+        f"localStorage.setItem('chatMemory.guestToken', {expired!r});"
+        "localStorage.setItem('chatMemory.sessionId', 'a-session-of-the-old-guest');"
+    )
+    open_chat(page, stack.http_url)
+
+    expect(page.locator('[data-testid="info"]').filter(has_text="guest session expired")).to_have_count(1)
+    token = page.evaluate("localStorage.getItem('chatMemory.guestToken')")
+    assert token and token != expired
+    assert jwt.decode(token, options={"verify_signature": False})["exp"] > time.time()
+    assert page.evaluate("localStorage.getItem('chatMemory.sessionId')") != "a-session-of-the-old-guest"

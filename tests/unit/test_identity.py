@@ -133,3 +133,21 @@ def test_an_issuer_without_an_audience_is_refused_as_a_setting() -> None:
     with pytest.raises(ValidationError, match="OIDC_AUDIENCE"):
         IdentitySettings(oidc_issuer=ISSUER)
     assert IdentitySettings(oidc_issuer=ISSUER, oidc_audience=AUDIENCE).oidc_audience == AUDIENCE
+
+
+def test_a_guest_token_past_half_its_life_is_renewed_and_a_fresh_one_is_not() -> None:
+    clock = [time.time() - 2000]  # the token's issue; PyJWT checks its expiry on the real clock
+    guests = GuestTokens(GUEST_KEY, 3600, clock=lambda: clock[0])
+    authenticator = Authenticator(guests, None, guests_enabled=True)
+    token = authenticator.authenticate(None).new_guest_token
+    assert token
+
+    clock[0] += 1000  # 2,600 s of 3,600 left: kept
+    same = authenticator.authenticate(token)
+    assert same.new_guest_token is None
+
+    clock[0] += 1000  # 1,600 s left: renewed, for the same guest, with a full lifetime
+    renewed = authenticator.authenticate(token)
+    assert renewed.principal == same.principal and renewed.new_guest_token
+    claims = jwt.decode(renewed.new_guest_token, options={"verify_signature": False})
+    assert claims["exp"] == int(clock[0]) + 3600

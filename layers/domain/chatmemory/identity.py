@@ -28,7 +28,7 @@ class Unauthorized(Exception):
 @dataclass(frozen=True)
 class Identity:
     principal: str
-    new_guest_token: str | None = None  # set when this connection minted a guest
+    new_guest_token: str | None = None  # a new guest's token, or a renewed one (for the page to keep)
 
     @property
     def is_guest(self) -> bool:
@@ -63,6 +63,12 @@ class GuestTokens:
         if not principal.startswith("guest:"):
             raise Unauthorized("guest token for a non-guest principal")
         return principal
+
+    def due_for_renewal(self, token: str) -> bool:
+        """Whether a verified token is past half its lifetime: then the connection gets a new
+        one (in its ``session`` frame), so a guest in use never reaches the end of theirs."""
+        expires = int(jwt.decode(token, options={"verify_signature": False}).get("exp", 0))
+        return expires - self._clock() < self._ttl / 2
 
 
 class UserTokens:
@@ -131,7 +137,9 @@ class Authenticator:
         if issuer == GUEST_ISSUER:
             if not (self._guests_enabled and self._guests):
                 raise Unauthorized("guests are not enabled")
-            return Identity(self._guests.verify(token))
+            principal = self._guests.verify(token)
+            renewed = self._guests.issue(principal) if self._guests.due_for_renewal(token) else None
+            return Identity(principal, new_guest_token=renewed)
         if self._users is None:
             raise Unauthorized("no identity provider is configured")
         return Identity(self._users.verify(token))
