@@ -341,3 +341,23 @@ def test_a_tab_whose_message_lands_after_the_erasure_does_not_bring_the_session_
     assert stored_items(aws, session_id) == []  # turn 3 was taken back
     assert frames[0]["type"] == "session" and frames[0]["sessionId"] != session_id  # moved on
     assert frames[-1]["type"] == "done" and frames[-1]["turn"] == 1
+
+
+def test_a_guest_token_is_not_kept_once_its_session_frame_has_gone_out(
+    services: Services, aws: Any, redis_url: str
+) -> None:
+    """A guest token is a bearer credential: the binding carries a new one from $connect to
+    the session frame that hands it over, and keeps it no longer (in DynamoDB or Redis)."""
+    from chatmemory.connections import binding_key
+
+    token = "eyJhbGciOiJIUzI1NiJ9.a-new-guest-token.signature"
+    sessions = services.sessions("https://abc123def4.execute-api.us-east-1.amazonaws.com/prod")
+    sessions.connect("tok-1", None, "guest:ada", guest_token=token)
+
+    frame = sessions.send_session("tok-1")
+
+    assert frame["guestToken"] == token
+    item = aws.Table("ChatConnections").get_item(Key={"connection_id": "tok-1"}, ConsistentRead=True)["Item"]
+    assert token not in json.dumps(item, default=str)
+    assert token.encode() not in (redis.Redis.from_url(redis_url).get(binding_key("tok-1")) or b"")
+    assert "guestToken" not in sessions.send_session("tok-1")  # the page has it already

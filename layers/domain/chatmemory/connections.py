@@ -33,7 +33,9 @@ class Binding(BaseModel):
     session_id: str | None  # None: memory unreachable, the session cannot be known now
     principal: str
     connected_at: int
-    guest_token: str | None = None  # minted for a new guest at $connect, handed over by getSession
+    guest_token: str | None = (
+        None  # minted at $connect (a new or renewed guest), until getSession hands it over
+    )
 
 
 def binding_key(connection_id: str) -> str:

@@ -198,7 +198,17 @@ class SessionService:
             memory_strategy=self.strategy_of(session_id) if history.mode != "stateless" else None,
         )
         self._sender.send(connection_id, frame)
+        if binding.guest_token:
+            self._handed_over(binding)
         return frame
+
+    def _handed_over(self, binding: Binding) -> None:
+        """A guest token is a bearer credential: once its session frame has gone out, the page
+        holds it and the binding keeps it no longer."""
+        try:
+            self._registry.bind(binding.model_copy(update={"guest_token": None}))
+        except ConnectionError as exc:  # it expires with the binding (two hours at most)
+            logger.warning("could not drop a handed-over guest token", extra={"error": type(exc).__name__})
 
     def _older_than(self, session_id: str, window: list[Turn], shown: int, mode: str) -> bool | None:
         """Whether live turns older than the last ``shown`` of ``window`` remain; ``None`` when
