@@ -137,3 +137,38 @@ def test_the_formatter_redacts_fields_that_could_carry_content_and_anything_like
     assert line["user_message"] == line["guestToken"] == line["event"] == line["nested"]["reply"] == REDACTED
     assert line["message"] == f"refused {REDACTED}" and line["nested"]["detail"] == f"Bearer {REDACTED}"
     assert line["session_id"] == "9f0c"  # ids stay: they are what support needs
+
+
+class FailsQuotingTheMessage:
+    """A model whose failure quotes what it was given, as a validation error does (pydantic's
+    ``input_value=...``): a bug of that kind must not put the user's words in the log."""
+
+    def stream(self, prompt: Any) -> Any:
+        from chatmemory.turns import Turn
+
+        Turn.model_validate({"user": prompt.messages[-1]["content"], "turn": "not a number"})
+        raise AssertionError("unreachable")
+
+
+def test_a_failing_turn_logs_its_traceback_without_the_users_words(
+    aws: Any, redis_url: str, log_output: io.StringIO
+) -> None:
+    from chatmemory.services import redis_client, use_services
+
+    from tests.conftest import make_settings
+
+    settings = make_settings(redis_url)
+    use_services(Services(settings, aws, redis_client(settings), FailsQuotingTheMessage()))  # type: ignore[arg-type]
+    try:
+        client = Client("conn-failing", principal="guest:ada")
+        client.connect()
+        frames = client.say(SECRET)
+    finally:
+        use_services(None)
+
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "internal"
+    lines = [json.loads(line) for line in log_output.getvalue().splitlines()]
+    (failure,) = [line for line in lines if line["message"] == "unhandled error"]
+    assert failure["exception_name"] == "ValidationError" and "stream" in failure["exception"]
+    for line in log_output.getvalue().splitlines():
+        assert "platypus" not in line and "locker" not in line, line

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import traceback
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -60,10 +61,31 @@ def redact(value: Any, key: str | None = None) -> Any:
 
 
 class RedactingFormatter(LambdaPowertoolsFormatter):
-    """Powertools' JSON log lines, with ``redact`` applied to every field first."""
+    """Powertools' JSON log lines, with ``redact`` applied to every field first, and tracebacks
+    without their exceptions' messages: a message may quote anything it was handed (pydantic's
+    ``input_value=``, a ``KeyError``'s key), so only where it was raised, and its type, go out
+    (``exception_name`` and the frames)."""
 
     def serialize(self, log: dict[str, Any] | PowertoolsLogRecord) -> str:
-        return super().serialize(log={k: redact(v, str(k)) for k, v in dict(log).items()})
+        fields = {k: redact(v, str(k)) for k, v in dict(log).items()}
+        trace = fields.get("stack_trace")
+        if isinstance(trace, dict) and "value" in trace:  # Powertools' structured traceback
+            fields["stack_trace"] = {**trace, "value": REDACTED}
+        return super().serialize(log=fields)
+
+    def formatException(self, ei: Any) -> str:
+        _, exc, tb = ei
+        if exc is None:
+            return ""
+        lines: list[str] = []
+        seen: set[int] = set()
+        current: BaseException | None = exc
+        while current is not None and id(current) not in seen:  # the exception, then its causes
+            seen.add(id(current))
+            trace = traceback.format_tb(current.__traceback__ if current is not exc else tb)
+            lines = [*trace, f"{type(current).__module__}.{type(current).__qualname__}: {REDACTED}\n", *lines]
+            current = current.__cause__ or current.__context__
+        return "".join(lines).rstrip("\n")
 
 
 logger = Logger(service=SERVICE, logger_formatter=RedactingFormatter())
