@@ -251,3 +251,77 @@ def test_a_new_chat_is_not_sent_to_the_old_one_when_redis_missed_its_binding(
         assert [t["user"] for t in session_of(ada)["history"]] == ["in the new chat"]
     finally:
         use_services(None)
+
+
+class AppendFails:
+    """A real Redis client whose next write-through of a finished turn (the MULTI with RPUSHX)
+    fails: the turn is stored in DynamoDB, and Redis keeps the window without it."""
+
+    def __init__(self, client: Any) -> None:
+        self._client, self.armed = client, False
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        pipe = self._client.pipeline(*args, **kwargs)
+        if not self.armed:
+            return pipe
+        owner = self
+
+        class Failing:
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc: Any) -> None:
+                pipe.reset()
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(pipe, name)
+
+            def execute(self) -> Any:
+                if owner.armed and any(b"RPUSHX" in str(c[0]).encode() for c in pipe.command_stack):
+                    owner.armed = False
+                    raise redis.exceptions.TimeoutError("Timeout reading from socket")
+                return pipe.execute()
+
+        return Failing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+class Elsewhere:
+    """A scheduler whose updates run in another process (here: not at all)."""
+
+    def __init__(self, updater: Any) -> None:
+        pass
+
+    def schedule(self, session_id: str) -> None:
+        pass
+
+
+def test_a_window_redis_missed_a_turn_of_is_not_shown_by_another_process(
+    aws: Any, redis_url: str, model: SummaryHook
+) -> None:
+    """Two Lambda instances on one Redis: the first stores a turn, and its write-through fails;
+    the second, reopening the page, must not show the history without it."""
+    settings = make_settings(redis_url, memory=MEMORY)
+    failing = AppendFails(redis_client(settings))
+    # The memory worker is another function on AWS: not a later call of the writer's process.
+    writer = Services(settings, aws, failing, model, scheduler_factory=Elsewhere)  # type: ignore[arg-type]
+    reader = Services(settings, aws, redis_client(settings), model)
+    endpoint = "https://abc123def4.execute-api.us-east-1.amazonaws.com/prod"
+    use_services(writer)
+    try:
+        ada = Client("cc-7", principal="guest:ada")
+        ada.connect()
+        session_id = session_of(ada)["sessionId"]
+        ada.say("one")
+        failing.armed = True
+        ada.say("two")  # stored; Redis still holds the window of turn 1 only
+        assert failing.armed is False
+    finally:
+        use_services(None)
+
+    frame = reader.sessions(endpoint).send_session("cc-7")
+
+    assert frame["sessionId"] == session_id
+    assert [t["user"] for t in frame["history"]] == ["one", "two"]

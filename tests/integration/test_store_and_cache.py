@@ -88,7 +88,7 @@ def test_every_read_of_the_store_is_a_request_dynamodb_accepts(aws: Any) -> None
     store.put_turn(turn(2).model_copy(update={"principal": "guest:ada"}), outbox_id="o-2")
     store.set_strategy("s-1", "window", NOW + 3600)
 
-    assert store.last_turn_number("s-1") == 2
+    assert store.last_turn_number("s-1") == 2 and store.newest_answered_turn("s-1") == 2
     assert store.extend_expiry("s-1", NOW + 7200, NOW) == 3  # both turns and the meta item
     assert store.oldest_live_turn("s-1", NOW) == (1, NOW + 7200)
     assert [t.turn for t in store.turns_between("s-1", 0, 2)] == [1, 2]

@@ -91,6 +91,24 @@ class SessionMemory:
             history.turns = history.turns[-self.settings.history_turns :]
         return history
 
+    def load_checked(self, session_id: str) -> History:
+        """``load(context=True)`` for a reader that stores nothing after it (a page's history):
+        a cached window is checked against the store's newest answered turn (one small query),
+        since a writer in another process may have stored a turn that Redis then failed to
+        take. A writer needs no check: its conditional put finds a stale window out."""
+        history = self._load(session_id)
+        if history.source != "cache":
+            return history
+        try:
+            newest = self.breakers.dynamodb.call(self.store.newest_answered_turn, session_id)
+        except DYNAMODB_FAULTS:
+            return history  # what the cache has is the best there is
+        if newest <= history.last_turn_number:
+            return history
+        logger.info("cached window behind the store; read again", extra={"cached": history.last_turn_number})
+        self._cache_invalidate(session_id)
+        return self._reload_from_store(session_id) or history
+
     def _load(self, session_id: str) -> History:
         cached = self._cache_read(session_id, self._now())
         if cached is not None:

@@ -186,7 +186,7 @@ class SessionService:
         many of them as fit in a frame), with ``hasMore`` when it is known."""
         binding = self.binding(connection_id)
         session_id = self._session_of(binding)
-        history = self._memory.load(session_id, context=True)
+        history = self._memory.load_checked(session_id)
         shown = history.turns[-self._memory.settings.history_turns :]
         frame = session_frame(
             session_id,

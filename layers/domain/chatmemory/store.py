@@ -134,6 +134,20 @@ class TurnStore:
         items = response["Items"]
         return int(items[0]["turn_number"]) if items else 0  # type: ignore[arg-type]
 
+    def newest_answered_turn(self, session_id: str) -> int:
+        """The number of the newest turn that is not still being answered (0 for none): the
+        last turn a cached window should end with."""
+        response = self._table.query(
+            KeyConditionExpression=Key("session_id").eq(session_id) & _FIRST_TURN,
+            ProjectionExpression="turn_number, #s",
+            ExpressionAttributeNames={"#s": "status"},
+            ScanIndexForward=False,
+            Limit=2,  # a session has one turn being answered at most
+            ConsistentRead=True,
+        )
+        answered = [i for i in response["Items"] if i.get("status") != "pending"]
+        return int(answered[0]["turn_number"]) if answered else 0  # type: ignore[arg-type]
+
     def extend_expiry(self, session_id: str, expires_at: int, now: int) -> int:
         """Move the TTL of every live item of the session (its turns and its meta item) up to
         ``expires_at``; returns how many moved. Turns expire one by one otherwise: a session in

@@ -40,6 +40,7 @@ class ThreadScheduler:
     def __init__(self, run: Callable[[str], None]) -> None:
         self._run = run
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when an update ends
         self._running: dict[str, threading.Thread] = {}
         self._again: set[str] = set()
 
@@ -54,13 +55,13 @@ class ThreadScheduler:
             self._running[session_id] = thread
         thread.start()
 
-    def drain(self, timeout: float = 10.0) -> None:
-        """Wait for the updates under way, re-runs included (tests, shutdown)."""
-        for _ in range(3):
-            with self._lock:
-                threads = list(self._running.values())
-            for thread in threads:
-                thread.join(timeout)
+    def drain(self, timeout: float = 60.0) -> None:
+        """Wait until no update is under way, re-runs included (tests, shutdown); a
+        ``TimeoutError`` if one still is after ``timeout`` (never a silent return while one
+        runs: a caller reads what the updates wrote)."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: not self._running, timeout):
+                raise TimeoutError(f"memory updates still running after {timeout:g} s")
 
     def _work(self, session_id: str) -> None:
         done = False
@@ -73,11 +74,13 @@ class ThreadScheduler:
                     self._again.discard(session_id)
                     if done:
                         self._running.pop(session_id, None)
+                        self._idle.notify_all()
         finally:
             if not done:
                 with self._lock:
                     self._running.pop(session_id, None)
                     self._again.discard(session_id)
+                    self._idle.notify_all()
 
 
 def _publish_metrics() -> None:
