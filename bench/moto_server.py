@@ -11,6 +11,7 @@ import sys
 
 from moto.server import ThreadedMotoServer
 
+import local.moto_isolation  # one request at a time: moto is not thread-safe
 import local.vector_search  # noqa: F401  (SearchVectors, which moto lacks)
 
 

@@ -7,15 +7,14 @@ the transaction, to roll back from. At the end of a 500 x 20 load run (about 10,
 is about 0.1 s for one Query and 0.5 s for one two-item transaction, of CPU under moto's one
 GIL, which every other request waits for.
 
-Here, and only here (tests keep stock moto):
+Here, and only here (tests keep moto's own code, made safe for concurrent requests by
+``local.moto_isolation`` as everywhere):
 
 * a Query on the table itself (not an index) takes its candidates from the partition it names.
   moto's own code then filters, sorts, pages and projects them as before, so the answer is the
   same;
 * a transaction remembers the items it names (their copies, or that they were absent) instead
-  of copying the tables, and a cancelled one puts exactly those back. moto's rollback replaced
-  the whole table with the copy, which also undid any write another request made meanwhile;
-  this one does not.
+  of copying the tables, and a cancelled one puts exactly those back.
 
 Everything else (conditions, updates, the stored items the load run verifies) is moto's.
 Request logging is off: the load run's moto answered about 120,000 requests.
@@ -37,6 +36,7 @@ from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
 from moto.server import ThreadedMotoServer
 
+import local.moto_isolation  # one request at a time: moto is not thread-safe
 import local.vector_search  # noqa: F401  (SearchVectors, which moto lacks)
 
 _query_partition = threading.local()

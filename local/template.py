@@ -221,7 +221,9 @@ def create_tables(
     ``time_to_live=False`` for an engine without UpdateTimeToLive. Vector indexes get
     ``vector_dimensions`` (the embedding model's; default: the template parameter's);
     ``vector_indexes=False`` for an engine without them (their search keys then go too). moto
-    has them once ``local.vector_search`` is imported in its process (here, for a moto in it)."""
+    has them once ``local.vector_search`` is imported in its process (here, for a moto in it),
+    and answers one request at a time once ``local.moto_isolation`` is."""
+    import local.moto_isolation  # an in-process moto safe for concurrent requests
     import local.vector_search  # noqa: F401  (SearchVectors for an in-process moto)
 
     template = load_template()
