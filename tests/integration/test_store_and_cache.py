@@ -107,6 +107,30 @@ def test_every_read_of_the_store_is_a_request_dynamodb_accepts(aws: Any) -> None
     assert store.item_owners("s-1") == {}
 
 
+UPDATE_BUILT = "before-parameter-build.dynamodb.UpdateItem"
+
+
+def test_keeping_a_session_alive_never_brings_back_an_item_erased_meanwhile(aws: Any) -> None:
+    """Given a turn deleted between the query that found it and the update of its TTL (an
+    erasure running beside the memory worker), it stays deleted: the old code's unconditional
+    update made it again, as an item of a key and a TTL."""
+    store = TurnStore(aws.Table("ChatSessions"))
+    for n in (1, 2):
+        store.put_user_message(turn(n))
+    client = aws.meta.client
+    erased: list[int] = []
+
+    def erase_first_before_its_update(params: dict[str, Any], **_: Any) -> None:
+        if not erased:
+            erased.append(int(params["Key"]["turn_number"]))
+            client.meta.events.unregister(UPDATE_BUILT, erase_first_before_its_update)
+            store.delete_items("s-1", erased)
+
+    client.meta.events.register(UPDATE_BUILT, erase_first_before_its_update)
+    assert store.extend_expiry("s-1", NOW + 7200, NOW) == 1
+    assert sorted(store.item_owners("s-1")) == [n for n in (1, 2) if n not in erased]
+
+
 class Transaction(Exception):
     """The TransactWriteItems request a client was about to send, stopped before sending."""
 

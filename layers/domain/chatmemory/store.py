@@ -152,22 +152,31 @@ class TurnStore:
         """Move the TTL of every live item of the session (its turns and its meta item) up to
         ``expires_at``; returns how many moved. Turns expire one by one otherwise: a session in
         use for longer than its TTL would lose its oldest turns while it is still alive. An item
-        already expired (DynamoDB deletes them up to two days late) stays expired."""
+        already expired (DynamoDB deletes them up to two days late) stays expired, and one
+        deleted since the query (an erasure) stays deleted: an unconditional update would
+        bring it back as an item of a key and a TTL."""
         moved = 0
+        live = Attr("ttl").gt(now) & Attr("ttl").lt(expires_at)
         query: dict[str, Any] = {
             "KeyConditionExpression": Key("session_id").eq(session_id),
-            "FilterExpression": Attr("ttl").gt(now) & Attr("ttl").lt(expires_at),
+            "FilterExpression": live,
             "ProjectionExpression": "turn_number",
         }
         while True:
             page = self._table.query(**query)
             for item in page["Items"]:
-                self._table.update_item(
-                    Key={"session_id": session_id, "turn_number": item["turn_number"]},
-                    UpdateExpression="SET #t = :t",
-                    ExpressionAttributeNames={"#t": "ttl"},
-                    ExpressionAttributeValues={":t": expires_at},
-                )
+                try:
+                    self._table.update_item(
+                        Key={"session_id": session_id, "turn_number": item["turn_number"]},
+                        UpdateExpression="SET #t = :t",
+                        ConditionExpression=Attr("turn_number").exists() & live,
+                        ExpressionAttributeNames={"#t": "ttl"},
+                        ExpressionAttributeValues={":t": expires_at},
+                    )
+                except ClientError as exc:
+                    if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                        raise
+                    continue
                 moved += 1
             if "LastEvaluatedKey" not in page:
                 return moved
