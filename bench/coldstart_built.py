@@ -13,8 +13,11 @@ Build for this machine first, then measure::
 
 Per function, medians over ``--runs`` interpreters: the handler module's import, then the
 clients its first event creates (``get_services()``; the authorizer: its authenticator),
-wall-clock and CPU time, and how many modules were loaded. Clients are created, not
-connected. Tracing is disabled (no X-Ray daemon here).
+wall-clock and CPU time, how many modules were loaded, and the whole process (interpreter
+start to exit, as a new Lambda instance pays it). Clients are created, not connected.
+Tracing is disabled (no X-Ray daemon here). The reference row, measured in the same rounds:
+``import boto3`` and one client from the same layers, nothing of ours; x = a function's whole
+process over the reference's.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,9 @@ sys.path[:0] = json.loads(sys.argv[1])
 wall, cpu = time.perf_counter(), time.process_time()
 module = __import__(sys.argv[2])
 imported_wall, imported_cpu = time.perf_counter(), time.process_time()
-if hasattr(module, "authenticator"):
+if sys.argv[2] == "boto3":  # the reference: boto3 and one client, nothing of ours
+    module.client("dynamodb", region_name="us-east-1", endpoint_url="http://127.0.0.1:1")
+elif hasattr(module, "authenticator"):
     module.authenticator()
 else:
     from chatmemory.services import get_services
@@ -87,12 +93,18 @@ def functions(build: Path) -> dict[str, tuple[Path, str, list[Path]]]:
     return out
 
 
+REFERENCE = "boto3 + one client (reference)"
+
+
 def measure(build: Path, runs: int) -> list[dict[str, Any]]:
     found = functions(build)
+    code, _, layers = found["ConnectFunction"]
+    found[REFERENCE] = (code, "boto3", layers)
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in found}
     for _ in range(runs):
         for name, (code, module, layers) in found.items():
             path = json.dumps([str(code), *map(str, layers)])
+            began = time.perf_counter()
             out = subprocess.run(
                 [sys.executable, "-I", "-S", "-B", "-c", PROBE, path, module],
                 cwd=code,
@@ -101,27 +113,34 @@ def measure(build: Path, runs: int) -> list[dict[str, Any]]:
                 text=True,
                 check=True,
             )
-            samples[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            sample = json.loads(out.stdout.strip().splitlines()[-1])
+            sample["process_ms"] = 1000 * (time.perf_counter() - began)
+            samples[name].append(sample)
     rows = []
-    for name, got in sorted(samples.items()):
+    for name, got in sorted(samples.items(), key=lambda kv: (kv[0] == REFERENCE, kv[0])):
         row: dict[str, Any] = {"function": name, "runs": len(got)}
-        for key in ("import_ms", "init_ms", "import_cpu_ms", "init_cpu_ms"):
+        for key in ("import_ms", "init_ms", "import_cpu_ms", "init_cpu_ms", "process_ms"):
             row[key] = round(statistics.median(s[key] for s in got))
         row["modules"] = got[0]["modules"]
         row["anthropic"] = got[0]["anthropic"]
         row["redis"] = got[0]["redis"]
         rows.append(row)
+    reference = rows[-1]["process_ms"]
+    for row in rows:
+        row["x_reference"] = round(row["process_ms"] / reference, 2)
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| function | import ms | init ms | init CPU ms | modules | anthropic | redis |",
-        "| --- | ---: | ---: | ---: | ---: | :---: | :---: |",
+        "| function | import ms | init ms | init CPU ms | process ms | x reference | modules "
+        "| anthropic | redis |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: | :---: |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['function']} | {r['import_ms']} | {r['init_ms']} | {r['init_cpu_ms']} | {r['modules']} "
+            f"| {r['function']} | {r['import_ms']} | {r['init_ms']} | {r['init_cpu_ms']} | {r['process_ms']} "
+            f"| {r['x_reference']} | {r['modules']} "
             f"| {'yes' if r['anthropic'] else 'no'} | {'yes' if r['redis'] else 'no'} |"
         )
     return "\n".join(lines)

@@ -10,8 +10,10 @@ from chatmemory.observability import metrics
 from chatmemory.protocol import SendMessage
 from chatmemory.services import get_services
 
-# Import the model SDK (about 1 s) during init, where SnapStart or provisioned concurrency can
-# take it off the first turn; the client itself is still built on first use.
+# Import the model SDK (about 1 s) and the turn's memory (retrieval: numpy, the search index)
+# during init, where SnapStart or provisioned concurrency can take them off the first turn;
+# the clients themselves are still built on first use.
+import chatmemory.conversation  # isort: skip
 import chatmemory.llm.anthropic_model  # noqa: F401  # isort: skip
 
 

@@ -14,6 +14,9 @@ from chatmemory.observability import logger, metrics, tracer
 from chatmemory.services import get_services
 from pydantic import BaseModel, Field
 
+# The memory update (retrieval's index and embeddings among it) is imported during init.
+import chatmemory.memory.updater  # noqa: F401  # isort: skip
+
 
 class SummarizeEvent(BaseModel):
     session_id: str = Field(alias="sessionId", min_length=1, max_length=64)

