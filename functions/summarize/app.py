@@ -2,8 +2,9 @@
 turns state into its principal's long-term memory when they opted in. Invoked asynchronously
 (``InvocationType="Event"``) by sendMessage after a turn's ``done``, with ``{"sessionId": ...}``.
 
-A failure raises, so Lambda's own retry runs once; after that the session's next turn, finding
-the summary still behind, schedules it again.
+A failed summary backs off by itself (``chatmemory.memory.updater``): the invocation fails, into
+the dead-letter queue (Lambda does not retry it), only when the update is given up, or when the
+session's memory cannot be read at all; the session's next turn schedules it again.
 """
 
 from typing import Any

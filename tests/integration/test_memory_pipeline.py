@@ -16,6 +16,7 @@ from chatmemory.errors import ChatError, LlmUnavailable
 from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.llm.base import ReplyStream
 from chatmemory.memory.tasks import FACTS_TASK, SUMMARY_TASK
+from chatmemory.memory.updater import MemoryUpdateGivenUp
 from chatmemory.protocol import encode
 from chatmemory.services import Services, redis_client
 from chatmemory.store import TurnStore
@@ -147,36 +148,97 @@ def test_consecutive_turns_read_their_prefix_from_the_prompt_cache(small: Servic
 
 
 class FailingTasks:
-    """The offline model, except that memory tasks fail while ``failing`` is set."""
+    """The offline model, except that the summary task fails while ``failing`` is set (the
+    model overloaded); counts the summary requests."""
 
     def __init__(self, inner: Any) -> None:
-        self.inner, self.failing = inner, True
+        self.inner, self.failing, self.summaries = inner, True, 0
 
     def stream(self, prompt: Any) -> Any:
-        if self.failing and SUMMARY_TASK in prompt.system:
-            raise LlmUnavailable("the model is overloaded")
+        if SUMMARY_TASK in prompt.system:
+            self.summaries += 1
+            if self.failing:
+                raise LlmUnavailable("the model is overloaded")
         return self.inner.stream(prompt)
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def failing_services(aws: Any, redis_url: str, **memory: Any) -> tuple[Services, FailingTasks, Clock]:
+    settings = make_settings(redis_url, memory={**MEMORY, **memory})
+    model = FailingTasks(build_chat_model(settings.llm, None))
+    clock = Clock()
+    return Services(settings, aws, redis_client(settings), model, clock=clock), model, clock
+
+
 @pytest.mark.moto_only(TRANSACTIONS)
-def test_a_failed_update_leaves_the_turn_alone_and_is_retried_after_the_next(
+def test_a_failing_update_backs_off_instead_of_asking_the_model_on_every_turn(
     aws: Any, redis_url: str
 ) -> None:
-    settings = make_settings(redis_url, memory=MEMORY)
-    model = FailingTasks(build_chat_model(settings.llm, None))
-    services = Services(settings, aws, redis_client(settings), model)
+    """Given a model that fails the summary: the turns stay whole, the update is tried once and
+    then waits (the old code asked again after every turn once a block was due: three times in
+    these nine), doubling its wait; once the model is back and the wait is over, the summary is
+    written and the count of failures goes."""
+    services, model, clock = failing_services(aws, redis_url, update_retry_seconds=60)
     chat = Chat(services, "s-retry")
-    for i in range(7):
+    for i in range(9):
         frames = chat.say(f"My note {i} is short.")
         chat.settle()
-    assert frames[-1]["type"] == "done"  # the turn that scheduled the failing update is whole
-    assert meta_items(aws, "s-retry") == []
+        assert frames[-1]["type"] == "done"  # every turn whole
+    assert model.summaries == 1
+    (meta,) = meta_items(aws, "s-retry")
+    assert "summarized_through" not in meta and int(meta["update_failures"]) == 1
+    assert int(meta["update_retry_at"]) == int(clock.now) + 60
 
-    model.failing = False
-    chat.say("and now?")  # still a block behind: scheduled again
+    clock.now += 61  # the wait is over; the model still fails: the next wait is twice as long
+    chat.say("still there?")
     chat.settle()
     (meta,) = meta_items(aws, "s-retry")
-    assert int(meta["summarized_through"]) == 3
+    assert model.summaries == 2 and int(meta["update_failures"]) == 2
+    assert int(meta["update_retry_at"]) == int(clock.now) + 120
+
+    model.failing = False
+    chat.say("and now?")  # waiting: not asked
+    chat.settle()
+    assert model.summaries == 2
+    clock.now += 121
+    chat.say("and now, later?")
+    chat.settle()
+    (meta,) = meta_items(aws, "s-retry")
+    assert int(meta["summarized_through"]) >= 3 and meta["summary"]
+    assert "update_failures" not in meta and "update_retry_at" not in meta
+    assert services.memory_state.get("s-retry").update_failures == 0  # the cached copy too
+
+
+@pytest.mark.moto_only(TRANSACTIONS)
+def test_an_update_that_keeps_failing_is_given_up_and_parked(aws: Any, redis_url: str) -> None:
+    """After ``update_max_attempts`` failures in a row the update fails for good (the summarize
+    function's invocation then lands in the dead-letter queue) and waits a day, not minutes."""
+    services, model, clock = failing_services(
+        aws, redis_url, update_retry_seconds=10, update_max_attempts=3, update_parked_seconds=86_400
+    )
+    chat = Chat(services, "s-park")
+    for i in range(9):
+        chat.say(f"My note {i} is short.")
+        chat.settle()
+    assert model.summaries == 1  # a block was due: it failed once
+    assert services.updater.update("s-park") is False  # waiting after the first failure
+    clock.now += 11
+    assert services.updater.update("s-park") is False  # the second
+    clock.now += 21
+    with pytest.raises(MemoryUpdateGivenUp):
+        services.updater.update("s-park")
+    (meta,) = meta_items(aws, "s-park")
+    assert model.summaries == 3 and int(meta["update_failures"]) == 3
+    assert int(meta["update_retry_at"]) == int(clock.now) + 86_400
+    clock.now += 3_600
+    assert services.updater.update("s-park") is False and model.summaries == 3  # parked
 
 
 @pytest.mark.moto_only(TRANSACTIONS)

@@ -1019,6 +1019,11 @@ def test_async_invocations_that_fail_for_good_land_in_the_dead_letter_queue(raw:
             "Type": "SQS",
             "Destination": {"Fn::GetAtt": ["AsyncDeadLetterQueue", "Arn"]},
         }, name
+    # The memory update backs off by itself and fails only when it gives up: a retry by
+    # Lambda would find it waiting, succeed, and keep the give-up out of the queue.
+    assert (
+        raw["Resources"]["SummarizeFunction"]["Properties"]["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+    )
 
 
 def test_alarms_notify_an_sns_topic_with_an_optional_email(raw: dict[str, Any]) -> None:

@@ -36,6 +36,15 @@ class MemorySettings(BaseModel):
     long_term_every_turns: int = Field(
         3, ge=1, le=100, description="an opted-in user's facts reach long-term memory at least this often"
     )
+    update_retry_seconds: int = Field(
+        60, ge=1, description="a failed summary update waits this long, doubled after each failure in a row"
+    )
+    update_max_attempts: int = Field(
+        5, ge=1, le=20, description="failures in a row after which a summary update is dead-lettered"
+    )
+    update_parked_seconds: int = Field(
+        86_400, ge=60, description="how long a dead-lettered summary update waits before it is tried again"
+    )
     chars_per_token: float = Field(3.5, gt=0, description="the token estimator's starting ratio")
     retrieval_recent_turns: int = Field(
         4,

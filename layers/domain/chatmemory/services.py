@@ -234,6 +234,7 @@ class Services:
                 self.recall,
                 self.cross_session,
                 self.memory.keep_alive,
+                self.clock,
             )
 
         return self._once("updater", build)

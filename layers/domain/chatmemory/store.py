@@ -387,7 +387,10 @@ class TurnStore:
     def memory_state(self, session_id: str) -> MemoryState:
         response = self._table.get_item(
             Key={"session_id": session_id, "turn_number": META_TURN},
-            ProjectionExpression="#sm, summary_tokens, #f, summarized_through, #st, version, turns_expire_at",
+            ProjectionExpression=(
+                "#sm, summary_tokens, #f, summarized_through, #st, version, turns_expire_at,"
+                " update_failures, update_retry_at"
+            ),
             ExpressionAttributeNames={"#sm": "summary", "#f": "facts", "#st": "strategy"},
             ConsistentRead=True,
         )
@@ -407,7 +410,7 @@ class TurnStore:
             "Key": meta_key,
             "UpdateExpression": (
                 "SET #sm = :s, summary_tokens = :st, #f = :f, summarized_through = :n, #t = :t,"
-                " version = if_not_exists(version, :v0) + :one"
+                " version = if_not_exists(version, :v0) + :one REMOVE update_failures, update_retry_at"
             ),
             "ConditionExpression": "attribute_not_exists(summarized_through) OR summarized_through < :n",
             "ExpressionAttributeNames": {"#sm": "summary", "#f": "facts", "#t": "ttl"},
@@ -439,6 +442,44 @@ class TurnStore:
                 reason.get("Code") == "ConditionalCheckFailed"
                 for reason in exc.response.get("CancellationReasons", [])
             ):
+                return False
+            raise
+        return True
+
+    def record_update_failure(
+        self, session_id: str, through: int, failures: int, retry_at: int, expires_at: int
+    ) -> bool:
+        """Note that the summary update reaching ``through`` failed ``failures`` times in a row
+        and waits until ``retry_at``; False (nothing written) if the stored summary reaches that
+        far already (another run succeeded) or that turn no longer exists (an erased session's
+        meta item is not brought back). One transaction, like ``advance_memory``."""
+        update: dict[str, Any] = {
+            "TableName": self._table.name,
+            "Key": {"session_id": session_id, "turn_number": META_TURN},
+            "UpdateExpression": (
+                "SET update_failures = :f, update_retry_at = :r, #t = if_not_exists(#t, :t),"
+                " version = if_not_exists(version, :v0) + :one"
+            ),
+            "ConditionExpression": "attribute_not_exists(summarized_through) OR summarized_through < :n",
+            "ExpressionAttributeNames": {"#t": "ttl"},
+            "ExpressionAttributeValues": {
+                ":f": failures,
+                ":r": retry_at,
+                ":t": expires_at,
+                ":n": through,
+                **_next_version(),
+            },
+        }
+        check: dict[str, Any] = {
+            "TableName": self._table.name,
+            "Key": {"session_id": session_id, "turn_number": through},
+            "ConditionExpression": "attribute_exists(turn_number)",
+        }
+        items: list[TransactWriteItemTypeDef] = [{"Update": update}, {"ConditionCheck": check}]  # type: ignore[typeddict-item]
+        try:
+            self._table.meta.client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "TransactionCanceledException":
                 return False
             raise
         return True
@@ -550,6 +591,8 @@ def _memory_state(item: dict[str, Any]) -> MemoryState:
         strategy=item.get("strategy"),
         version=int(item.get("version", 0)),
         turns_expire_at=int(item.get("turns_expire_at", 0)),
+        update_failures=int(item.get("update_failures", 0)),
+        update_retry_at=int(item.get("update_retry_at", 0)),
     )
 
 

@@ -65,6 +65,18 @@ class MemoryStateRepository:
                 self._drop(session_id)
         return bool(written)
 
+    def note_update_failure(self, session_id: str, through: int, failures: int, retry_at: int) -> None:
+        """Note a failed summary update and when it may be tried again, and cache the state as
+        stored. Faults propagate; an erased or already updated session is left alone."""
+        if self.breakers.dynamodb.call(
+            self.store.record_update_failure, session_id, through, failures, retry_at, self.expiry()
+        ):
+            stored = self.read_stored(session_id)
+            if stored is not None:
+                self._cache(session_id, stored)
+            else:
+                self._drop(session_id)
+
     def note_turns_expiry(self, session_id: str, oldest_turn: int, turns_expire_at: int) -> None:
         """Note when the session's turns start to expire, and cache the state as stored. Faults
         propagate; an erased session is left alone."""

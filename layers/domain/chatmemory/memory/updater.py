@@ -2,8 +2,13 @@
 
 Idempotent: it reads the stored state, works out how far the summary should reach, and stores
 the result with a conditional update that only succeeds if no one got there first. Running it
-twice, or twice at once, stores one result. If it fails, nothing changes and the next turn,
-seeing the summary still behind, schedules it again.
+twice, or twice at once, stores one result. If the summary's update fails (the model, an
+answer it cannot use), the meta item notes it and when to try again: after ``update_retry_seconds``, doubled
+with each failure in a row, so a model that is down is not asked twice on every turn. After
+``update_max_attempts`` failures in a row the update is given up (``MemoryUpdateGivenUp``:
+the summarize function's invocation fails into its dead-letter queue, which is alarmed) and
+waits ``update_parked_seconds`` before it is tried again. The turns themselves are kept; only
+the summary and facts of the block lag, and a retrieving strategy still finds them.
 
 Long-term memory has its own cursor, per session, in the principal's memory: the same run
 extracts the facts of the turns after it (every few turns, or after a turn that states one),
@@ -13,12 +18,14 @@ own cadence.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aws_lambda_powertools.metrics import MetricUnit
 
 from chatmemory.config import MemorySettings
+from chatmemory.history import DYNAMODB_FAULTS
 from chatmemory.llm.base import ChatModel
 from chatmemory.memory import tasks
 from chatmemory.memory.crosssession import CrossSession
@@ -46,6 +53,7 @@ class MemoryUpdater:
     # Keeps a live session's turns alive (``SessionMemory.keep_alive``): the oldest live turn
     # and its expiry to note, or ``None``.
     keep_alive: Callable[[str, int], tuple[int, int] | None] | None = None
+    clock: Callable[[], float] = time.time
 
     def update(self, session_id: str) -> bool:
         """Bring the session's summary and facts up to date, then the principal's long-term
@@ -65,10 +73,53 @@ class MemoryUpdater:
             self.recall.index(session_id, recent)
             if self.cross_session is not None:
                 self.cross_session.index(session_id, recent)
+        given_up: MemoryUpdateGivenUp | None = None
         if strategy.cursor:
-            stored = self._update_session(session_id, state, last)
+            try:
+                stored = self._update_session_unless_waiting(session_id, state, last)
+            except MemoryUpdateGivenUp as exc:
+                given_up = exc  # the long-term merge below is a part of its own
         self.remember(session_id, last)
+        if given_up is not None:
+            raise given_up
         return stored
+
+    def _update_session_unless_waiting(self, session_id: str, state: MemoryState, last: int) -> bool:
+        now = int(self.clock())
+        if state.update_retry_at > now:
+            logger.info(
+                "summary update waits after failing",
+                extra={"failures": state.update_failures, "retry_in": state.update_retry_at - now},
+            )
+            return False
+        try:
+            return self._update_session(session_id, state, last)
+        except DYNAMODB_FAULTS:
+            raise  # the store failing: a note of it would fail too (and count against its breaker)
+        except Exception as exc:  # the model, an answer that cannot be used
+            self._note_failure(session_id, state, last, now, exc)
+            return False
+
+    def _note_failure(self, session_id: str, state: MemoryState, last: int, now: int, exc: Exception) -> None:
+        target = summary_target(state.summarized_through, last, self.settings) or last
+        failures = state.update_failures + 1
+        given_up = failures >= self.settings.update_max_attempts
+        wait = (
+            self.settings.update_parked_seconds
+            if given_up
+            else self.settings.update_retry_seconds * 2 ** (failures - 1)
+        )
+        try:
+            self.repository.note_update_failure(session_id, target, failures, now + wait)
+        except Exception as note_exc:  # the stores failing too: the next run tries again
+            logger.warning("could not note the failed update", extra={"error": type(note_exc).__name__})
+        extra = {"error": type(exc).__name__, "failures": failures, "retry_in": wait, "through": target}
+        if given_up:
+            logger.error("summary update given up; dead-lettered", extra=extra)
+            metrics.add_metric(name="MemoryUpdateGivenUp", unit=MetricUnit.Count, value=1)
+            raise MemoryUpdateGivenUp(session_id) from exc
+        logger.warning("summary update failed; tried again later", extra=extra)
+        metrics.add_metric(name="MemoryUpdateFailed", unit=MetricUnit.Count, value=1)
 
     def _keep_alive(self, session_id: str, state: MemoryState) -> None:
         if self.keep_alive is None:
@@ -178,6 +229,8 @@ class MemoryUpdater:
         """``update`` for background runs: a failure is logged and counted, never raised."""
         try:
             self.update(session_id)
+        except MemoryUpdateGivenUp:
+            return  # logged and counted where it was given up
         except Exception as exc:  # the model, the stores, a bad answer: a background run must not die
             logger.warning(
                 "memory update failed; retried after a later turn", extra={"error": type(exc).__name__}
@@ -187,3 +240,7 @@ class MemoryUpdater:
 
 class MemoryUnreachable(Exception):
     """The session's stored memory state could not be read."""
+
+
+class MemoryUpdateGivenUp(Exception):
+    """The session's summary update failed ``update_max_attempts`` times in a row."""
