@@ -113,8 +113,7 @@ class Template:
             props = res["Properties"]
             target = props["Target"]["Fn::Sub"].split("${", 1)[1].rstrip("}")
             uri = integrations[target]["Properties"]["IntegrationUri"]["Fn::Sub"]
-            function_id = uri.split("functions/${", 1)[1].split(".Arn}", 1)[0]
-            out[str(props["RouteKey"])] = functions[function_id]
+            out[str(props["RouteKey"])] = functions[_invoked_function(uri, functions)]
         return out
 
     def connect_authorizer(self) -> Authorizer | None:
@@ -127,7 +126,7 @@ class Template:
                 continue
             authorizer = authorizers[props["AuthorizerId"]["Ref"]]["Properties"]
             uri = authorizer["AuthorizerUri"]["Fn::Sub"]
-            function_id = uri.split("functions/${", 1)[1].split(".Arn}", 1)[0]
+            function_id = _invoked_function(uri, functions)
             return Authorizer(functions[function_id], tuple(authorizer.get("IdentitySource", [])))
         return None
 
@@ -208,6 +207,18 @@ class Template:
 def load_template(path: Path = TEMPLATE) -> Template:
     with path.open() as handle:
         return Template(yaml.load(handle, Loader=_CfnLoader))
+
+
+def _invoked_function(uri: str, functions: dict[str, Function]) -> str:
+    """The function an integration URI invokes: ``${Fn.Arn}``, or ``${FnAlias<name>}``, the
+    alias SAM makes for ``AutoPublishAlias`` (the local stack runs the function's code)."""
+    reference = uri.split("functions/${", 1)[1].split("}", 1)[0]
+    if reference.endswith(".Arn"):
+        return reference.removesuffix(".Arn")
+    function_id, _, _alias = reference.partition("Alias")
+    if function_id not in functions:
+        raise ValueError(f"an integration invokes {reference}, not a function of the template")
+    return function_id
 
 
 def create_tables(

@@ -15,6 +15,9 @@ from chatmemory.services import get_services
 # the clients themselves are still built on first use.
 import chatmemory.conversation  # isort: skip
 import chatmemory.llm.anthropic_model  # noqa: F401  # isort: skip
+from chatmemory import snapstart  # isort: skip
+
+snapstart.register()  # its hooks, for a deployment with SendMessageSnapStart=true
 
 
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -24,7 +27,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     if original is not None:
         return answer(original, context)
     settings = get_services().settings
-    if hand_off(settings.stream, event, lambda worker: lambda_handler(worker, context), settings.aws_region):
+
+    def worker(original: dict[str, Any]) -> Any:
+        return lambda_handler(original, context)
+
+    if hand_off(settings.stream, event, worker, settings.aws_region, context.invoked_function_arn):
         metrics.flush_metrics()  # this invocation ends here: HandedOff goes out with it
         return OK
     return answer(event, context)

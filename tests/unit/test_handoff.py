@@ -50,6 +50,21 @@ def test_lambda_invokes_itself_async_with_the_original_event(
     assert handoff.handed_off(EVENT) is None
 
 
+def test_the_worker_is_invoked_through_the_alias_the_turn_came_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The route invokes the "live" alias (SnapStart's published version, the alias's failure
+    destination): the worker goes the same way, not to $LATEST."""
+    fake = FakeLambda()
+    monkeypatch.setattr(handoff, "_client", fake)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "chat-SendMessageFunction-X1")
+    alias = "arn:aws:lambda:us-east-1:123456789012:function:chat-SendMessageFunction-X1:live"
+
+    assert handoff.hand_off(StreamSettings(handoff="lambda"), EVENT, never, "us-east-1", alias) is True
+    (call,) = fake.calls
+    assert call["FunctionName"] == alias
+
+
 def test_a_failed_or_impossible_handoff_is_answered_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(handoff, "_client", FakeLambda(fail=True))
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "chat-SendMessageFunction-X1")

@@ -25,6 +25,9 @@ TYPING_ONLY = {"mypy_boto3_dynamodb", "mypy_boto3_apigatewaymanagementapi", "myp
 # Imported only when installed, with a fallback: the offline embedding model ships x86_64 wheels
 # only, and the deployed functions embed with Bedrock (chatmemory.embeddings).
 OPTIONAL = {"wordllama"}
+# Part of the Lambda Python runtimes that have SnapStart, imported with a fallback where missing
+# (chatmemory.snapstart): never shipped in the layer.
+RUNTIME_PROVIDED = {"snapshot_restore_py"}
 
 
 def project() -> dict[str, object]:
@@ -111,7 +114,7 @@ def test_everything_the_lambda_code_imports_comes_with_the_layer() -> None:
     missing: dict[str, str] = {}
     for folder in LAMBDA_CODE:
         for path in folder.rglob("*.py"):
-            imported = _imports(path) - OWN_PACKAGES - TYPING_ONLY - OPTIONAL
+            imported = _imports(path) - OWN_PACKAGES - TYPING_ONLY - OPTIONAL - RUNTIME_PROVIDED
             for module in imported - set(sys.stdlib_module_names):
                 dists = {canonicalize_name(d) for d in providers.get(module, [])}
                 if not dists & available:

@@ -204,18 +204,54 @@ def test_every_route_invokes_a_handler_that_exists() -> None:
 def test_each_route_has_its_own_function_and_a_permission_scoped_to_it(raw: dict[str, Any]) -> None:
     routes = load_template().routes()
     assert len({f.logical_id for f in routes.values()}) == len(routes)
+    # Keyed by function: a permission may name the function or the alias its route invokes.
     permissions = {
-        res["Properties"]["FunctionName"]["Ref"]: res["Properties"]
+        res["Properties"]["FunctionName"]["Ref"].removesuffix(ALIAS): res["Properties"]
         for res in resources_of(raw, "AWS::Lambda::Permission").values()
+    }
+    integrations = resources_of(raw, "AWS::ApiGatewayV2::Integration")
+    invoked = {
+        props["Properties"]["IntegrationUri"]["Fn::Sub"].split("functions/${", 1)[1].split("}", 1)[0]
+        for props in integrations.values()
     }
     for route, function in routes.items():
         permission = permissions[function.logical_id]
+        granted = raw_permission_target(raw, function.logical_id)
+        assert granted in {function.logical_id, function.logical_id + ALIAS}, route
+        # the permission is for what the integration invokes: the function, or its alias
+        assert (granted + ".Arn" if granted == function.logical_id else granted) in invoked, route
         assert permission["Principal"] == "apigateway.amazonaws.com"
         assert permission["Action"] == "lambda:InvokeFunction"
         assert permission["SourceArn"] == {
             "Fn::Sub": "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:"
             f"${{WebSocketApi}}/${{StageName}}/{route}"
         }
+
+
+ALIAS = "Aliaslive"  # the logical id suffix of the alias SAM makes for AutoPublishAlias: live
+
+
+def raw_permission_target(raw: dict[str, Any], function: str) -> str:
+    (target,) = {
+        res["Properties"]["FunctionName"]["Ref"]
+        for res in resources_of(raw, "AWS::Lambda::Permission").values()
+        if res["Properties"]["FunctionName"]["Ref"].removesuffix(ALIAS) == function
+    }
+    return str(target)
+
+
+def test_send_message_is_invoked_through_an_alias_snapstart_can_apply_to(raw: dict[str, Any]) -> None:
+    """SnapStart snapshots published versions only: sendMessage publishes one behind the
+    "live" alias, which its route invokes (and which its permission names); SnapStart itself
+    is a parameter, off by default."""
+    props = raw["Resources"]["SendMessageFunction"]["Properties"]
+    assert props["AutoPublishAlias"] == "live"
+    uri = raw["Resources"]["SendMessageIntegration"]["Properties"]["IntegrationUri"]["Fn::Sub"]
+    assert "${SendMessageFunctionAliaslive}/invocations" in uri
+    assert raw_permission_target(raw, "SendMessageFunction") == "SendMessageFunctionAliaslive"
+    off = evaluate(raw)["Resources"]["SendMessageFunction"]["Properties"]["SnapStart"]
+    on = evaluate(raw, SendMessageSnapStart="true")["Resources"]["SendMessageFunction"]["Properties"]
+    assert off == {"ApplyOn": "None"} and on["SnapStart"] == {"ApplyOn": "PublishedVersions"}
 
 
 def test_the_stage_auto_deploys_with_throttling_from_parameters(raw: dict[str, Any]) -> None:

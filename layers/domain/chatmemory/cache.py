@@ -165,5 +165,11 @@ class LazyCluster:
                     raise RedisConnectionError(f"cache cluster unreachable: {exc}") from exc
             return self._client
 
+    def disconnect(self) -> None:
+        """Close the nodes' connections, if the cluster was built (never builds it)."""
+        with self._lock:
+            if self._client is not None:
+                self._client.disconnect_connection_pools()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client(), name)

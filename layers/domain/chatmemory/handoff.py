@@ -34,22 +34,31 @@ def handed_off(event: Event) -> Event | None:
     return inner if isinstance(inner, dict) else None
 
 
-def hand_off(settings: StreamSettings, event: Event, run: Callable[[Event], Any], region: str) -> bool:
-    """Start the turn elsewhere; whether it was (``False``: answer it here)."""
+def hand_off(
+    settings: StreamSettings,
+    event: Event,
+    run: Callable[[Event], Any],
+    region: str,
+    invoked_arn: str | None = None,
+) -> bool:
+    """Start the turn elsewhere; whether it was (``False``: answer it here). ``invoked_arn``:
+    the ARN this invocation was made through (the Lambda context's): the worker is invoked
+    the same way, through the same alias, so it gets that version's SnapStart snapshot and
+    the alias's failure destination."""
     if settings.handoff == "thread":
         threading.Thread(target=run, args=({HANDOFF_KEY: event},), daemon=True, name="handoff").start()
         return True
     if settings.handoff == "lambda":
-        return _invoke_async(event, region)
+        return _invoke_async(event, region, invoked_arn)
     return False
 
 
 _client: Any = None
 
 
-def _invoke_async(event: Event, region: str) -> bool:
+def _invoke_async(event: Event, region: str, invoked_arn: str | None) -> bool:
     global _client
-    function = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
+    function = invoked_arn or os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
     if not function:
         logger.warning("handoff=lambda outside Lambda: answering in place")
         return False
