@@ -423,28 +423,7 @@ class TurnStore:
                 **_next_version(),
             },
         }
-        items: list[TransactWriteItemTypeDef] = [{"Update": update}]  # type: ignore[typeddict-item]
-        if state.summarized_through > META_TURN:
-            turn_key: dict[str, Any] = {"session_id": session_id, "turn_number": state.summarized_through}
-            items.append(
-                {
-                    "ConditionCheck": {
-                        "TableName": self._table.name,
-                        "Key": turn_key,
-                        "ConditionExpression": "attribute_exists(turn_number)",
-                    }
-                }
-            )
-        try:
-            self._table.meta.client.transact_write_items(TransactItems=items)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "TransactionCanceledException" and any(
-                reason.get("Code") == "ConditionalCheckFailed"
-                for reason in exc.response.get("CancellationReasons", [])
-            ):
-                return False
-            raise
-        return True
+        return self._update_meta_if_turn_exists(session_id, update, state.summarized_through)
 
     def record_update_failure(
         self, session_id: str, through: int, failures: int, retry_at: int, expires_at: int
@@ -470,19 +449,7 @@ class TurnStore:
                 **_next_version(),
             },
         }
-        check: dict[str, Any] = {
-            "TableName": self._table.name,
-            "Key": {"session_id": session_id, "turn_number": through},
-            "ConditionExpression": "attribute_exists(turn_number)",
-        }
-        items: list[TransactWriteItemTypeDef] = [{"Update": update}, {"ConditionCheck": check}]  # type: ignore[typeddict-item]
-        try:
-            self._table.meta.client.transact_write_items(TransactItems=items)
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "TransactionCanceledException":
-                return False
-            raise
-        return True
+        return self._update_meta_if_turn_exists(session_id, update, through)
 
     def record_turns_expiry(self, session_id: str, oldest_turn: int, turns_expire_at: int) -> bool:
         """Note on the meta item when the session's turns start to expire (``turns_expire_at``,
@@ -501,16 +468,27 @@ class TurnStore:
             "ExpressionAttributeNames": {"#t": "ttl"},
             "ExpressionAttributeValues": {":e": turns_expire_at, **_next_version()},
         }
-        check: dict[str, Any] = {
-            "TableName": self._table.name,
-            "Key": {"session_id": session_id, "turn_number": oldest_turn},
-            "ConditionExpression": "attribute_exists(turn_number)",
-        }
-        items: list[TransactWriteItemTypeDef] = [{"Update": update}, {"ConditionCheck": check}]  # type: ignore[typeddict-item]
+        return self._update_meta_if_turn_exists(session_id, update, oldest_turn)
+
+    def _update_meta_if_turn_exists(self, session_id: str, update: dict[str, Any], turn: int) -> bool:
+        """The meta item's ``update``, in one transaction with a check that ``turn`` still
+        exists (when it is a turn): an erasure between the read and this write cannot get its
+        meta item back. False when a condition failed (nothing written)."""
+        items: list[TransactWriteItemTypeDef] = [{"Update": update}]  # type: ignore[typeddict-item]
+        if turn > META_TURN:
+            check: dict[str, Any] = {
+                "TableName": self._table.name,
+                "Key": {"session_id": session_id, "turn_number": turn},
+                "ConditionExpression": "attribute_exists(turn_number)",
+            }
+            items.append({"ConditionCheck": check})  # type: ignore[typeddict-item]
         try:
             self._table.meta.client.transact_write_items(TransactItems=items)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "TransactionCanceledException":
+            if exc.response["Error"]["Code"] == "TransactionCanceledException" and any(
+                reason.get("Code") == "ConditionalCheckFailed"
+                for reason in exc.response.get("CancellationReasons", [])
+            ):
                 return False
             raise
         return True
