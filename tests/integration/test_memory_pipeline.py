@@ -323,6 +323,43 @@ def test_summaries_cut_at_max_tokens_never_corrupt_memory_or_stop_it_moving(aws:
     ]
 
 
+class FailingFacts:
+    """The offline model, except that the facts task fails while ``failing`` is set."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.failing, self.asked = inner, True, 0
+
+    def stream(self, prompt: Any) -> Any:
+        if FACTS_TASK in prompt.system:
+            self.asked += 1
+            if self.failing:
+                raise LlmUnavailable("the model is overloaded")
+        return self.inner.stream(prompt)
+
+
+@pytest.mark.moto_only(TRANSACTIONS)
+def test_a_failing_long_term_merge_is_counted_and_retried_when_next_due(aws: Any, redis_url: str) -> None:
+    """An opted-in user's facts cannot be merged while the model fails: the worker's run does
+    not fail for it (the old code raised, which now dead-letters at once), and the next due
+    turn merges them."""
+    settings = make_settings(redis_url, memory=MEMORY)
+    model = FailingFacts(build_chat_model(settings.llm, None))
+    services = Services(settings, aws, redis_client(settings), model)
+    chat = Chat(services, "s-merge")
+    chat.binding = chat.binding.model_copy(update={"principal": "guest:ada"})
+    services.user_memory.opt_in("guest:ada", "s-merge", 0, [])
+    chat.say("My name is Ada Lovelace.")  # states a fact: a merge is due
+    chat.settle()
+    assert model.asked >= 1 and services.user_memory.read_stored("guest:ada").facts == []
+    assert services.updater.update("s-merge") is False  # no raise: retried when next due
+
+    model.failing = False
+    chat.say("I prefer green tea.")
+    chat.settle()
+    facts = str(services.user_memory.read_stored("guest:ada").facts)
+    assert "Ada Lovelace" in facts and "green tea" in facts
+
+
 class RefusesFacts:
     """The offline model, except that asked for facts it refuses in prose, as Claude sometimes
     does: no list of changes in the answer."""

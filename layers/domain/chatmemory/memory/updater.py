@@ -79,10 +79,24 @@ class MemoryUpdater:
                 stored = self._update_session_unless_waiting(session_id, state, last)
             except MemoryUpdateGivenUp as exc:
                 given_up = exc  # the long-term merge below is a part of its own
-        self.remember(session_id, last)
+        self._remember_unless_failing(session_id, last)
         if given_up is not None:
             raise given_up
         return stored
+
+    def _remember_unless_failing(self, session_id: str, last: int) -> None:
+        """The long-term merge; a failure of the model or of its answer is logged and counted,
+        not raised: the merge has its own cadence (``long_term_every_turns``, or a turn that
+        states a fact), which retries it, and a raise would dead-letter a passing blip."""
+        try:
+            self.remember(session_id, last)
+        except DYNAMODB_FAULTS:
+            raise
+        except Exception as exc:
+            logger.warning(
+                "long-term merge failed; tried again when next due", extra={"error": type(exc).__name__}
+            )
+            metrics.add_metric(name="UserMemoryMergeFailed", unit=MetricUnit.Count, value=1)
 
     def _update_session_unless_waiting(self, session_id: str, state: MemoryState, last: int) -> bool:
         now = int(self.clock())
