@@ -57,8 +57,9 @@ class MemoryUpdater:
 
     def update(self, session_id: str) -> bool:
         """Bring the session's summary and facts up to date, then the principal's long-term
-        memory; True if a new session state was stored. Each part is idempotent; a failure
-        raises (after the part that succeeded is stored) and the update is retried."""
+        memory; True if a new session state was stored. Each part is idempotent. A store that
+        fails raises (the next turn schedules the update again); the model's failures back off
+        (see the module), and only ``MemoryUpdateGivenUp`` is raised for them."""
         state = self.repository.read_stored(session_id)
         if state is None:
             raise MemoryUnreachable(session_id)
