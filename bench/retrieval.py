@@ -32,7 +32,7 @@ import numpy as np
 
 from bench.infra import MotoServer, RedisServer, apply_env, machine
 from bench.runner import counting_round_trips
-from bench.sides import World, _clear_metrics, text
+from bench.sides import World, _clear_metrics, raw_dynamodb, text
 
 MESSAGE = "What did we decide about the winter roads and the saga of the village?"
 
@@ -129,7 +129,19 @@ def _cache_corpus(settings: Any, services: Any, session_id: str) -> None:
         raise RuntimeError("the corpus was not read whole")
 
 
-class Side:
+class Measured:
+    """What a side's turns measured: wall and CPU seconds, retrieved turns, one warm turn's
+    round trips, and the first (a new process's) turn in ms."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.first_ms = 0.0
+        self.retrieved: list[int] = []
+        self.round_trips: dict[str, int] = {}
+
+
+class Side(Measured):
     def __init__(self, world: World, name: str, strategy: str, provider: str, length: int) -> None:
         from chatmemory.config import EmbeddingSettings
         from chatmemory.connections import Binding
@@ -168,11 +180,7 @@ class Side:
         self.binding = Binding(
             connection_id=f"c-{session_id}", session_id=session_id, principal="bench", connected_at=0
         )
-        self.wall: list[float] = []
-        self.cpu: list[float] = []
-        self.first_ms = 0.0
-        self.retrieved: list[int] = []
-        self.round_trips: dict[str, int] = {}
+        Measured.__init__(self)
 
     def turn(self, keep: bool = True, count: bool = False) -> float:
         text = message()
@@ -193,7 +201,7 @@ class Side:
         return elapsed
 
 
-class Reference:
+class Reference(Measured):
     """The design reference: a plain implementation of the same design, with raw clients and
     nothing else: LRANGE of the window, one conditional PutItem of the turn, one
     RPUSH/LTRIM/EXPIRE pipeline. Its session grows by a turn each time, as the others do."""
@@ -201,33 +209,17 @@ class Reference:
     name = "design reference"
 
     def __init__(self, world: World, length: int) -> None:
-        import boto3
-        from botocore.config import Config
         from chatmemory.cache import turns_key
         from chatmemory.services import redis_client
 
         self.length = length
         self.redis = redis_client(world.settings)
-        storage = world.settings.storage
-        self.ddb = boto3.client(
-            "dynamodb",
-            region_name=world.settings.aws_region,
-            endpoint_url=storage.dynamodb_endpoint_url,
-            config=Config(
-                connect_timeout=storage.connect_timeout_seconds,
-                read_timeout=storage.read_timeout_seconds,
-                retries={"max_attempts": storage.max_attempts, "mode": "standard"},
-            ),
-        )
+        self.ddb = raw_dynamodb(world.settings)
         self.table = world.sessions_table(f"retrieval-reference-{length}")
         self.session_id, window = world.seed_project_session(self.table, length)
         self.key, self.entry, self.context = turns_key(self.session_id), window[-1], world.context
         self.next = length + 1
-        self.wall: list[float] = []
-        self.cpu: list[float] = []
-        self.first_ms = 0.0
-        self.retrieved: list[int] = []
-        self.round_trips: dict[str, int] = {}
+        Measured.__init__(self)
 
     def turn(self, keep: bool = True, count: bool = False) -> float:
         assert self.redis is not None

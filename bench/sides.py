@@ -299,21 +299,16 @@ def stateless_case(world: World, services: Any, length: int) -> Case:
 # ---- the floor: the same round trips, raw clients, nothing else --------------------------
 
 
-def floor_case(world: World, length: int, operation: str) -> Case:
+def raw_dynamodb(settings: Any) -> Any:
+    """A low-level DynamoDB client with the project's connection settings (as
+    ``services.dynamodb_resource``), so only the code between the round trips differs."""
     import boto3
     from botocore.config import Config
-    from chatmemory.cache import turns_key
-    from chatmemory.services import redis_client
 
-    # Raw clients with the project's connection settings (services.dynamodb_resource and
-    # services.redis_client), so only the code between the round trips differs.
-    r = redis_client(world.settings)
-    assert r is not None
-    storage = world.settings.storage
-    table = world.sessions_table(f"floor-{operation}-{length}")
-    ddb = boto3.client(
+    storage = settings.storage
+    return boto3.client(
         "dynamodb",
-        region_name=world.settings.aws_region,
+        region_name=settings.aws_region,
         endpoint_url=storage.dynamodb_endpoint_url,
         config=Config(
             connect_timeout=storage.connect_timeout_seconds,
@@ -321,6 +316,18 @@ def floor_case(world: World, length: int, operation: str) -> Case:
             retries={"max_attempts": storage.max_attempts, "mode": "standard"},
         ),
     )
+
+
+def floor_case(world: World, length: int, operation: str) -> Case:
+    from chatmemory.cache import turns_key
+    from chatmemory.services import redis_client
+
+    # Raw clients with the project's connection settings (services.dynamodb_resource and
+    # services.redis_client), so only the code between the round trips differs.
+    r = redis_client(world.settings)
+    assert r is not None
+    table = world.sessions_table(f"floor-{operation}-{length}")
+    ddb = raw_dynamodb(world.settings)
     session_id, window = world.seed_project_session(table, length)
     key = turns_key(session_id)
     number = str(length + 1)
