@@ -68,3 +68,64 @@ def test_a_taken_turn_number_is_not_a_failure() -> None:
             breaker.call(conflict)
     assert breaker.current_state == pybreaker.STATE_CLOSED
     assert breaker.fail_counter == 0
+
+
+# ---- guarded calls: the fault, the fallback the caller asked for ---------------------------
+
+
+def test_a_store_fault_gives_the_callers_fallback_and_counts_against_the_breaker() -> None:
+    from botocore.exceptions import EndpointConnectionError
+    from chatmemory.errors import MemoryUnavailable
+
+    guard = breakers(fail_max=4).dynamodb
+
+    def down() -> int:
+        raise EndpointConnectionError(endpoint_url="http://dynamodb")
+
+    assert guard.attempt(down, default=-1) == -1
+    assert guard.succeeds(down) is False
+    with pytest.raises(MemoryUnavailable) as raised:
+        guard.require(down)
+    assert isinstance(raised.value.__cause__, EndpointConnectionError)
+    assert guard.fail_counter == 3
+    assert guard.attempt(down, default=None) is None  # the fourth opens it
+    assert guard.current_state == pybreaker.STATE_OPEN
+    # Open, the breaker's refusal is a fault too: the same fallbacks, the store not called.
+    called: list[bool] = []
+    assert guard.attempt(lambda: called.append(True), default="fallback") == "fallback"
+    assert not called
+
+
+def test_what_is_not_the_stores_fault_propagates() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    guards = breakers(fail_max=5)
+
+    def bug() -> None:
+        raise KeyError("a bug, not Redis failing")
+
+    with pytest.raises(KeyError):
+        guards.redis.attempt(bug, default=None)
+    # Each guard knows its own dependency's errors: a Redis error is not DynamoDB failing.
+    assert guards.redis.is_fault(RedisConnectionError())
+    assert not guards.dynamodb.is_fault(RedisConnectionError())
+    with pytest.raises(RedisConnectionError):
+        guards.dynamodb.attempt(lambda: guards.redis.call(_redis_down), default=None)
+
+
+def _redis_down() -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    raise RedisConnectionError("down")
+
+
+def test_a_store_fault_our_code_detects_is_a_fault_of_the_guard_it_runs_under() -> None:
+    from chatmemory.breakers import StoreFault
+
+    guard = breakers().dynamodb
+
+    def keeps_losing() -> None:
+        raise StoreFault("a conditional write lost every race")
+
+    assert guard.attempt(keeps_losing, default="fallback") == "fallback"
+    assert guard.fail_counter == 1

@@ -1,20 +1,52 @@
-"""One pybreaker circuit breaker per dependency, with a listener that logs and counts
-state changes (an alarm watches ``BreakerOpened``)."""
+"""Guarded calls: one circuit breaker per dependency, which also knows which errors are that
+dependency failing and hands the caller the fallback it asks for.
+
+Every call to a store goes through its ``Guard``: ``attempt`` (the result, or a default when
+the store fails), ``succeeds`` (whether a write went through) or ``require`` (the result, or
+the caller's error). Timeouts are the clients' own (boto3's ``Config``, redis-py's socket
+timeouts, ``chatmemory.clients``), so a dead store costs one timeout until its breaker opens.
+A listener logs and counts state changes (an alarm watches ``BreakerOpened``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, TypeVar
 
 import pybreaker
 from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import BotoCoreError, ClientError
 
 from chatmemory.config import BreakerSettings
-from chatmemory.errors import TurnConflict
+from chatmemory.errors import MemoryUnavailable, TurnConflict
 from chatmemory.observability import logger, metrics
 
 T = TypeVar("T")
+D = TypeVar("D")
+
+Faults = tuple[type[Exception], ...]
+
+
+class StoreFault(Exception):
+    """A store misbehaving in a way its client does not raise (a write that keeps losing a
+    race, say): a fault of whichever guard it is raised under."""
+
+
+def aws_errors() -> Faults:
+    return (ClientError, BotoCoreError)
+
+
+def redis_errors() -> Faults:
+    # Imported when first needed: the functions without Redis (the authorizer) never load it.
+    # A cluster client's slot-map errors (RedisClusterException) are not RedisErrors.
+    from redis.exceptions import RedisClusterException, RedisError
+
+    return (RedisError, RedisClusterException)
+
+
+def any_error() -> Faults:
+    return (Exception,)
 
 
 class ConcurrentCircuitBreaker(pybreaker.CircuitBreaker):
@@ -44,6 +76,58 @@ class ConcurrentCircuitBreaker(pybreaker.CircuitBreaker):
         return result
 
 
+class Guard(ConcurrentCircuitBreaker):
+    """A dependency's breaker that knows the dependency's faults: its client's errors and the
+    open breaker refusing the call. Anything else (a bug, ``TurnConflict``) propagates."""
+
+    def __init__(self, errors: Callable[[], Faults], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._errors = errors
+
+    @cached_property
+    def faults(self) -> Faults:
+        return (*self._errors(), StoreFault, pybreaker.CircuitBreakerError)
+
+    def is_fault(self, exc: BaseException) -> bool:
+        return isinstance(exc, self.faults)
+
+    def attempt(self, func: Callable[..., T], *args: Any, default: D, warn: str | None = None) -> T | D:
+        """``func(*args)``, or ``default`` when the dependency fails (logged with ``warn``)."""
+        try:
+            return self.call(func, *args)
+        except self.faults as exc:
+            self._warn(warn, exc)
+            return default
+
+    def succeeds(self, func: Callable[..., Any], *args: Any, warn: str | None = None) -> bool:
+        """Whether ``func(*args)`` went through (a failure logged with ``warn``)."""
+        try:
+            self.call(func, *args)
+        except self.faults as exc:
+            self._warn(warn, exc)
+            return False
+        return True
+
+    def require(
+        self,
+        func: Callable[..., T],
+        *args: Any,
+        error: Callable[[], Exception] = MemoryUnavailable,
+        warn: str | None = None,
+    ) -> T:
+        """``func(*args)``; when the dependency fails, ``error()`` is raised from the fault."""
+        try:
+            return self.call(func, *args)
+        except self.faults as exc:
+            self._warn(warn, exc)
+            raise error() from exc
+
+    @staticmethod
+    def _warn(message: str | None, exc: BaseException) -> None:
+        if message:
+            logger.warning(message, extra={"error": type(exc).__name__})
+
+
 class _StateListener(pybreaker.CircuitBreakerListener):
     def state_change(
         self,
@@ -62,18 +146,19 @@ class _StateListener(pybreaker.CircuitBreakerListener):
 
 @dataclass(frozen=True)
 class Breakers:
-    redis: pybreaker.CircuitBreaker
-    dynamodb: pybreaker.CircuitBreaker
-    outbox: pybreaker.CircuitBreaker  # SQS, where turns wait while DynamoDB is unavailable
-    embeddings: pybreaker.CircuitBreaker  # the embedding model: retrieval falls back to keywords
+    redis: Guard
+    dynamodb: Guard
+    outbox: Guard  # SQS, where turns wait while DynamoDB is unavailable
+    embeddings: Guard  # the embedding model: retrieval falls back to keywords
     # The vector index's SearchVectors: a missing or misconfigured index turns cross-session
     # retrieval off, never the turn store (whose breaker would leave replies unstored).
-    vectors: pybreaker.CircuitBreaker
+    vectors: Guard
 
     @classmethod
     def from_settings(cls, settings: BreakerSettings) -> Breakers:
-        def make(name: str) -> pybreaker.CircuitBreaker:
-            return ConcurrentCircuitBreaker(
+        def make(name: str, errors: Callable[[], Faults] = aws_errors) -> Guard:
+            return Guard(
+                errors,
                 fail_max=settings.fail_max,
                 reset_timeout=settings.reset_timeout_seconds,
                 exclude=[TurnConflict],  # a taken turn number is an answer, not a fault
@@ -82,9 +167,10 @@ class Breakers:
             )
 
         return cls(
-            redis=make("redis"),
+            redis=make("redis", redis_errors),
             dynamodb=make("dynamodb"),
             outbox=make("outbox"),
-            embeddings=make("embeddings"),
+            # Any provider's error (a local model, Bedrock, an HTTP API): keywords still answer.
+            embeddings=make("embeddings", any_error),
             vectors=make("vectors"),
         )

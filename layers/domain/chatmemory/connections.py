@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ValidationError
 
 from chatmemory.breakers import Breakers
-from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS
-from chatmemory.observability import logger
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table
@@ -95,20 +93,14 @@ class ConnectionRegistry:
 
     def _dynamodb(self, op: Callable[[], Any]) -> Any:
         """The operation's result, or ``_FAILED`` when DynamoDB (or its breaker) refused."""
-        try:
-            return self._breakers.dynamodb.call(op)
-        except DYNAMODB_FAULTS as exc:
-            logger.warning("connections table unavailable", extra={"error": type(exc).__name__})
-            return _FAILED
+        return self._breakers.dynamodb.attempt(op, default=_FAILED, warn="connections table unavailable")
 
     def _redis_call(self, op: Callable[[CacheClient], Any]) -> Any:
         if self._redis is None:
             return _FAILED
-        try:
-            return self._breakers.redis.call(op, self._redis)
-        except REDIS_FAULTS as exc:
-            logger.warning("Redis unavailable for bindings", extra={"error": type(exc).__name__})
-            return _FAILED
+        return self._breakers.redis.attempt(
+            op, self._redis, default=_FAILED, warn="Redis unavailable for bindings"
+        )
 
 
 _FAILED = object()

@@ -15,7 +15,7 @@ from typing import Any
 from chatmemory.cache import TurnCache
 from chatmemory.connections import CONNECTION_TTL_SECONDS, Binding
 from chatmemory.errors import Forbidden, MemoryUnavailable
-from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS, SessionMemory
+from chatmemory.history import SessionMemory
 from chatmemory.observability import logger
 from chatmemory.protocol import deleted_all_frame, deleted_frame, export_frames, session_frame
 from chatmemory.sender import FrameSender
@@ -155,13 +155,9 @@ class DataRights:
             def forget(c: TurnCache) -> None:
                 c.forget_user(principal)
 
-            try:
-                self._memory.breakers.redis.call(forget, cache)
-            except REDIS_FAULTS as exc:
-                logger.warning(
-                    "could not erase the user's cached memory", extra={"error": type(exc).__name__}
-                )
-                raise MemoryUnavailable() from exc
+            self._memory.breakers.redis.require(
+                forget, cache, warn="could not erase the user's cached memory"
+            )
         return len(owners)
 
     def _forget_cached(self, session_id: str) -> None:
@@ -172,12 +168,8 @@ class DataRights:
         def forget(c: TurnCache) -> None:
             c.forget(session_id)
 
-        try:
-            self._memory.breakers.redis.call(forget, cache)
-        except REDIS_FAULTS as exc:
-            # Its turns are gone from DynamoDB but still cached: not erased yet, so say so.
-            logger.warning("could not erase the session's cache", extra={"error": type(exc).__name__})
-            raise MemoryUnavailable() from exc
+        # Its turns are gone from DynamoDB but still cached: not erased yet, so say so.
+        self._memory.breakers.redis.require(forget, cache, warn="could not erase the session's cache")
 
     # ---- exportSession ------------------------------------------------------------------
 
@@ -238,8 +230,6 @@ class DataRights:
             raise Forbidden("This conversation belongs to someone else.")
 
     def _dynamodb(self, op: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return self._memory.breakers.dynamodb.call(op, *args)
-        except DYNAMODB_FAULTS as exc:
-            logger.warning("DynamoDB unavailable for a data request", extra={"error": type(exc).__name__})
-            raise MemoryUnavailable() from exc
+        return self._memory.breakers.dynamodb.require(
+            op, *args, warn="DynamoDB unavailable for a data request"
+        )

@@ -17,10 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-import pybreaker
 from aws_lambda_powertools.metrics import MetricUnit
-from botocore.exceptions import BotoCoreError, ClientError
-from redis.exceptions import RedisClusterException, RedisError
 
 from chatmemory.breakers import Breakers
 from chatmemory.cache import TurnCache
@@ -33,15 +30,6 @@ from chatmemory.store import TurnStore
 from chatmemory.turns import Turn, TurnStatus, Usage
 
 T = TypeVar("T")
-
-# What a failing dependency raises, including the breaker refusing to call it. A cluster
-# client's slot-map errors (RedisClusterException) are not RedisErrors.
-REDIS_FAULTS: tuple[type[BaseException], ...] = (
-    RedisError,
-    RedisClusterException,
-    pybreaker.CircuitBreakerError,
-)
-DYNAMODB_FAULTS: tuple[type[BaseException], ...] = (ClientError, BotoCoreError, pybreaker.CircuitBreakerError)
 
 
 @dataclass
@@ -99,11 +87,8 @@ class SessionMemory:
         history = self._load(session_id)
         if history.source != "cache":
             return history
-        try:
-            newest = self.breakers.dynamodb.call(self.store.newest_answered_turn, session_id)
-        except DYNAMODB_FAULTS:
-            return history  # what the cache has is the best there is
-        if newest <= history.last_turn_number:
+        newest = self.breakers.dynamodb.attempt(self.store.newest_answered_turn, session_id, default=None)
+        if newest is None or newest <= history.last_turn_number:  # None: the cache is the best there is
             return history
         logger.info("cached window behind the store; read again", extra={"cached": history.last_turn_number})
         self._cache_invalidate(session_id)
@@ -159,32 +144,40 @@ class SessionMemory:
         number = history.last_turn_number + 1
         for attempt in range(2):
             turn = self._new_turn(session_id, number, principal, message, client_message_id, message_id)
-            try:
-                self.breakers.dynamodb.call(self.store.put_user_message, turn)
-                self._withdraw_if_erased(turn)
-                return StartedTurn(turn, history, persisted=True)
-            except TurnConflict:
-                logger.info("turn number taken, re-reading history", extra={"attempt": attempt})
-                self._cache_invalidate(session_id)
-                reloaded = self._reload_from_store(session_id)
-                if reloaded is None:  # DynamoDB failed right after: no history to trust
-                    return StartedTurn(turn, History([], "stateless", "none"), persisted=False)
-                history = reloaded
-                self._check_taken(history, client_message_id, message_id)
-                # Expired items still hold their numbers until DynamoDB deletes them. They are
-                # always the oldest: a stored number past the history's last is a turn written
-                # since it was read, which the new turn's context would lack.
-                stored = self._last_stored_number(session_id)
-                if history.turns and stored > history.last_turn_number:
-                    raise Busy() from None
-                number = max(history.last_turn_number, stored) + 1
-            except DYNAMODB_FAULTS as exc:
-                logger.warning("could not store the user's message", extra={"error": type(exc).__name__})
+            put = self.breakers.dynamodb.attempt(
+                self._put_unless_taken, turn, default=None, warn="could not store the user's message"
+            )
+            if put is None:
                 mode: MemoryMode = "cache_only" if history.source == "cache" else "stateless"
                 kept = history.turns if mode == "cache_only" else []
                 deferred = self.outbox is not None
                 return StartedTurn(turn, History(kept, mode, history.source), False, deferred)
+            if put:
+                self._withdraw_if_erased(turn)
+                return StartedTurn(turn, history, persisted=True)
+            logger.info("turn number taken, re-reading history", extra={"attempt": attempt})
+            self._cache_invalidate(session_id)
+            reloaded = self._reload_from_store(session_id)
+            if reloaded is None:  # DynamoDB failed right after: no history to trust
+                return StartedTurn(turn, History([], "stateless", "none"), persisted=False)
+            history = reloaded
+            self._check_taken(history, client_message_id, message_id)
+            # Expired items still hold their numbers until DynamoDB deletes them. They are
+            # always the oldest: a stored number past the history's last is a turn written
+            # since it was read, which the new turn's context would lack.
+            stored = self.breakers.dynamodb.attempt(self.store.last_turn_number, session_id, default=0)
+            if history.turns and stored > history.last_turn_number:
+                raise Busy()
+            number = max(history.last_turn_number, stored) + 1
         raise Busy()
+
+    def _put_unless_taken(self, turn: Turn) -> bool:
+        """Store the user's message under its number; False if the number is taken."""
+        try:
+            self.store.put_user_message(turn)
+        except TurnConflict:
+            return False
+        return True
 
     # ---- expiry: a session lives as long as it is used --------------------------------
 
@@ -255,20 +248,19 @@ class SessionMemory:
         )
         if not started.persisted:
             return self._defer(turn)
-        try:
-            self.breakers.dynamodb.call(
-                self.store.finish_turn,
-                turn.session_id,
-                turn.turn,
-                reply,
-                status,
-                usage,
-                turn.expires_at,
-                user_tokens,
-            )
-        except DYNAMODB_FAULTS as exc:
+        stored = self.breakers.dynamodb.succeeds(
+            self.store.finish_turn,
+            turn.session_id,
+            turn.turn,
+            reply,
+            status,
+            usage,
+            turn.expires_at,
+            user_tokens,
+            warn="could not store the reply",
+        )
+        if not stored:
             # The message is stored, its reply is not: the outbox finishes that very item later.
-            logger.warning("could not store the reply", extra={"error": type(exc).__name__})
             started.reply_deferred = self._defer(turn, stored=True)
             # DynamoDB still says pending: without this mark the session's next message would
             # be refused as busy until the turn timeout, though nothing is being answered.
@@ -287,10 +279,8 @@ class SessionMemory:
         its message already is, under ``turn.turn``, and only the reply is missing."""
         if self.outbox is None:
             return False
-        try:
-            self.breakers.outbox.call(self.outbox.send, OutboxRecord(turn=turn, stored=stored))
-        except DYNAMODB_FAULTS as exc:  # botocore's errors and the open breaker, as for DynamoDB
-            logger.warning("could not queue the turn", extra={"error": type(exc).__name__})
+        record = OutboxRecord(turn=turn, stored=stored)
+        if not self.breakers.outbox.succeeds(self.outbox.send, record, warn="could not queue the turn"):
             return False
         metrics.add_metric(name="OutboxTurnQueued", unit=MetricUnit.Count, value=1)
         return True
@@ -338,44 +328,34 @@ class SessionMemory:
         """The pending turn ended without its reply stored (marked in Redis by its handler)."""
         if self.cache is None:
             return False
-        try:
-            return bool(self.breakers.redis.call(self.cache.ended, turn.session_id) == turn.turn)
-        except REDIS_FAULTS:
-            return False
+        return bool(self.breakers.redis.attempt(self.cache.ended, turn.session_id, default=None) == turn.turn)
 
     def _withdraw_if_erased(self, turn: Turn) -> None:
         """After the put, not before: erasure leaves its tombstone before it deletes, so a turn
         that landed after the erasure's last pass sees the tombstone here, at whatever number
         (a tab whose history was read before the erasure writes the next one), and takes its
         item back; one that landed before it, the erasure deleted."""
-        try:
-            erased = self.breakers.dynamodb.call(self.store.is_erased, turn.session_id, self._now())
-        except DYNAMODB_FAULTS:
-            return  # fails open, like the other reads of a turn: the turn goes on
-        if not erased:
+        dynamodb = self.breakers.dynamodb
+        # Fails open, like the other reads of a turn: the turn goes on.
+        if not dynamodb.attempt(self.store.is_erased, turn.session_id, self._now(), default=False):
             return
-        try:
-            self.breakers.dynamodb.call(self.store.delete_items, turn.session_id, [turn.turn])
-        except DYNAMODB_FAULTS as exc:
-            logger.warning(
-                "could not withdraw a turn from an erased session", extra={"error": type(exc).__name__}
-            )
+        dynamodb.succeeds(
+            self.store.delete_items,
+            turn.session_id,
+            [turn.turn],
+            warn="could not withdraw a turn from an erased session",
+        )
         raise SessionErased()
 
-    def _last_stored_number(self, session_id: str) -> int:
-        try:
-            return self.breakers.dynamodb.call(self.store.last_turn_number, session_id)
-        except DYNAMODB_FAULTS:
-            return 0
-
     def _store_read(self, session_id: str, now: int) -> list[Turn] | None:
-        try:
-            return self.breakers.dynamodb.call(
-                self.store.latest_turns, session_id, self.settings.context_turns, now
-            )
-        except DYNAMODB_FAULTS as exc:
-            logger.warning("DynamoDB read failed", extra={"error": type(exc).__name__})
-            return None
+        return self.breakers.dynamodb.attempt(
+            self.store.latest_turns,
+            session_id,
+            self.settings.context_turns,
+            now,
+            default=None,
+            warn="DynamoDB read failed",
+        )
 
     def _cache_read(self, session_id: str, now: int) -> list[Turn] | None:
         if self.cache is None:
@@ -384,12 +364,9 @@ class SessionMemory:
             self._cache_write(session_id, lambda c: c.invalidate(session_id))
             if session_id in self._dirty:
                 return None
-        cache = self.cache
-        try:
-            return self.breakers.redis.call(cache.window, session_id, now)
-        except REDIS_FAULTS as exc:
-            logger.warning("Redis read failed", extra={"error": type(exc).__name__})
-            return None
+        return self.breakers.redis.attempt(
+            self.cache.window, session_id, now, default=None, warn="Redis read failed"
+        )
 
     def _cache_fill(self, session_id: str, turns: list[Turn]) -> None:
         # Trailing pending turns are left out: their finished version is appended later.
@@ -404,11 +381,9 @@ class SessionMemory:
     def _cache_write(self, session_id: str, op: Callable[[TurnCache], Any]) -> None:
         if self.cache is None:
             return
-        try:
-            self.breakers.redis.call(op, self.cache)
+        if self.breakers.redis.succeeds(op, self.cache, warn="Redis write failed; entry marked for repair"):
             self._dirty.discard(session_id)
-        except REDIS_FAULTS as exc:
-            logger.warning("Redis write failed; entry marked for repair", extra={"error": type(exc).__name__})
+        else:
             self._dirty.add(session_id)
 
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from chatmemory.config import StrategyName
 from chatmemory.connections import Binding
 from chatmemory.errors import BadRequest, Forbidden, MemoryUnavailable
-from chatmemory.history import DYNAMODB_FAULTS, SessionMemory
+from chatmemory.history import SessionMemory
 from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, UserMemoryUnavailable, eligible
 from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.observability import logger
@@ -57,19 +57,14 @@ class MemoryControls:
             raise Forbidden(NOT_ELIGIBLE)
         self._check_owner(binding)
         if strategy is not None:
-            try:
-                self._state.set_strategy(session_id, strategy)
-            except DYNAMODB_FAULTS as exc:
-                raise MemoryUnavailable() from exc
+            self._state.set_strategy(session_id, strategy)
             logger.info("session strategy set", extra={"strategy": strategy})
         if long_term is True:
             state = self._state.read_stored(session_id)
             if state is None:
                 raise MemoryUnavailable()
-            try:  # what this chat said so far is not collected, besides its facts
-                said = self._state.breakers.dynamodb.call(self._state.store.last_turn_number, session_id)
-            except DYNAMODB_FAULTS as exc:
-                raise MemoryUnavailable() from exc
+            # What this chat said so far is not collected, besides its facts.
+            said = self._state.breakers.dynamodb.require(self._state.store.last_turn_number, session_id)
             self._user_op(
                 lambda: self._users.opt_in(
                     binding.principal, session_id, state.summarized_through, state.facts, said

@@ -19,12 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import pybreaker
 from aws_lambda_powertools.metrics import MetricUnit
-from botocore.exceptions import BotoCoreError, ClientError
-from redis.exceptions import RedisClusterException, RedisError
 
-from chatmemory.breakers import Breakers
+from chatmemory.breakers import Breakers, StoreFault
 from chatmemory.config import QuotaSettings, Settings
 from chatmemory.errors import RateLimited
 from chatmemory.identity import Unauthorized
@@ -38,23 +35,8 @@ if TYPE_CHECKING:
 PARTITION_PREFIX = "quota#"
 
 
-class WindowRace(Exception):
+class WindowRace(StoreFault):
     """A window's item kept being reopened by other writers: counted as a DynamoDB fault."""
-
-
-# What a failing store raises, and an open breaker (as chatmemory.history's, without its imports:
-# the authorizer builds these counters).
-_REDIS_FAULTS: tuple[type[BaseException], ...] = (
-    RedisError,
-    RedisClusterException,
-    pybreaker.CircuitBreakerError,
-)
-_DYNAMODB_FAULTS: tuple[type[BaseException], ...] = (
-    ClientError,
-    BotoCoreError,
-    WindowRace,
-    pybreaker.CircuitBreakerError,
-)
 
 
 @dataclass(frozen=True)
@@ -111,10 +93,8 @@ class QuotaCounters:
                 pipe.pttl(key)
             return list(pipe.execute())
 
-        try:
-            replies = self._breakers.redis.call(run)
-        except _REDIS_FAULTS as exc:
-            logger.warning("Redis unavailable for quotas", extra={"error": type(exc).__name__})
+        replies = self._breakers.redis.attempt(run, default=None, warn="Redis unavailable for quotas")
+        if replies is None:
             return None
         return [
             Count(int(replies[3 * i + 1]), max(int(replies[3 * i + 2]), 0) / 1000)
@@ -129,11 +109,7 @@ class QuotaCounters:
         def run() -> list[Count]:
             return [self._table_add_one(table, subject, window, amount) for window, amount in amounts]
 
-        try:
-            return self._breakers.dynamodb.call(run)
-        except _DYNAMODB_FAULTS as exc:
-            logger.warning("DynamoDB unavailable for quotas", extra={"error": type(exc).__name__})
-            return None
+        return self._breakers.dynamodb.attempt(run, default=None, warn="DynamoDB unavailable for quotas")
 
     def _table_add_one(self, table: Table, subject: str, window: Window, amount: int) -> Count:
         now_ms = int(self._clock() * 1000)

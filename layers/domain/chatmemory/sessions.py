@@ -11,7 +11,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from chatmemory.config import StrategyName
 from chatmemory.connections import Binding, BindingUnavailable, ConnectionRegistry
 from chatmemory.errors import BadRequest, Forbidden, MemoryUnavailable, NoSession
-from chatmemory.history import DYNAMODB_FAULTS, SessionMemory
+from chatmemory.history import SessionMemory
 from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.observability import logger, metrics
 from chatmemory.protocol import HistoryTurn, session_frame, turn_frames
@@ -118,10 +118,7 @@ class SessionService:
         if strategy is not None:
             if self._memory_state is None:
                 raise MemoryUnavailable()
-            try:
-                self._memory_state.set_strategy(session_id, strategy)
-            except DYNAMODB_FAULTS as exc:
-                raise MemoryUnavailable() from exc
+            self._memory_state.set_strategy(session_id, strategy)
         return self._announce(self.rebind(current, session_id), strategy)
 
     def fresh_session(self, binding: Binding) -> Binding:
@@ -221,11 +218,10 @@ class SessionService:
             return False
         # The window starts after turn 1: the turns before it are older than the window (or
         # expired, and then every older one is too).
-        try:
-            older = self._memory.breakers.dynamodb.call(
-                self._memory.store.turns_before, session_id, window[0].turn, 1
-            )
-        except DYNAMODB_FAULTS:
+        older = self._memory.breakers.dynamodb.attempt(
+            self._memory.store.turns_before, session_id, window[0].turn, 1, default=None
+        )
+        if older is None:
             return None
         return any(t.expires_at > int(self._clock()) for t in older)
 
@@ -250,10 +246,7 @@ class SessionService:
         return binding.session_id
 
     def _dynamodb(self, operation: Callable[..., T], *args: Any) -> T:
-        try:
-            return self._memory.breakers.dynamodb.call(operation, *args)
-        except DYNAMODB_FAULTS as exc:
-            raise MemoryUnavailable() from exc
+        return self._memory.breakers.dynamodb.require(operation, *args)
 
     def _check_owner(self, binding: Binding, turns: list[Turn]) -> None:
         if any(t.principal != binding.principal for t in turns):

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from chatmemory.breakers import Breakers
 from chatmemory.cache import CacheClient, corpus_key
-from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS
 from chatmemory.observability import logger
 from chatmemory.store import TurnStore
 from chatmemory.turns import Turn
@@ -124,10 +123,9 @@ class CorpusRepository:
         if cached is not None:
             return cached
         now = int(self._clock())
-        try:
-            stored = self._breakers.dynamodb.call(self._store.searchable_turns, session_id, now)
-        except DYNAMODB_FAULTS as exc:
-            raise CorpusUnavailable() from exc
+        stored = self._breakers.dynamodb.require(
+            self._store.searchable_turns, session_id, now, error=CorpusUnavailable
+        )
         passages = [Passage(turn, vector) for turn, vector in stored]
         return CorpusRead(passages, whole=True, cursor=self._fill(session_id, passages))
 
@@ -141,18 +139,15 @@ class CorpusRepository:
                 )
         if self._redis is None or not passages:
             return
-        key = corpus_key(session_id)
-        try:
+        key, redis = corpus_key(session_id), self._redis
 
-            def append() -> None:
-                assert self._redis is not None
-                with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.rpushx(key, *(p.to_json() for p in passages))
-                    pipe.expire(key, self._ttl, xx=True)
-                    pipe.execute()
+        def append() -> None:
+            with redis.pipeline(transaction=True) as pipe:
+                pipe.rpushx(key, *(p.to_json() for p in passages))
+                pipe.expire(key, self._ttl, xx=True)
+                pipe.execute()
 
-            self._breakers.redis.call(append)
-        except REDIS_FAULTS:
+        if not self._breakers.redis.succeeds(append):
             self._drop(session_id)  # may have missed this write: rebuilt from DynamoDB next time
 
     def _cached_since(self, session_id: str, cursor: CorpusCursor) -> CorpusRead | None:
@@ -169,10 +164,10 @@ class CorpusRepository:
                 header, length, entries = pipe.execute()
             return header, int(length), entries
 
-        try:
-            header, length, raw = self._breakers.redis.call(tail)
-        except REDIS_FAULTS:
+        read = self._breakers.redis.attempt(tail, default=None)
+        if read is None:
             return None
+        header, length, raw = read
         if _generation(header) != cursor.generation or length < cursor.entries:
             return None  # rebuilt, erased or expired since: read whole
         passages = self._parse(session_id, raw)
@@ -184,10 +179,7 @@ class CorpusRepository:
         if self._redis is None:
             return None
         redis = self._redis
-        try:
-            raw = self._breakers.redis.call(redis.lrange, corpus_key(session_id), 0, -1)
-        except REDIS_FAULTS:
-            return None
+        raw = self._breakers.redis.attempt(redis.lrange, corpus_key(session_id), 0, -1, default=None)
         if not raw:
             return None
         generation = _generation(raw[0])
@@ -221,16 +213,15 @@ class CorpusRepository:
                 pipe.expire(key, self._ttl)
                 pipe.execute()
 
-        try:
-            self._breakers.redis.call(fill)
-        except REDIS_FAULTS:  # served from DynamoDB this time
+        if not self._breakers.redis.succeeds(fill):  # served from DynamoDB this time
             return None
         return CorpusCursor(generation, 1 + len(passages))
 
     def _drop(self, session_id: str) -> None:
         if self._redis is None:
             return
-        try:
-            self._breakers.redis.call(self._redis.delete, corpus_key(session_id))
-        except REDIS_FAULTS:
-            logger.warning("retrieval corpus could not be dropped after a failed write")
+        self._breakers.redis.succeeds(
+            self._redis.delete,
+            corpus_key(session_id),
+            warn="retrieval corpus could not be dropped after a failed write",
+        )

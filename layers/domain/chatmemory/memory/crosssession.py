@@ -30,7 +30,6 @@ from botocore.exceptions import ClientError
 
 from chatmemory.breakers import Breakers
 from chatmemory.embeddings import Embedder, Vectors, unpack
-from chatmemory.history import DYNAMODB_FAULTS
 from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, eligible
 from chatmemory.observability import logger
 from chatmemory.store import item_turn
@@ -207,24 +206,24 @@ class CrossSession:
             return None
         embedder = self._embedder
         known = embedder.remembered(query) if isinstance(embedder, QueryMemo) else None
-        try:
-            if isinstance(known, Exception):  # failed for in-session retrieval already
-                raise known
-            vector = (
-                known if known is not None else self._breakers.embeddings.call(embedder.embed_query, query)
-            )
-        except Exception as exc:  # any provider fault: the turn goes on without it
-            logger.warning("cross-session query embedding failed", extra={"error": type(exc).__name__})
+        failed = "cross-session query embedding failed"  # the turn goes on without it
+        if isinstance(known, Exception):  # failed for in-session retrieval already
+            logger.warning(failed, extra={"error": type(known).__name__})
             return Across(mode="unavailable")
+        vector = known
+        if vector is None:
+            vector = self._breakers.embeddings.attempt(embedder.embed_query, query, default=None, warn=failed)
+            if vector is None:
+                return Across(mode="unavailable")
         if len(vector) != self._dimensions:
             logger.warning("cross-session retrieval off: embedding and index dimensions differ")
             return None
         # The session's own turns are in the index too: ask for enough to leave them out.
         top_k = min(MAX_TOP_K, 3 * self._top_k + 10)
-        try:
-            hits = self._breakers.vectors.call(self._store.search, owner, vector, top_k)
-        except DYNAMODB_FAULTS as exc:
-            logger.warning("cross-session search failed", extra={"error": type(exc).__name__})
+        hits = self._breakers.vectors.attempt(
+            self._store.search, owner, vector, top_k, default=None, warn="cross-session search failed"
+        )
+        if hits is None:
             return Across(mode="unavailable")
         now = int(self._clock())
         turns = [
@@ -258,36 +257,35 @@ class CrossSession:
         if owner is None:
             return 0
         first, last = min(t.turn for t in turns), max(t.turn for t in turns)
+        dynamodb, failed = self._breakers.dynamodb, "cross-session indexing failed; retried later"
+        rows = dynamodb.attempt(self._store.candidates, session_id, first, last, default=None, warn=failed)
         done = 0
-        try:
-            rows = self._breakers.dynamodb.call(self._store.candidates, session_id, first, last)
-            for row in rows:
-                said = Turn(
-                    session_id=session_id,
-                    turn=int(row["turn_number"]),
-                    user="",
-                    at=int(row.get("created_at", 0)),
-                    expires_at=0,
-                )
-                if (
-                    row.get("principal") != principal
-                    or row.get("status") != "complete"
-                    or row.get("vec") is None
-                    or row.get(OWNER) == owner
-                    or not memory.consented(said)
-                ):
-                    continue
-                vector = unpack(bytes(row["vec"]))
-                if len(vector) != self._dimensions:
-                    logger.warning("cross-session index skipped: embedding and index dimensions differ")
-                    return done
-                number = int(row["turn_number"])
-                self._breakers.dynamodb.call(self._store.tag, session_id, number, principal, owner, vector)
-                done += 1
-        except DYNAMODB_FAULTS as exc:
-            logger.warning(
-                "cross-session indexing failed; retried later", extra={"error": type(exc).__name__}
+        for row in rows or []:
+            said = Turn(
+                session_id=session_id,
+                turn=int(row["turn_number"]),
+                user="",
+                at=int(row.get("created_at", 0)),
+                expires_at=0,
             )
+            if (
+                row.get("principal") != principal
+                or row.get("status") != "complete"
+                or row.get("vec") is None
+                or row.get(OWNER) == owner
+                or not memory.consented(said)
+            ):
+                continue
+            vector = unpack(bytes(row["vec"]))
+            if len(vector) != self._dimensions:
+                logger.warning("cross-session index skipped: embedding and index dimensions differ")
+                return done
+            number = int(row["turn_number"])
+            if not dynamodb.succeeds(
+                self._store.tag, session_id, number, principal, owner, vector, warn=failed
+            ):
+                return done
+            done += 1
         return done
 
 

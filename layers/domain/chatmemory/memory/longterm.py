@@ -33,7 +33,6 @@ from chatmemory.breakers import Breakers
 from chatmemory.cache import CacheClient
 from chatmemory.cache import user_memory_key as user_key
 from chatmemory.cached_copy import VersionedCopies, clock_version
-from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS
 from chatmemory.memory.state import Fact, FactChange, apply_fact_changes, normalize_key
 from chatmemory.observability import logger
 from chatmemory.store import user_memory_partition as user_partition
@@ -248,12 +247,11 @@ class UserMemoryRepository:
         """For a turn: Redis, then DynamoDB (refilling Redis); ``None`` when neither answers
         (the turn then goes on without long-term facts)."""
         if self.cache is not None:
-            try:
-                cached = self.breakers.redis.call(self.cache.get, principal)
-                if cached is not None:
-                    return cached
-            except REDIS_FAULTS as exc:
-                logger.warning("Redis read of user memory failed", extra={"error": type(exc).__name__})
+            cached = self.breakers.redis.attempt(
+                self.cache.get, principal, default=None, warn="Redis read of user memory failed"
+            )
+            if cached is not None:
+                return cached
         try:
             memory = self.read_stored(principal)
         except UserMemoryUnavailable:
@@ -262,11 +260,13 @@ class UserMemoryRepository:
         return memory
 
     def read_stored(self, principal: str) -> UserMemory:
-        try:
-            memory: UserMemory = self.breakers.dynamodb.call(self.store.get, principal, int(self.clock()))
-        except DYNAMODB_FAULTS as exc:
-            logger.warning("DynamoDB read of user memory failed", extra={"error": type(exc).__name__})
-            raise UserMemoryUnavailable() from exc
+        memory: UserMemory = self.breakers.dynamodb.require(
+            self.store.get,
+            principal,
+            int(self.clock()),
+            error=UserMemoryUnavailable,
+            warn="DynamoDB read of user memory failed",
+        )
         return memory
 
     # ---- writes -------------------------------------------------------------------------
@@ -275,29 +275,33 @@ class UserMemoryRepository:
         """Read, change, write conditionally on the version read, and retry when another writer
         got there first. ``change`` returns ``None`` for "nothing to write". The cache is
         refreshed after DynamoDB accepted the write; raises ``UserMemoryUnavailable``."""
+        dynamodb, failed = self.breakers.dynamodb, "DynamoDB write of user memory failed"
         for _ in range(_WRITE_ATTEMPTS):
-            try:
-                current: UserMemory = self.breakers.dynamodb.call(
-                    self.store.get, principal, int(self.clock())
-                )
-                updated = change(current)
-                if updated is None:
-                    return current
-                cursors = dict(list(updated.cursors.items())[-_CURSORS_KEPT:])
-                updated = updated.model_copy(
-                    update={"applied": updated.applied[-_APPLIED_KEPT:], "cursors": cursors}
-                )
-                # A new item's version comes from the clock (microseconds), never 1: a writer
-                # that read the item before it was erased cannot match the one created after.
-                new_version = current.version + 1 if current.version else int(self.clock() * 1_000_000)
-                if not current.version:
-                    updated = updated.model_copy(update={"generation": new_version})
-                written = self.breakers.dynamodb.call(
-                    self.store.put, principal, updated, current.version, new_version, self._ttl(principal)
-                )
-            except DYNAMODB_FAULTS as exc:
-                logger.warning("DynamoDB write of user memory failed", extra={"error": type(exc).__name__})
-                raise UserMemoryUnavailable() from exc
+            current: UserMemory = dynamodb.require(
+                self.store.get, principal, int(self.clock()), error=UserMemoryUnavailable, warn=failed
+            )
+            updated = change(current)
+            if updated is None:
+                return current
+            cursors = dict(list(updated.cursors.items())[-_CURSORS_KEPT:])
+            updated = updated.model_copy(
+                update={"applied": updated.applied[-_APPLIED_KEPT:], "cursors": cursors}
+            )
+            # A new item's version comes from the clock (microseconds), never 1: a writer
+            # that read the item before it was erased cannot match the one created after.
+            new_version = current.version + 1 if current.version else int(self.clock() * 1_000_000)
+            if not current.version:
+                updated = updated.model_copy(update={"generation": new_version})
+            written = dynamodb.require(
+                self.store.put,
+                principal,
+                updated,
+                current.version,
+                new_version,
+                self._ttl(principal),
+                error=UserMemoryUnavailable,
+                warn=failed,
+            )
             if written:
                 stored = updated.model_copy(update={"version": new_version})
                 self._refresh_cache(principal, stored)
@@ -384,17 +388,19 @@ class UserMemoryRepository:
     def forget_all(self, principal: str) -> None:
         """Erase the user's long-term memory (facts and opt-in) from DynamoDB, then Redis.
         Raises ``UserMemoryUnavailable`` unless both are gone."""
-        try:
-            self.breakers.dynamodb.call(self.store.delete, principal)
-        except DYNAMODB_FAULTS as exc:
-            logger.warning("DynamoDB erase of user memory failed", extra={"error": type(exc).__name__})
-            raise UserMemoryUnavailable() from exc
+        self.breakers.dynamodb.require(
+            self.store.delete,
+            principal,
+            error=UserMemoryUnavailable,
+            warn="DynamoDB erase of user memory failed",
+        )
         if self.cache is not None:
-            try:
-                self.breakers.redis.call(self.cache.erase, principal)
-            except REDIS_FAULTS as exc:
-                logger.warning("Redis erase of user memory failed", extra={"error": type(exc).__name__})
-                raise UserMemoryUnavailable() from exc
+            self.breakers.redis.require(
+                self.cache.erase,
+                principal,
+                error=UserMemoryUnavailable,
+                warn="Redis erase of user memory failed",
+            )
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -404,21 +410,15 @@ class UserMemoryRepository:
     def _cache_put(self, principal: str, memory: UserMemory) -> None:
         if self.cache is None:
             return
-        try:
-            self.breakers.redis.call(self.cache.put, principal, memory)
-        except REDIS_FAULTS as exc:
-            logger.warning("Redis write of user memory failed", extra={"error": type(exc).__name__})
+        self.breakers.redis.succeeds(
+            self.cache.put, principal, memory, warn="Redis write of user memory failed"
+        )
 
     def _refresh_cache(self, principal: str, memory: UserMemory) -> None:
         """After a write: the new value, or at least no stale one. A Redis that accepts
         neither is an error: a forgotten fact must not be served from the cache."""
         if self.cache is None:
             return
-        try:
-            self.breakers.redis.call(self.cache.put, principal, memory)
-        except REDIS_FAULTS as exc:
-            logger.warning("Redis write of user memory failed", extra={"error": type(exc).__name__})
-            try:
-                self.breakers.redis.call(self.cache.forget, principal)
-            except REDIS_FAULTS:
-                raise UserMemoryUnavailable() from exc
+        redis = self.breakers.redis
+        if not redis.succeeds(self.cache.put, principal, memory, warn="Redis write of user memory failed"):
+            redis.require(self.cache.forget, principal, error=UserMemoryUnavailable)

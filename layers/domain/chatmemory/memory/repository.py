@@ -13,9 +13,7 @@ from chatmemory.breakers import Breakers
 from chatmemory.cache import state_key
 from chatmemory.cached_copy import VersionedCopies
 from chatmemory.config import StrategyName
-from chatmemory.history import DYNAMODB_FAULTS, REDIS_FAULTS
 from chatmemory.memory.state import MemoryState
-from chatmemory.observability import logger
 from chatmemory.store import TurnStore
 
 
@@ -33,23 +31,20 @@ class MemoryStateRepository:
     def get(self, session_id: str) -> MemoryState | None:
         """The state, or ``None`` when it cannot be read."""
         if self.cache is not None:
-            try:
-                cached = self.breakers.redis.call(self.cache.get, state_key(session_id))
-                if cached is not None:
-                    return cached.value or MemoryState()  # ``None``: the session was erased
-            except REDIS_FAULTS as exc:
-                logger.warning("Redis read of memory state failed", extra={"error": type(exc).__name__})
+            cached = self.breakers.redis.attempt(
+                self.cache.get, state_key(session_id), default=None, warn="Redis read of memory state failed"
+            )
+            if cached is not None:
+                return cached.value or MemoryState()  # ``None``: the session was erased
         stored = self.read_stored(session_id)
         if stored is not None:
             self._cache(session_id, stored)
         return stored
 
     def read_stored(self, session_id: str) -> MemoryState | None:
-        try:
-            return self.breakers.dynamodb.call(self.store.memory_state, session_id)
-        except DYNAMODB_FAULTS as exc:
-            logger.warning("DynamoDB read of memory state failed", extra={"error": type(exc).__name__})
-            return None
+        return self.breakers.dynamodb.attempt(
+            self.store.memory_state, session_id, default=None, warn="DynamoDB read of memory state failed"
+        )
 
     def advance(self, session_id: str, state: MemoryState) -> bool:
         """Store a newer summary and facts; False if stored ones already reach as far. Faults
@@ -58,11 +53,7 @@ class MemoryStateRepository:
         the strategy say, is cached as DynamoDB has it."""
         written = self.breakers.dynamodb.call(self.store.advance_memory, session_id, state, self.expiry())
         if written:
-            stored = self.read_stored(session_id)
-            if stored is not None:
-                self._cache(session_id, stored)
-            else:
-                self._drop(session_id)
+            self._recache(session_id)
         return bool(written)
 
     def note_update_failure(self, session_id: str, through: int, failures: int, retry_at: int) -> None:
@@ -71,11 +62,7 @@ class MemoryStateRepository:
         if self.breakers.dynamodb.call(
             self.store.record_update_failure, session_id, through, failures, retry_at, self.expiry()
         ):
-            stored = self.read_stored(session_id)
-            if stored is not None:
-                self._cache(session_id, stored)
-            else:
-                self._drop(session_id)
+            self._recache(session_id)
 
     def note_turns_expiry(self, session_id: str, oldest_turn: int, turns_expire_at: int) -> None:
         """Note when the session's turns start to expire, and cache the state as stored. Faults
@@ -83,32 +70,35 @@ class MemoryStateRepository:
         if self.breakers.dynamodb.call(
             self.store.record_turns_expiry, session_id, oldest_turn, turns_expire_at
         ):
-            stored = self.read_stored(session_id)
-            if stored is not None:
-                self._cache(session_id, stored)
-            else:
-                self._drop(session_id)
+            self._recache(session_id)
 
     def set_strategy(self, session_id: str, strategy: StrategyName) -> None:
-        """The session's own strategy, from its next turn on."""
-        stored = self.breakers.dynamodb.call(self.store.set_strategy, session_id, strategy, self.expiry())
+        """The session's own strategy, from its next turn on; ``MemoryUnavailable`` when it
+        cannot be stored."""
+        stored = self.breakers.dynamodb.require(self.store.set_strategy, session_id, strategy, self.expiry())
         self._cache(session_id, stored)
+
+    def _recache(self, session_id: str) -> None:
+        """After a write whose transaction returns no values: cache the item as stored."""
+        stored = self.read_stored(session_id)
+        if stored is not None:
+            self._cache(session_id, stored)
+        else:
+            self._drop(session_id)
 
     def _cache(self, session_id: str, state: MemoryState) -> None:
         cache = self.cache
         if cache is None:
             return
-        try:
-            self.breakers.redis.call(cache.put, state_key(session_id), state.version, state)
-        except REDIS_FAULTS as exc:
-            # The copy left is an older one, still coherent (an older summary with the turns
-            # after it); a newer write or the cache entry's expiry replaces it.
-            logger.warning("Redis write of memory state failed", extra={"error": type(exc).__name__})
+        # On a fault the copy left is an older one, still coherent (an older summary with the
+        # turns after it); a newer write or the cache entry's expiry replaces it.
+        self.breakers.redis.succeeds(
+            cache.put, state_key(session_id), state.version, state, warn="Redis write of memory state failed"
+        )
 
     def _drop(self, session_id: str) -> None:
         if self.cache is None:
             return
-        try:
-            self.breakers.redis.call(self.cache.drop, state_key(session_id))
-        except REDIS_FAULTS as exc:
-            logger.warning("Redis write of memory state failed", extra={"error": type(exc).__name__})
+        self.breakers.redis.succeeds(
+            self.cache.drop, state_key(session_id), warn="Redis write of memory state failed"
+        )

@@ -29,7 +29,6 @@ from chatmemory.breakers import Breakers
 from chatmemory.embeddings import Embedder, pack
 from chatmemory.memory.corpus import CorpusRepository, CorpusUnavailable, Passage
 from chatmemory.memory.search_index import SessionIndex
-from chatmemory.observability import logger
 from chatmemory.turns import Turn
 
 RecallMode = Literal["hybrid", "keyword", "unavailable"]
@@ -225,12 +224,9 @@ class Recall:
     def _embed_query(self, query: str) -> np.ndarray | None:
         if self._embedder is None:
             return None
-        embedder = self._embedder
-        try:
-            return self._breakers.embeddings.call(embedder.embed_query, query)
-        except Exception as exc:  # any provider fault: keywords still answer
-            logger.warning("query embedding failed; keywords only", extra={"error": type(exc).__name__})
-            return None
+        return self._breakers.embeddings.attempt(
+            self._embedder.embed_query, query, default=None, warn="query embedding failed; keywords only"
+        )
 
     def index(self, session_id: str, turns: list[Turn]) -> int:
         """Embed the answered turns among ``turns`` that the corpus lacks or has without a
@@ -241,14 +237,15 @@ class Recall:
             return 0
         vectors: list[bytes | None] = [None] * len(todo)
         if self._embedder is not None:
-            embedder = self._embedder
-            try:
-                rows = self._breakers.embeddings.call(
-                    embedder.embed, [passage_text(t)[:EMBEDDED_CHARS] for t in todo]
-                )
+            # On a fault the turns are still found by keyword, and embedded later.
+            rows = self._breakers.embeddings.attempt(
+                self._embedder.embed,
+                [passage_text(t)[:EMBEDDED_CHARS] for t in todo],
+                default=None,
+                warn="embedding failed; keywords only",
+            )
+            if rows is not None:
                 vectors = [pack(row) for row in rows]
-            except Exception as exc:  # the turns are still found by keyword; embedded later
-                logger.warning("embedding failed; keywords only", extra={"error": type(exc).__name__})
         pairs = zip(todo, vectors, strict=True)
         fresh = [Passage(t, v) for t, v in pairs if v is not None or t.turn not in known]
         self._corpus.add(session_id, fresh)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from aws_lambda_powertools.metrics import MetricUnit
 
 from chatmemory.config import MemorySettings
-from chatmemory.history import DYNAMODB_FAULTS
 from chatmemory.llm.base import ChatModel
 from chatmemory.memory import tasks
 from chatmemory.memory.crosssession import CrossSession
@@ -91,9 +90,9 @@ class MemoryUpdater:
         states a fact), which retries it, and a raise would dead-letter a passing blip."""
         try:
             self.remember(session_id, last)
-        except DYNAMODB_FAULTS:
-            raise
         except Exception as exc:
+            if self.repository.breakers.dynamodb.is_fault(exc):
+                raise
             logger.warning(
                 "long-term merge failed; tried again when next due", extra={"error": type(exc).__name__}
             )
@@ -109,9 +108,10 @@ class MemoryUpdater:
             return False
         try:
             return self._update_session(session_id, state, last)
-        except DYNAMODB_FAULTS:
-            raise  # the store failing: a note of it would fail too (and count against its breaker)
-        except Exception as exc:  # the model, an answer that cannot be used
+        except Exception as exc:
+            if self.repository.breakers.dynamodb.is_fault(exc):
+                raise  # the store failing: a note of it would fail too (and count against its breaker)
+            # the model, an answer that cannot be used
             self._note_failure(session_id, state, last, now, exc)
             return False
 
