@@ -117,9 +117,9 @@ def _seed(world: World, table: str, length: int, dimensions: int) -> str:
 def _cache_corpus(settings: Any, services: Any, session_id: str) -> None:
     """Put the corpus in Redis as a cache miss would (read from DynamoDB, then cached), with a
     patient client: moto takes seconds to answer a Query of 1,000 turns, DynamoDB does not."""
-    from chatmemory.memory.corpus import CorpusRepository
     from chatmemory.services import dynamodb_resource
-    from chatmemory.store import TurnStore
+    from chatmemory.storage.corpus import CorpusRepository
+    from chatmemory.storage.turns import TurnStore
 
     patient = settings.model_copy(deep=True)
     patient.storage.read_timeout_seconds = 300.0
@@ -144,10 +144,10 @@ class Measured:
 class Side(Measured):
     def __init__(self, world: World, name: str, strategy: str, provider: str, length: int) -> None:
         from chatmemory.config import EmbeddingSettings
-        from chatmemory.connections import Binding
         from chatmemory.conversation import Conversation
         from chatmemory.embeddings import build_embedder
         from chatmemory.services import Services, dynamodb_resource, redis_client
+        from chatmemory.storage.bindings import Binding
 
         self.name, self.length = name, length
         slug = "".join(c if c.isalnum() else "-" for c in name)
@@ -209,8 +209,8 @@ class Reference(Measured):
     name = "design reference"
 
     def __init__(self, world: World, length: int) -> None:
-        from chatmemory.cache import turns_key
         from chatmemory.services import redis_client
+        from chatmemory.storage.keys import turns_key
 
         self.length = length
         self.redis = redis_client(world.settings)

@@ -185,7 +185,7 @@ class World:
         return session_id, window
 
     def restore_window(self, session_id: str, window: list[bytes]) -> None:
-        from chatmemory.cache import turns_key
+        from chatmemory.storage.keys import turns_key
 
         key = turns_key(session_id)
         with self.admin_redis.pipeline(transaction=True) as pipe:
@@ -213,8 +213,8 @@ def _clear_metrics() -> None:
 
 
 def project_case(world: World, length: int, operation: str) -> Case:
-    from chatmemory.cache import turns_key
     from chatmemory.services import Services
+    from chatmemory.storage.keys import turns_key
     from chatmemory.turns import Usage
 
     table = world.sessions_table(f"project-{operation}-{length}")
@@ -319,8 +319,8 @@ def raw_dynamodb(settings: Any) -> Any:
 
 
 def floor_case(world: World, length: int, operation: str) -> Case:
-    from chatmemory.cache import turns_key
     from chatmemory.services import redis_client
+    from chatmemory.storage.keys import turns_key
 
     # Raw clients with the project's connection settings (services.dynamodb_resource and
     # services.redis_client), so only the code between the round trips differs.

@@ -28,7 +28,6 @@ from typing import Any
 
 import boto3
 from chatmemory.config import Settings
-from chatmemory.connections import Binding
 from chatmemory.conversation import Conversation
 from chatmemory.llm.base import ChatModel, Prompt, ReplyStream
 from chatmemory.llm.offline import estimate_tokens
@@ -38,6 +37,7 @@ from chatmemory.memory.strategies import STRATEGIES
 from chatmemory.memory.tasks import FACTS_TASK, SUMMARY_TASK
 from chatmemory.observability import metrics
 from chatmemory.services import Services, redis_client
+from chatmemory.storage.bindings import Binding
 from chatmemory.turns import Turn, Usage
 from moto import mock_aws
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import boto3
 from chatmemory.config import Settings, StrategyName
-from chatmemory.connections import Binding
 from chatmemory.conversation import Conversation
 from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.llm.base import ChatModel, Prompt, ReplyStream
@@ -18,6 +17,7 @@ from chatmemory.memory.scheduler import InlineScheduler
 from chatmemory.memory.tasks import FACTS_TASK, SUMMARY_TASK
 from chatmemory.observability import metrics
 from chatmemory.services import Services
+from chatmemory.storage.bindings import Binding
 from moto import mock_aws
 
 from evaluation.conversation import PLANTED, messages

@@ -416,7 +416,7 @@ def seed_long_session(stack: Any, session_id: str, principal: str, turns: int) -
     import time
 
     import boto3
-    from chatmemory.store import TurnStore
+    from chatmemory.storage.turns import TurnStore
     from chatmemory.turns import Turn, Usage
 
     from tests.support.long_history import REPLY_TOKENS, long_message, long_reply

@@ -9,9 +9,9 @@ from typing import Any
 import boto3
 import redis
 from boto3.dynamodb.conditions import Key
-from chatmemory.cache import corpus_key, user_memory_key
-from chatmemory.cached_copy import Copy, VersionedCopies
-from chatmemory.memory.longterm import UserFact, UserMemory
+from chatmemory.storage.cached_copy import Copy, VersionedCopies
+from chatmemory.storage.keys import corpus_key, user_memory_key
+from chatmemory.storage.user_memory import UserFact, UserMemory
 from websockets.sync.client import ClientConnection
 
 from tests.e2e.conftest import E2E_REDIS_URL, Stack

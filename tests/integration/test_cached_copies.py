@@ -1,4 +1,4 @@
-"""The rule for cached copies (``chatmemory.cached_copy``), under the interleavings that broke
+"""The rule for cached copies (``chatmemory.storage.cached_copy``), under the interleavings that broke
 it: a reader that missed the cache reads DynamoDB, and before it refills Redis a writer changes
 the item and caches its own copy. The interleaving is forced, not hoped for: the real store's
 read is wrapped so that the write runs between the reader's read and its refill, on real Redis
@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 import redis
-from chatmemory.cache import state_key, turns_key
-from chatmemory.cached_copy import VersionedCopies
-from chatmemory.connections import binding_key
 from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.llm.base import ChatModel, Prompt, ReplyStream
-from chatmemory.memory.longterm import user_key
 from chatmemory.memory.state import MemoryState
 from chatmemory.memory.tasks import SUMMARY_TASK
 from chatmemory.services import Services, redis_client, use_services
+from chatmemory.storage.bindings import binding_key
+from chatmemory.storage.cached_copy import VersionedCopies
+from chatmemory.storage.keys import state_key, turns_key
+from chatmemory.storage.user_memory import user_key
 from chatmemory.turns import Turn
 from pydantic import BaseModel
 

@@ -16,12 +16,14 @@ import boto3
 import pybreaker
 import pytest
 import redis
-from chatmemory.cache import LazyCluster, TurnCache, state_key, turns_key
-from chatmemory.cached_copy import Copy, VersionedCopies
-from chatmemory.connections import Binding
 from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.memory.state import MemoryState
 from chatmemory.services import Services, redis_client
+from chatmemory.storage.bindings import Binding
+from chatmemory.storage.cached_copy import Copy, VersionedCopies
+from chatmemory.storage.keys import state_key, turns_key
+from chatmemory.storage.redis_client import LazyCluster
+from chatmemory.storage.turn_cache import TurnCache
 from redis.cluster import RedisCluster
 
 from tests.conftest import make_settings

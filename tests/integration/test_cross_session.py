@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 from boto3.dynamodb.conditions import Attr, Key
-from chatmemory.connections import Binding
 from chatmemory.llm.base import Prompt, ReplyStream
-from chatmemory.memory.crosssession import OWNER, VECTOR, owner_value
-from chatmemory.memory.longterm import UserMemory
+from chatmemory.memory.crosssession import owner_value
 from chatmemory.memory.scheduler import ThreadScheduler
 from chatmemory.services import Services, redis_client
+from chatmemory.storage.bindings import Binding
+from chatmemory.storage.user_memory import UserMemory
+from chatmemory.storage.vector_index import OWNER, VECTOR
 from chatmemory.turns import Usage
 
 from tests.conftest import make_settings

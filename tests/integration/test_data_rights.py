@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import redis
 from boto3.dynamodb.conditions import Key
-from chatmemory.cache import state_key, turns_key
-from chatmemory.connections import Binding
 from chatmemory.memory.scheduler import ThreadScheduler
 from chatmemory.memory.state import Fact, MemoryState
 from chatmemory.protocol import MAX_FRAME_BYTES, encode
 from chatmemory.services import Services
+from chatmemory.storage.bindings import Binding
+from chatmemory.storage.keys import state_key, turns_key
 
 from tests.support.cached import keys_with_data
 from tests.support.gateway import Client
@@ -349,7 +349,7 @@ def test_a_guest_token_is_not_kept_once_its_session_frame_has_gone_out(
 ) -> None:
     """A guest token is a bearer credential: the binding carries a new one from $connect to
     the session frame that hands it over, and keeps it no longer (in DynamoDB or Redis)."""
-    from chatmemory.connections import binding_key
+    from chatmemory.storage.bindings import binding_key
 
     token = "eyJhbGciOiJIUzI1NiJ9.a-new-guest-token.signature"
     sessions = services.sessions("https://abc123def4.execute-api.us-east-1.amazonaws.com/prod")

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import redis
 from boto3.dynamodb.conditions import Key
-from chatmemory.cache import user_memory_key
 from chatmemory.config import Settings
 from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.llm.base import ChatModel, Prompt, ReplyStream
 from chatmemory.services import Services, redis_client, use_services
+from chatmemory.storage.keys import user_memory_key
 
 from local.events import message_event
 from local.lambda_runtime import invoke
@@ -195,7 +195,7 @@ def test_delete_my_data_is_refused_to_a_connection_without_an_identity(services:
 def test_delete_my_data_leaves_a_session_bound_here_but_owned_by_someone_else(
     services: Services, aws: Any
 ) -> None:
-    from chatmemory.connections import Binding
+    from chatmemory.storage.bindings import Binding
 
     owner = Client("own-9", principal="guest:ada")
     owner.connect()
@@ -407,8 +407,8 @@ def test_a_hand_off_delivered_twice_is_one_turn_and_one_model_call(
 def test_a_retry_of_a_message_whose_answer_was_lost_is_not_answered_again(aws: Any, redis_url: str) -> None:
     """The first answer's Lambda stopped mid-reply (the turn stays pending): within the turn
     timeout a retry is told it is still being answered; after it, that the answer failed."""
-    from chatmemory.connections import Binding
     from chatmemory.errors import InProgress, NotAnsweredTwice
+    from chatmemory.storage.bindings import Binding
 
     from tests.conftest import make_settings
     from tests.integration.test_store_and_cache import NOW, FakeClock

@@ -31,7 +31,7 @@ import pytest
 import redis
 from apigw_websocket import ConnectEvent, DisconnectEvent, MessageEvent
 from boto3.dynamodb.conditions import Key
-from chatmemory.connections import binding_key
+from chatmemory.storage.bindings import binding_key
 
 from local.template import ROOT, Function, create_tables, load_template
 from tests.support.frames import clear_frames, frames_sent, reply_text

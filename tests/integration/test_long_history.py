@@ -132,8 +132,8 @@ def test_someone_elses_turn_is_forbidden(long_session: tuple[str, Client]) -> No
     session_id, _ = long_session
     # A connection of another principal cannot be bound to the session by connecting, so it
     # is bound the way a stale binding would be: by the registry.
-    from chatmemory.connections import Binding
     from chatmemory.services import get_services
+    from chatmemory.storage.bindings import Binding
 
     get_services().registry.bind(
         Binding(connection_id="intruder", session_id=session_id, principal="guest:other", connected_at=0)

@@ -15,7 +15,7 @@ import pytest
 from boto3.dynamodb.conditions import Key
 from botocore.config import Config
 from chatmemory.errors import TurnConflict
-from chatmemory.store import TurnStore
+from chatmemory.storage.turns import TurnStore
 from chatmemory.turns import Turn
 
 from local.template import create_tables

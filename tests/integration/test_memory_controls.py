@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 from boto3.dynamodb.conditions import Key
-from chatmemory.connections import Binding
 from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.llm.base import ChatModel, Prompt, ReplyStream
-from chatmemory.memory.longterm import user_key, user_partition
 from chatmemory.memory.scheduler import ThreadScheduler
 from chatmemory.memory.state import Fact, FactChange
 from chatmemory.memory.tasks import FACTS_TASK, SUMMARY_TASK
 from chatmemory.memory.updater import MemoryUpdater
 from chatmemory.services import Services, redis_client, use_services
+from chatmemory.storage.bindings import Binding
+from chatmemory.storage.user_memory import user_key, user_partition
 
 from tests.conftest import make_settings
 from tests.support.cached import holds_no_data

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from boto3.dynamodb.conditions import Key
-from chatmemory.cache import state_key
 from chatmemory.errors import ChatError, LlmUnavailable
 from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.llm.base import ReplyStream
@@ -19,7 +18,8 @@ from chatmemory.memory.tasks import FACTS_TASK, SUMMARY_TASK
 from chatmemory.memory.updater import MemoryUpdateGivenUp
 from chatmemory.protocol import encode
 from chatmemory.services import Services, redis_client
-from chatmemory.store import TurnStore
+from chatmemory.storage.keys import state_key
+from chatmemory.storage.turns import TurnStore
 from chatmemory.turns import Turn
 
 from tests.conftest import make_settings

@@ -7,10 +7,10 @@ import json
 from typing import Any
 
 import pytest
-from chatmemory.connections import binding_key
 from chatmemory.llm.anthropic_model import build_chat_model
 from chatmemory.observability import NAMESPACE, SERVICE
 from chatmemory.services import Services, redis_client, use_services
+from chatmemory.storage.bindings import binding_key
 
 from tests.conftest import make_settings
 from tests.support.gateway import Client

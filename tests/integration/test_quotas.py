@@ -16,8 +16,9 @@ from chatmemory.authentication import build_authenticator
 from chatmemory.breakers import Breakers
 from chatmemory.config import BreakerSettings, QuotaSettings, Settings
 from chatmemory.identity import Unauthorized, source_of
-from chatmemory.quotas import GuestAdmission, QuotaCounters, Quotas, TooManyGuests, Window
+from chatmemory.quotas import GuestAdmission, Quotas, TooManyGuests
 from chatmemory.services import Services, redis_client, use_services
+from chatmemory.storage.quota_counters import QuotaCounters, Window
 
 from tests.conftest import make_settings
 from tests.support.gateway import Client

@@ -17,12 +17,12 @@ import boto3
 import pytest
 import redis
 from botocore.config import Config
-from chatmemory.cache import corpus_key
 from chatmemory.embeddings import BedrockEmbedder
 from chatmemory.llm.base import Prompt, ReplyStream
-from chatmemory.memory.corpus import CorpusRepository
 from chatmemory.services import Services, redis_client
-from chatmemory.store import TurnStore
+from chatmemory.storage.corpus import CorpusRepository
+from chatmemory.storage.keys import corpus_key
+from chatmemory.storage.turns import TurnStore
 from chatmemory.turns import Usage
 
 from tests.conftest import make_settings

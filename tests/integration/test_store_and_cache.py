@@ -1,5 +1,5 @@
-"""TurnStore on two DynamoDB engines (moto, and dynalite, which rejects what the service rejects)
-and TurnCache on real Redis, one behaviour at a time."""
+"""TurnStore and SessionMetaStore on two DynamoDB engines (moto, and dynalite, which rejects
+what the service rejects) and TurnCache on real Redis, one behaviour at a time."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from typing import Any
 import pytest
 import redis
 from botocore.exceptions import ClientError
-from chatmemory.cache import TurnCache, turns_key
 from chatmemory.errors import Busy, TurnConflict
 from chatmemory.memory.scheduler import ThreadScheduler
 from chatmemory.memory.state import Fact, MemoryState
 from chatmemory.services import Services
-from chatmemory.store import TurnStore
+from chatmemory.storage.keys import turns_key
+from chatmemory.storage.session_meta import SessionMetaStore
+from chatmemory.storage.turn_cache import TurnCache
+from chatmemory.storage.turns import TurnStore
 from chatmemory.turns import Turn, Usage
 
 from tests.conftest import fresh_dynalite_tables
@@ -83,10 +85,10 @@ def test_paging_back_reaches_every_turn_and_before_the_first_is_an_empty_page(aw
 def test_every_read_of_the_store_is_a_request_dynamodb_accepts(aws: Any) -> None:
     """Each query and projection the store builds, on both engines (dynalite validates key
     conditions, projections, reserved words and filters as the service does)."""
-    store = TurnStore(aws.Table("ChatSessions"))
+    store, meta_store = TurnStore(aws.Table("ChatSessions")), SessionMetaStore(aws.Table("ChatSessions"))
     store.put_user_message(turn(1).model_copy(update={"principal": "guest:ada", "client_message_id": "c-1"}))
     store.put_turn(turn(2).model_copy(update={"principal": "guest:ada"}), outbox_id="o-2")
-    store.set_strategy("s-1", "window", NOW + 3600)
+    meta_store.set_strategy("s-1", "window", NOW + 3600)
 
     assert store.last_turn_number("s-1") == 2 and store.newest_answered_turn("s-1") == 2
     assert store.extend_expiry("s-1", NOW + 7200, NOW) == 3  # both turns and the meta item
@@ -95,14 +97,14 @@ def test_every_read_of_the_store_is_a_request_dynamodb_accepts(aws: Any) -> None
     turns, meta = store.session_items("s-1")
     assert [t.turn for t in turns] == [1, 2] and meta is not None and meta["strategy"] == "window"
     assert store.item_owners("s-1") == {0: None, 1: "guest:ada", 2: "guest:ada"}
-    assert store.memory_state("s-1").strategy == "window"
+    assert meta_store.memory_state("s-1").strategy == "window"
     assert store.find_outbox_turn("s-1", "o-2") == (2, True, "complete")
     assert store.find_outbox_turn("s-1", "o-9", client_message_id="c-1") == (1, False, "complete")
     assert store.find_outbox_turn("s-1", "o-9") is None
     assert store.principal_sessions("guest:ada") == {"s-1"}
 
-    store.mark_erased("s-1", NOW + 60)
-    assert store.is_erased("s-1", NOW) and not store.is_erased("s-2", NOW)
+    meta_store.mark_erased("s-1", NOW + 60)
+    assert meta_store.is_erased("s-1", NOW) and not meta_store.is_erased("s-2", NOW)
     store.delete_items("s-1", [0, 1, 2])
     assert store.item_owners("s-1") == {}
 
@@ -147,7 +149,7 @@ def test_the_memory_transaction_is_made_of_requests_dynamodb_accepts(dynalite: D
     dynamodb = fresh_dynalite_tables(dynalite)
     client = dynamodb.meta.client
     table = dynamodb.Table("ChatSessions")
-    store = TurnStore(table)
+    store, meta = TurnStore(table), SessionMetaStore(table)
     store.put_user_message(turn(1))
     store.put_user_message(turn(2))
 
@@ -158,15 +160,15 @@ def test_the_memory_transaction_is_made_of_requests_dynamodb_accepts(dynalite: D
     client.meta.events.register("before-parameter-build.dynamodb.TransactWriteItems", stop)
     state = MemoryState(summary="", summary_tokens=3, facts=[Fact(key="name", value="Ada", turn=1)])
     with pytest.raises(Transaction) as stopped:
-        store.advance_memory("s-1", state.model_copy(update={"summarized_through": 2}), NOW + 3600)
+        meta.advance_memory("s-1", state.model_copy(update={"summarized_through": 2}), NOW + 3600)
     with pytest.raises(Transaction) as past_the_end:
-        store.advance_memory("s-1", state.model_copy(update={"summarized_through": 9}), NOW + 3600)
+        meta.advance_memory("s-1", state.model_copy(update={"summarized_through": 9}), NOW + 3600)
 
     (update, check) = stopped.value.items
     client.update_item(**update["Update"])  # the meta item's first summary: accepted and applied
     client.update_item(**check["ConditionCheck"], UpdateExpression="REMOVE never_set")  # turn 2 exists
-    assert store.memory_state("s-1").summarized_through == 2
-    assert store.memory_state("s-1").facts == state.facts
+    assert meta.memory_state("s-1").summarized_through == 2
+    assert meta.memory_state("s-1").facts == state.facts
     with pytest.raises(ClientError) as older:  # the same reach again: the condition refuses it
         client.update_item(**update["Update"])
     assert older.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
@@ -305,7 +307,7 @@ def test_an_active_session_keeps_its_oldest_turns_past_the_ttl(aws: Any, redis_u
         settings, aws, redis_client(settings), build_chat_model(settings.llm, None), clock=clock
     )
     conversation = services.conversation("https://abc123def4.execute-api.us-east-1.amazonaws.com/prod")
-    from chatmemory.connections import Binding
+    from chatmemory.storage.bindings import Binding
 
     binding = Binding(connection_id="c-ttl", session_id="s-ttl", principal="p", connected_at=int(NOW))
     for t in (0, 40, 80, 120):
@@ -339,7 +341,7 @@ def test_the_session_is_kept_alive_not_only_its_window(aws: Any, redis_url: str)
     newest 30 at most) has 580 s left, but turns 1-20 only 290: the session must be kept alive
     by its oldest turn, not its loaded window's, or turns 1-20 vanish at t=600 from a session
     in use."""
-    from chatmemory.connections import Binding
+    from chatmemory.storage.bindings import Binding
 
     clock = FakeClock(NOW)
     services = expiring_services(aws, redis_url, clock)
@@ -385,7 +387,7 @@ class Later:
 def test_a_long_sessions_turn_writes_no_more_than_a_short_ones(aws: Any, redis_url: str) -> None:
     """Both sessions' turns are past half their TTL: keeping them alive is the memory worker's
     work, after the reply, not a write per stored turn inside the user's turn."""
-    from chatmemory.connections import Binding
+    from chatmemory.storage.bindings import Binding
 
     clock = FakeClock(NOW)
     services = expiring_services(aws, redis_url, clock, scheduler_factory=Later)

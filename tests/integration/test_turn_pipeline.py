@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
-from chatmemory.cache import turns_key
 from chatmemory.services import Services
+from chatmemory.storage.keys import turns_key
 
 from tests.support.frames import history_turns, reply_text
 from tests.support.gateway import Client

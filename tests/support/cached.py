@@ -1,5 +1,5 @@
 """What an erasure leaves in Redis: nothing that holds data. A versioned copy's tombstone
-(``chatmemory.cached_copy``: a version number, no content) is not data."""
+(``chatmemory.storage.cached_copy``: a version number, no content) is not data."""
 
 from __future__ import annotations
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatmemory.connections import Binding
 from chatmemory.memory.scheduler import ThreadScheduler
 from chatmemory.services import Services
+from chatmemory.storage.bindings import Binding
 
 from tests.support.frames import ENDPOINT, frames_sent
 

@@ -8,9 +8,9 @@ import random
 import bm25s
 import numpy as np
 from chatmemory.embeddings import normalise, pack
-from chatmemory.memory.corpus import Passage
 from chatmemory.memory.retrieval import _tokens, passage_text
 from chatmemory.memory.search_index import KeywordIndex, SessionIndex
+from chatmemory.storage.corpus import Passage
 from chatmemory.turns import Turn
 
 WORDS = [

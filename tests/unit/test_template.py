@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from cfnlint.api import ManualArgs, lint, lint_file
 from chatmemory.config import Settings
-from chatmemory.memory import crosssession
 from chatmemory.protocol import KNOWN_ACTIONS
-from chatmemory.store import PRINCIPAL_INDEX
+from chatmemory.storage import vector_index
+from chatmemory.storage.keys import PRINCIPAL_INDEX
 from pydantic import BaseModel
 
 from local.template import ROOT, TEMPLATE, load_template
@@ -530,7 +530,7 @@ def test_chat_sessions_table_is_keyed_as_the_turn_store_expects(raw: dict[str, A
         {"AttributeName": "session_id", "AttributeType": "S"},
         {"AttributeName": "turn_number", "AttributeType": "N"},
     ]
-    # deleteMyData finds a principal's sessions here (chatmemory.store.PRINCIPAL_INDEX)
+    # deleteMyData finds a principal's sessions here (chatmemory.storage.turns.PRINCIPAL_INDEX)
     (index,) = props["GlobalSecondaryIndexes"]
     assert index["IndexName"] == PRINCIPAL_INDEX
     assert index["KeySchema"] == [
@@ -1090,9 +1090,9 @@ def test_the_vector_index_is_keyed_by_owner_and_sized_like_the_embedder(raw: dic
     on the attribute the memory worker writes, of the dimensions the functions embed with."""
     props = raw["Resources"]["ChatSessionsTable"]["Properties"]
     (index,) = props["VectorIndexes"]
-    assert index["IndexName"] == crosssession.INDEX
-    assert index["VectorAttribute"] == {"AttributeName": crosssession.VECTOR}
-    assert index["SearchSchema"] == [{"AttributeName": crosssession.OWNER, "SearchSchemaElementType": "HASH"}]
+    assert index["IndexName"] == vector_index.INDEX
+    assert index["VectorAttribute"] == {"AttributeName": vector_index.VECTOR}
+    assert index["SearchSchema"] == [{"AttributeName": vector_index.OWNER, "SearchSchemaElementType": "HASH"}]
     assert index["DistanceFunction"] == "COSINE"
     assert index["Dimensions"] == {"Ref": "EmbeddingDimensions"}
     env = raw["Globals"]["Function"]["Environment"]["Variables"]

@@ -7,17 +7,17 @@ import json
 
 from chatmemory.config import MemorySettings
 from chatmemory.memory.context import USER_FACTS_INTRO, plan_context
-from chatmemory.memory.longterm import (
+from chatmemory.memory.state import Fact, FactChange, MemoryState
+from chatmemory.memory.strategies import STRATEGIES
+from chatmemory.memory.tokens import TokenEstimator
+from chatmemory.protocol import MAX_FRAME_BYTES, encode, parse_client_frame, user_memory_frames
+from chatmemory.storage.user_memory import (
     UserFact,
     eligible,
     merge_user_facts,
     user_key,
     user_partition,
 )
-from chatmemory.memory.state import Fact, FactChange, MemoryState
-from chatmemory.memory.strategies import STRATEGIES
-from chatmemory.memory.tokens import TokenEstimator
-from chatmemory.protocol import MAX_FRAME_BYTES, encode, parse_client_frame, user_memory_frames
 
 SYSTEM = "You are a helpful assistant."
 

@@ -12,8 +12,8 @@ from botocore.config import Config
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from chatmemory.cache import CacheClient, LazyCluster, SecretCredentials
 from chatmemory.config import Settings
+from chatmemory.storage.redis_client import CacheClient, LazyCluster, SecretCredentials
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import DynamoDBServiceResource

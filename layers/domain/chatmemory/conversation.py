@@ -12,7 +12,6 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 
 from chatmemory.config import Settings
-from chatmemory.connections import Binding
 from chatmemory.errors import (
     ClientGone,
     DuplicateTurn,
@@ -33,6 +32,7 @@ from chatmemory.protocol import MAX_FRAME_BYTES, NoticeCode, done_frame, notice_
 from chatmemory.quotas import Quotas
 from chatmemory.sender import DeltaBatcher, FrameSender
 from chatmemory.sessions import SessionService
+from chatmemory.storage.bindings import Binding
 from chatmemory.turns import Turn, Usage
 
 NOTICES = {

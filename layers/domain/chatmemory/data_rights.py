@@ -12,15 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from chatmemory.cache import TurnCache
-from chatmemory.connections import CONNECTION_TTL_SECONDS, Binding
 from chatmemory.errors import Forbidden, MemoryUnavailable
 from chatmemory.history import SessionMemory
 from chatmemory.observability import logger
 from chatmemory.protocol import deleted_all_frame, deleted_frame, export_frames, session_frame
 from chatmemory.sender import FrameSender
 from chatmemory.sessions import SessionService
-from chatmemory.store import META_TURN, user_memory_partition
+from chatmemory.storage.bindings import CONNECTION_TTL_SECONDS, Binding
+from chatmemory.storage.keys import META_TURN, user_memory_partition
+from chatmemory.storage.turn_cache import TurnCache
 
 # A turn being written while the session is erased may land after the first pass: erasure
 # reads the partition again until it is empty, this many times at most.
@@ -68,7 +68,7 @@ class DataRights:
         """Erase every item of a session of this principal, then its cache entries; returns
         how many items went. A tombstone goes first, so no connection still bound to the
         session (another tab) writes a turn under its id again."""
-        self._dynamodb(self._memory.store.mark_erased, session_id, int(self._clock()) + _TOMBSTONE_SECONDS)
+        self._dynamodb(self._memory.meta.mark_erased, session_id, int(self._clock()) + _TOMBSTONE_SECONDS)
         erased = 0
         for _ in range(_ERASE_PASSES):
             owners = self._dynamodb(self._memory.store.item_owners, session_id)

@@ -20,13 +20,14 @@ from typing import Any, Literal, TypeVar
 from aws_lambda_powertools.metrics import MetricUnit
 
 from chatmemory.breakers import Breakers
-from chatmemory.cache import TurnCache
 from chatmemory.config import MemorySettings
 from chatmemory.errors import Busy, DuplicateTurn, SessionErased, TurnConflict
 from chatmemory.observability import logger, metrics, tracer
 from chatmemory.outbox import OutboxRecord, TurnOutbox
 from chatmemory.protocol import MemoryMode
-from chatmemory.store import TurnStore
+from chatmemory.storage.session_meta import SessionMetaStore
+from chatmemory.storage.turn_cache import TurnCache
+from chatmemory.storage.turns import TurnStore
 from chatmemory.turns import Turn, TurnStatus, Usage
 
 T = TypeVar("T")
@@ -60,6 +61,7 @@ _UNNOTED_EVERY = 10
 @dataclass
 class SessionMemory:
     store: TurnStore
+    meta: SessionMetaStore  # the session's meta item and tombstone
     cache: TurnCache | None
     breakers: Breakers
     settings: MemorySettings
@@ -337,7 +339,7 @@ class SessionMemory:
         item back; one that landed before it, the erasure deleted."""
         dynamodb = self.breakers.dynamodb
         # Fails open, like the other reads of a turn: the turn goes on.
-        if not dynamodb.attempt(self.store.is_erased, turn.session_id, self._now(), default=False):
+        if not dynamodb.attempt(self.meta.is_erased, turn.session_id, self._now(), default=False):
             return
         dynamodb.succeeds(
             self.store.delete_items,

@@ -12,15 +12,15 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from chatmemory.config import StrategyName
-from chatmemory.connections import Binding
 from chatmemory.errors import BadRequest, Forbidden, MemoryUnavailable
 from chatmemory.history import SessionMemory
-from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, UserMemoryUnavailable, eligible
-from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.observability import logger
 from chatmemory.protocol import memory_frame, user_memory_frames
 from chatmemory.sender import FrameSender
 from chatmemory.sessions import SessionService
+from chatmemory.storage.bindings import Binding
+from chatmemory.storage.memory_state import MemoryStateRepository
+from chatmemory.storage.user_memory import UserMemory, UserMemoryRepository, UserMemoryUnavailable, eligible
 
 T = TypeVar("T")
 
@@ -64,7 +64,7 @@ class MemoryControls:
             if state is None:
                 raise MemoryUnavailable()
             # What this chat said so far is not collected, besides its facts.
-            said = self._state.breakers.dynamodb.require(self._state.store.last_turn_number, session_id)
+            said = self._memory.breakers.dynamodb.require(self._memory.store.last_turn_number, session_id)
             self._user_op(
                 lambda: self._users.opt_in(
                     binding.principal, session_id, state.summarized_through, state.facts, said

@@ -36,10 +36,11 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
 from chatmemory.breakers import Breakers
-from chatmemory.cache import TurnCache
 from chatmemory.errors import TurnConflict
 from chatmemory.observability import logger, metrics
-from chatmemory.store import TurnStore
+from chatmemory.storage.session_meta import SessionMetaStore
+from chatmemory.storage.turn_cache import TurnCache
+from chatmemory.storage.turns import TurnStore
 from chatmemory.turns import Turn, Usage
 
 if TYPE_CHECKING:
@@ -79,12 +80,13 @@ class OutboxReplayer:
     def __init__(
         self,
         store: TurnStore,
+        meta: SessionMetaStore,
         cache: TurnCache | None,
         breakers: Breakers,
         session_ttl_seconds: int,
         clock: Callable[[], float],
     ) -> None:
-        self._store, self._cache, self._breakers = store, cache, breakers
+        self._store, self._meta, self._cache, self._breakers = store, meta, cache, breakers
         self._ttl, self._clock = session_ttl_seconds, clock
 
     def replay(self, record: OutboxRecord) -> int:
@@ -92,7 +94,7 @@ class OutboxReplayer:
         Returns the turn's stored number (0 when its session was erased meanwhile: nothing is
         stored). Raises if either cannot be done now (retry later)."""
         session_id = record.turn.session_id
-        if self._breakers.dynamodb.call(self._store.is_erased, session_id, int(self._clock())):
+        if self._breakers.dynamodb.call(self._meta.is_erased, session_id, int(self._clock())):
             # The user erased the session after this turn was queued: storing it would bring the
             # erased conversation back. The message is done with.
             logger.info("queued turn of an erased session dropped", extra={"outbox_id": record.outbox_id})

@@ -15,22 +15,24 @@ import boto3
 from botocore.config import Config
 
 from chatmemory.breakers import Breakers
-from chatmemory.cache import CacheClient, TurnCache
-from chatmemory.cached_copy import VersionedCopies
 from chatmemory.clients import dynamodb_resource, redis_client
 from chatmemory.config import Settings, get_settings
-from chatmemory.connections import ConnectionRegistry
 from chatmemory.data_rights import DataRights
 from chatmemory.history import SessionMemory
 from chatmemory.llm.base import ChatModel
-from chatmemory.memory.longterm import UserMemoryCache, UserMemoryRepository, UserMemoryStore
-from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.memory.state import MemoryState
 from chatmemory.memory_controls import MemoryControls
 from chatmemory.outbox import OutboxReplayer, TurnOutbox
 from chatmemory.sender import ConnectionSender
 from chatmemory.sessions import SessionService
-from chatmemory.store import TurnStore
+from chatmemory.storage.bindings import ConnectionRegistry
+from chatmemory.storage.cached_copy import VersionedCopies
+from chatmemory.storage.memory_state import MemoryStateRepository
+from chatmemory.storage.redis_client import CacheClient
+from chatmemory.storage.session_meta import SessionMetaStore
+from chatmemory.storage.turn_cache import TurnCache
+from chatmemory.storage.turns import TurnStore
+from chatmemory.storage.user_memory import UserMemoryCache, UserMemoryRepository, UserMemoryStore
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import DynamoDBServiceResource
@@ -129,12 +131,15 @@ class Services:
         cache = None
         if redis is not None:
             cache = TurnCache(redis, settings.memory.context_turns, settings.memory.cache_ttl_seconds)
-        store = self._store = TurnStore(dynamodb.Table(settings.storage.sessions_table))
+        table = dynamodb.Table(settings.storage.sessions_table)
+        store, meta = TurnStore(table), SessionMetaStore(table)
+        self._store = store
         outbox = None
         if settings.outbox.queue_url:
             outbox = TurnOutbox(sqs or outbox_client(settings), settings.outbox.queue_url)
         self.memory = SessionMemory(
             store=store,
+            meta=meta,
             cache=cache,
             breakers=self.breakers,
             settings=settings.memory,
@@ -142,10 +147,10 @@ class Services:
             outbox=outbox,
         )
         self.outbox_replayer = OutboxReplayer(
-            store, cache, self.breakers, settings.memory.session_ttl_seconds, clock
+            store, meta, cache, self.breakers, settings.memory.session_ttl_seconds, clock
         )
         self.memory_state = MemoryStateRepository(
-            store,
+            meta,
             VersionedCopies(redis, MemoryState, settings.memory.cache_ttl_seconds)
             if redis is not None
             else None,
@@ -188,8 +193,8 @@ class Services:
     @property
     def recall(self) -> Recall:
         def build() -> Recall:
-            from chatmemory.memory.corpus import CorpusRepository
             from chatmemory.memory.retrieval import Recall
+            from chatmemory.storage.corpus import CorpusRepository
 
             settings = self.settings
             corpus = CorpusRepository(
@@ -202,7 +207,8 @@ class Services:
     @property
     def cross_session(self) -> CrossSession | None:
         def build() -> CrossSession | None:
-            from chatmemory.memory.crosssession import CrossSession, VectorIndexStore
+            from chatmemory.memory.crosssession import CrossSession
+            from chatmemory.storage.vector_index import VectorIndexStore
 
             settings = self.settings
             if not settings.memory.cross_session:
@@ -266,7 +272,8 @@ class Services:
     @property
     def quotas(self) -> Quotas | None:
         def build() -> Quotas | None:
-            from chatmemory.quotas import QuotaCounters, Quotas
+            from chatmemory.quotas import Quotas
+            from chatmemory.storage.quota_counters import QuotaCounters
 
             if not self.settings.quota.enabled:
                 return None

@@ -9,13 +9,13 @@ from typing import Any, TypeVar
 from aws_lambda_powertools.metrics import MetricUnit
 
 from chatmemory.config import StrategyName
-from chatmemory.connections import Binding, BindingUnavailable, ConnectionRegistry
 from chatmemory.errors import BadRequest, Forbidden, MemoryUnavailable, NoSession
 from chatmemory.history import SessionMemory
-from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.observability import logger, metrics
 from chatmemory.protocol import HistoryTurn, session_frame, turn_frames
 from chatmemory.sender import FrameSender
+from chatmemory.storage.bindings import Binding, BindingUnavailable, ConnectionRegistry
+from chatmemory.storage.memory_state import MemoryStateRepository
 from chatmemory.turns import Turn
 
 T = TypeVar("T")

@@ -21,9 +21,9 @@ import random
 
 import redis
 
-from chatmemory.cache import LazyCluster
 from chatmemory.observability import logger
 from chatmemory.services import Services, get_services
+from chatmemory.storage.redis_client import LazyCluster
 
 
 def drop_connections(services: Services) -> None:

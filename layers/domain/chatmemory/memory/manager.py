@@ -14,14 +14,14 @@ from chatmemory.llm.base import Prompt
 from chatmemory.memory import tasks
 from chatmemory.memory.context import ContextPlan, message_tokens, plan_context
 from chatmemory.memory.crosssession import Across, CrossSession, interleave
-from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, eligible
-from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.memory.retrieval import QueriesAhead, Recall, Recalled, retrieval_queries
 from chatmemory.memory.scheduler import UpdateScheduler
 from chatmemory.memory.state import MemoryState
 from chatmemory.memory.strategies import STRATEGIES, Strategy, strategy_for, summary_target
 from chatmemory.memory.tokens import TokenEstimator
 from chatmemory.observability import logger, metrics
+from chatmemory.storage.memory_state import MemoryStateRepository
+from chatmemory.storage.user_memory import UserMemory, UserMemoryRepository, eligible
 from chatmemory.turns import Usage
 
 

@@ -27,8 +27,8 @@ import Stemmer
 
 from chatmemory.breakers import Breakers
 from chatmemory.embeddings import Embedder, pack
-from chatmemory.memory.corpus import CorpusRepository, CorpusUnavailable, Passage
 from chatmemory.memory.search_index import SessionIndex
+from chatmemory.storage.corpus import CorpusRepository, CorpusUnavailable, Passage
 from chatmemory.turns import Turn
 
 RecallMode = Literal["hybrid", "keyword", "unavailable"]

@@ -21,7 +21,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from chatmemory.embeddings import unpack
-from chatmemory.memory.corpus import CorpusCursor, Passage
+from chatmemory.storage.corpus import CorpusCursor, Passage
 from chatmemory.turns import Turn
 
 K1, B = 1.5, 0.75  # bm25s's defaults

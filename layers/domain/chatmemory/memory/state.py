@@ -33,7 +33,7 @@ class MemoryState(BaseModel):
     facts: list[Fact] = Field(default_factory=list)
     summarized_through: int = 0  # summary and facts cover turns 1..summarized_through
     strategy: StrategyName | None = None  # the session's override of the deployment's strategy
-    version: int = 0  # the meta item's, raised by every write (``chatmemory.cached_copy``)
+    version: int = 0  # the meta item's, raised by every write (``chatmemory.storage.cached_copy``)
     turns_expire_at: int = 0  # when the session's oldest turn expires, as last noted (0: not yet)
     update_failures: int = 0  # summary updates failed in a row (``MemoryUpdater``'s backoff)
     update_retry_at: int = 0  # no summary update is tried before then

@@ -28,13 +28,13 @@ from chatmemory.config import MemorySettings
 from chatmemory.llm.base import ChatModel
 from chatmemory.memory import tasks
 from chatmemory.memory.crosssession import CrossSession
-from chatmemory.memory.longterm import UserMemory, UserMemoryRepository, UserMemoryUnavailable, eligible
-from chatmemory.memory.repository import MemoryStateRepository
 from chatmemory.memory.retrieval import Recall
 from chatmemory.memory.state import FactChange, MemoryState, merge_facts
 from chatmemory.memory.strategies import strategy_for, summary_target
 from chatmemory.observability import logger, metrics
-from chatmemory.store import TurnStore
+from chatmemory.storage.memory_state import MemoryStateRepository
+from chatmemory.storage.turns import TurnStore
+from chatmemory.storage.user_memory import UserMemory, UserMemoryRepository, UserMemoryUnavailable, eligible
 from chatmemory.turns import Turn
 
 _MERGE_ATTEMPTS = 3  # a merge that found the memory changed (another run, an erasure) extracts again

@@ -16,7 +16,7 @@ from chatmemory.breakers import Breakers
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table
 
-    from chatmemory.cache import CacheClient
+    from chatmemory.storage.redis_client import CacheClient
 
 # API Gateway closes a WebSocket connection after two hours at most.
 CONNECTION_TTL_SECONDS = 2 * 3600

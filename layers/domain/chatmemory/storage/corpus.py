@@ -21,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatmemory.breakers import Breakers
-from chatmemory.cache import CacheClient, corpus_key
 from chatmemory.observability import logger
-from chatmemory.store import TurnStore
+from chatmemory.storage.keys import corpus_key
+from chatmemory.storage.redis_client import CacheClient
+from chatmemory.storage.turns import TurnStore
 from chatmemory.turns import Turn
 
 
@@ -179,7 +180,8 @@ class CorpusRepository:
         if self._redis is None:
             return None
         redis = self._redis
-        raw = self._breakers.redis.attempt(redis.lrange, corpus_key(session_id), 0, -1, default=None)
+        # Deferred: a cluster client is built, and can fail, on its first attribute access.
+        raw = self._breakers.redis.attempt(lambda: redis.lrange(corpus_key(session_id), 0, -1), default=None)
         if not raw:
             return None
         generation = _generation(raw[0])
@@ -218,10 +220,10 @@ class CorpusRepository:
         return CorpusCursor(generation, 1 + len(passages))
 
     def _drop(self, session_id: str) -> None:
-        if self._redis is None:
+        redis = self._redis
+        if redis is None:
             return
         self._breakers.redis.succeeds(
-            self._redis.delete,
-            corpus_key(session_id),
+            lambda: redis.delete(corpus_key(session_id)),
             warn="retrieval corpus could not be dropped after a failed write",
         )

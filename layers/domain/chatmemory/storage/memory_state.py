@@ -10,20 +10,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatmemory.breakers import Breakers
-from chatmemory.cache import state_key
-from chatmemory.cached_copy import VersionedCopies
 from chatmemory.config import StrategyName
 from chatmemory.memory.state import MemoryState
-from chatmemory.store import TurnStore
+from chatmemory.storage.cached_copy import VersionedCopies
+from chatmemory.storage.keys import state_key
+from chatmemory.storage.session_meta import SessionMetaStore
 
 
 @dataclass
 class MemoryStateRepository:
-    """The cached copy follows ``chatmemory.cached_copy``: every copy put carries the version
+    """The cached copy follows ``chatmemory.storage.cached_copy``: every copy put carries the version
     DynamoDB returned, so a refill read before a write, or an update that read the state before
     a ``setMemory``, can never put back an older state."""
 
-    store: TurnStore
+    store: SessionMetaStore
     cache: VersionedCopies[MemoryState] | None
     breakers: Breakers
     expiry: Callable[[], int]  # the session's expiry, from now

@@ -12,7 +12,7 @@ erasure, so that what was said before it and not merged yet stays out, and by op
 only what was said with the user's consent is collected), ``applied`` (the merges done, by
 session and turn) and, for guests, ``ttl``.
 Redis caches it at ``user:{<principal>}:memory``, including "not opted in", so a turn of a user
-who never opted in costs one Redis GET: a versioned copy (``chatmemory.cached_copy``), the
+who never opted in costs one Redis GET: a versioned copy (``chatmemory.storage.cached_copy``), the
 item's ``version`` compared on every put, an erasure leaving a tombstone.
 
 Erasing everything of a principal means deleting that partition and that key.
@@ -30,12 +30,12 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
 from chatmemory.breakers import Breakers
-from chatmemory.cache import CacheClient
-from chatmemory.cache import user_memory_key as user_key
-from chatmemory.cached_copy import VersionedCopies, clock_version
 from chatmemory.memory.state import Fact, FactChange, apply_fact_changes, normalize_key
 from chatmemory.observability import logger
-from chatmemory.store import user_memory_partition as user_partition
+from chatmemory.storage.cached_copy import VersionedCopies, clock_version
+from chatmemory.storage.keys import user_memory_key as user_key
+from chatmemory.storage.keys import user_memory_partition as user_partition
+from chatmemory.storage.redis_client import CacheClient
 from chatmemory.turns import Turn
 
 if TYPE_CHECKING:
@@ -206,7 +206,7 @@ class UserMemoryStore:
 
 
 class UserMemoryCache:
-    """The profile in Redis, one versioned copy per principal (``chatmemory.cached_copy``): a
+    """The profile in Redis, one versioned copy per principal (``chatmemory.storage.cached_copy``): a
     refill read before a write or an erasure can never replace what that write cached."""
 
     def __init__(self, client: CacheClient, ttl_seconds: int) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 if TYPE_CHECKING:
-    from chatmemory.cache import CacheClient
+    from chatmemory.storage.redis_client import CacheClient
 
 M = TypeVar("M", bound=BaseModel)
 
