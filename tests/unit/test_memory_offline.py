@@ -147,3 +147,29 @@ def test_a_summary_over_its_budget_never_stores_a_broken_sentence() -> None:
             continue  # nothing usable: the stored summary stays, retried after a later turn
         assert summary and tokens > 0
         assert all(line.rstrip().endswith((".", "!", "?")) for line in summary.splitlines()), summary
+
+
+# ---- titles ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "title"),
+    [
+        ("Trip to Lisbon", "Trip to Lisbon"),
+        ('Title: "Trip to Lisbon"', "Trip to Lisbon"),
+        ("**Trip to Lisbon**", "Trip to Lisbon"),
+        ("Trip to Lisbon.", "Trip to Lisbon"),
+        ("Here's a title for this conversation:\n\nTrip to Lisbon", "Trip to Lisbon"),
+        ("\u201cVoyage \u00e0 Lisbonne\u201d", "Voyage \u00e0 Lisbonne"),
+        ("word " * 40, ("word " * 16).strip()),  # at most 80 characters, cut at a word
+    ],
+)
+def test_a_title_is_read_from_the_ways_claude_answers(answer: str, title: str) -> None:
+    assert tasks.title_of(answer) == title
+
+
+def test_the_offline_model_titles_a_conversation_from_its_first_message_whatever_it_dresses() -> None:
+    titles = {
+        tasks.make_title(model(), [turn(1, f"Planning a trip to Lisbon in May, take {n}")]) for n in range(40)
+    }
+    assert titles == {"Planning trip lisbon"}  # every dressing taken off (40 seeds)

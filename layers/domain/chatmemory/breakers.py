@@ -153,6 +153,9 @@ class Breakers:
     # The vector index's SearchVectors: a missing or misconfigured index turns cross-session
     # retrieval off, never the turn store (whose breaker would leave replies unstored).
     vectors: Guard
+    # The session list (its index, the listing on the meta item): a list that cannot be kept
+    # or read never stops a turn from being stored.
+    listing: Guard
 
     @classmethod
     def from_settings(cls, settings: BreakerSettings) -> Breakers:
@@ -173,4 +176,5 @@ class Breakers:
             # Any provider's error (a local model, Bedrock, an HTTP API): keywords still answer.
             embeddings=make("embeddings", any_error),
             vectors=make("vectors"),
+            listing=make("listing"),
         )

@@ -167,6 +167,7 @@ class Conversation:
         # After done: the user waits for none of these.
         if self._quotas is not None:
             self._quotas.charge(binding.principal, spent)
+        self._memory.note_activity(started)  # before the worker, which titles a new session
         expiry_due = self._memory.expiry_due(started, context.state.turns_expire_at)
         self._manager.after_turn(started, context, expiry_due)
         metrics.add_metric(name="InputTokens", unit=MetricUnit.Count, value=usage.input_tokens)

@@ -185,6 +185,7 @@ class DataRights:
         document = {
             "sessionId": session_id,
             "exportedAt": int(self._clock()),
+            "title": str(meta["title"]) if meta.get("title") else None,
             "summary": str(meta.get("summary", "")),
             "facts": [
                 {"key": str(f["key"]), "value": str(f["value"]), "turn": int(f["turn"])}

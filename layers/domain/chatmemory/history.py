@@ -28,6 +28,7 @@ from chatmemory.protocol import MemoryMode
 from chatmemory.storage.session_meta import SessionMetaStore
 from chatmemory.storage.turn_cache import TurnCache
 from chatmemory.storage.turns import TurnStore
+from chatmemory.storage.user_memory import eligible
 from chatmemory.turns import Turn, TurnStatus, Usage
 
 T = TypeVar("T")
@@ -219,6 +220,22 @@ class SessionMemory:
             self.breakers.dynamodb.call(self.store.extend_expiry, session_id, expires_at, now)
             self._cache_invalidate(session_id)
         return number, expires_at
+
+    def note_activity(self, started: StartedTurn) -> None:
+        """After ``done``: list the session under its principal as active now (``listSessions``,
+        newest first). A failure leaves the list one turn behind; the next turn notes it."""
+        turn = started.turn
+        if not started.persisted or not eligible(turn.principal):
+            return
+        self.breakers.listing.succeeds(
+            self.meta.record_activity,
+            turn.session_id,
+            str(turn.principal),
+            turn.turn,
+            turn.at,
+            turn.expires_at,
+            warn="could not list the session's activity",
+        )
 
     def stateless_turn(self, message: str) -> StartedTurn:
         """A turn for a connection whose session cannot be known: answered, not stored."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -24,6 +24,9 @@ from pydantic import (
 
 from chatmemory.config import StrategyName
 from chatmemory.errors import BadRequest, ChatError, ErrorCode, FrameTooLarge, UnknownAction, shown_safely
+
+if TYPE_CHECKING:
+    from chatmemory.storage.session_meta import Listing
 
 __all__ = ["ErrorCode"]
 
@@ -127,6 +130,40 @@ class DeleteMyData(_ClientFrame):
     action: Literal["deleteMyData"]
 
 
+LIST_PAGE_MAX = 50
+SessionTitle = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
+SessionId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class ListSessions(_ClientFrame):
+    """A page of the principal's conversations, newest activity first."""
+
+    action: Literal["listSessions"]
+    cursor: str | None = Field(None, min_length=1, max_length=512)  # a previous page's ``next``
+    limit: int | None = Field(None, ge=1, le=LIST_PAGE_MAX)
+
+
+class OpenSession(_ClientFrame):
+    """Switch this connection to one of the principal's conversations (at one of its turns)."""
+
+    action: Literal["openSession"]
+    session_id: SessionId = Field(alias="sessionId")
+    turn: int | None = Field(None, ge=1)
+
+
+class RenameSession(_ClientFrame):
+    action: Literal["renameSession"]
+    title: SessionTitle
+    session_id: SessionId | None = Field(None, alias="sessionId")  # without it, the bound one
+
+    @field_validator("title")
+    @classmethod
+    def _printable(cls, title: str) -> str:
+        if _FORBIDDEN_CHARACTERS.search(title) or any(c in title for c in "\n\r\t"):
+            raise ValueError("it contains control characters or invalid Unicode")
+        return title
+
+
 AnyClientFrame = (
     SendMessage
     | GetSession
@@ -137,6 +174,9 @@ AnyClientFrame = (
     | SetMemory
     | GetUserMemory
     | ForgetUserMemory
+    | ListSessions
+    | OpenSession
+    | RenameSession
 )
 ClientFrame = Annotated[AnyClientFrame, Field(discriminator="action")]
 _client_frame: TypeAdapter[AnyClientFrame] = TypeAdapter(ClientFrame)
@@ -151,6 +191,9 @@ KNOWN_ACTIONS = frozenset(
         "setMemory",
         "getUserMemory",
         "forgetUserMemory",
+        "listSessions",
+        "openSession",
+        "renameSession",
     }
 )
 
@@ -311,6 +354,33 @@ def _turn_frame(
         "user": user,
         "assistant": assistant,
     }
+
+
+def sessions_frame(listings: list[Listing], next_cursor: str | None, current: str | None) -> dict[str, Any]:
+    """The answer to ``listSessions``: a page of conversations and the cursor of the next
+    (``null`` after the last). A page is at most 50 entries of at most 80-character titles,
+    far below the frame limit."""
+    return {
+        "type": "sessions",
+        "sessions": [
+            {
+                "sessionId": listing.session_id,
+                "title": listing.title,
+                "createdAt": listing.created_at,
+                "lastActiveAt": listing.last_active,
+                "turns": listing.turns,
+                "memoryStrategy": listing.strategy,
+                "expiresAt": listing.expires_at,
+                "current": listing.session_id == current,
+            }
+            for listing in listings
+        ],
+        "next": next_cursor,
+    }
+
+
+def renamed_frame(session_id: str, title: str) -> dict[str, Any]:
+    return {"type": "renamed", "sessionId": session_id, "title": title}
 
 
 def memory_frame(session_id: str, memory_strategy: str, long_term: bool) -> dict[str, Any]:

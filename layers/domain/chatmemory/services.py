@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from chatmemory.memory.scheduler import UpdateScheduler
     from chatmemory.memory.updater import MemoryUpdater
     from chatmemory.quotas import Quotas
+    from chatmemory.session_list import SessionList
 
 T = TypeVar("T")
 
@@ -341,6 +342,11 @@ class Services:
             self.sender(endpoint_url),
             self.clock,
         )
+
+    def session_list(self, endpoint_url: str) -> SessionList:
+        from chatmemory.session_list import SessionList
+
+        return SessionList(self.sessions(endpoint_url), self.memory, self.sender(endpoint_url), self.clock)
 
     def data_rights(self, endpoint_url: str) -> DataRights:
         return DataRights(self.sessions(endpoint_url), self.memory, self.sender(endpoint_url), self.clock)

@@ -25,7 +25,7 @@ def _history_turn(turn: Turn) -> HistoryTurn:
     return HistoryTurn(turn=turn.turn, user=turn.user, assistant=turn.assistant, at=turn.at)
 
 
-def _valid_session_id(value: str | None) -> str | None:
+def valid_session_id(value: str | None) -> str | None:
     if not value:
         return None
     try:
@@ -73,8 +73,8 @@ class SessionService:
         unknown, expired or someone else's id starts a fresh session, and the client cannot
         tell which of the three it was.
         """
-        session_id = _valid_session_id(requested_session_id)
-        if session_id is not None and not self._resumable(session_id, principal):
+        session_id = valid_session_id(requested_session_id)
+        if session_id is not None and not self.resumable(session_id, principal):
             session_id = None
         binding = Binding(
             connection_id=connection_id,
@@ -86,7 +86,7 @@ class SessionService:
         self._registry.bind(binding)
         return binding
 
-    def _resumable(self, session_id: str, principal: str) -> bool:
+    def resumable(self, session_id: str, principal: str) -> bool:
         turns = self._memory.load(session_id).turns
         if not turns:
             return False

@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 import httpx2
 
-from chatmemory.memory.tasks import FACTS_TASK, SUMMARY_TASK
+from chatmemory.memory.tasks import FACTS_TASK, SUMMARY_TASK, TITLE_TASK
 
 OfflineMode = Literal["realistic", "echo"]
 
@@ -409,7 +409,29 @@ def compose_task_reply(
         return _summarize(said, int(words.group(1)) if words else 200, rng)
     if FACTS_TASK in system:
         return _facts_answer(_extract_facts(said), rng)
+    if TITLE_TASK in system:
+        return _title(said, rng)
     return None
+
+
+def _title(request: str, rng: random.Random | None) -> str:
+    """A few words from the first message; with ``rng``, dressed the ways Claude dresses them:
+    a label, quotes, bold, a final period, or a sentence about the title instead of it."""
+    users = TURN_USER.findall(request)
+    words = _topic(users[0] if users else request)
+    title = " ".join(words).capitalize() if words != ["this"] else "A new conversation"
+    if rng is None:
+        return title
+    roll = rng.random()
+    if roll < 0.15:
+        return f'Title: "{title}"'
+    if roll < 0.25:
+        return f"**{title}**"
+    if roll < 0.35:
+        return f"{title}."
+    if roll < 0.42:
+        return f"Here's a title for this conversation:\n\n{title}"
+    return title
 
 
 def _section(text: str, tag: str) -> str:

@@ -177,7 +177,8 @@ class MemoryManager:
                 or tasks.states_fact(started.turn.user)
             )
         )
-        if session_due or long_term_due or expiry_due or context.strategy.retrieve:  # retrieval: embed it
+        title_due = turn == 1 and eligible(started.turn.principal)  # a listed session gets its title
+        if session_due or long_term_due or expiry_due or title_due or context.strategy.retrieve:
             self._scheduler.schedule(started.turn.session_id)
 
     def _search(

@@ -1,6 +1,7 @@
-"""The two model calls that maintain memory: extend the running summary, extract facts.
+"""The model calls that maintain memory: extend the running summary, extract facts, and title
+a new conversation.
 
-Both send a marker in the system prompt (``SUMMARY_TASK``, ``FACTS_TASK``) so the offline
+Each sends a marker in the system prompt (``SUMMARY_TASK``, ``FACTS_TASK``) so the offline
 model knows which task it is given; Claude reads them as plain instructions.
 """
 
@@ -17,6 +18,7 @@ from chatmemory.turns import Turn, Usage
 
 SUMMARY_TASK = "<memory-task>summary</memory-task>"
 FACTS_TASK = "<memory-task>facts</memory-task>"
+TITLE_TASK = "<memory-task>title</memory-task>"
 
 SUMMARY_SYSTEM = (
     SUMMARY_TASK + "\nYou maintain the running summary of a conversation between a user and an assistant. "
@@ -31,6 +33,17 @@ FACTS_SYSTEM = (
     'in a few words}}. Reuse a known key when a fact changes; use "value": null when the user retracts '
     "one. Answer [] when nothing durable was stated. No prose."
 )
+
+TITLE_SYSTEM = (
+    TITLE_TASK + "\nYou name conversations for the user's list of chats. You get the first exchange of "
+    "a conversation. Answer with its title only: 2 to 6 words, in the language the user wrote in, "
+    "no quotes, no final period."
+)
+TITLE_MAX_CHARS = 80
+TITLE_MAX_TOKENS = 40
+_TITLE_EXCERPT_CHARS = 1_500  # of each side of the exchange: enough to name it
+_TITLE_LABEL = re.compile(r"\A(?:(?:conversation|chat) )?title\s*[:\-]\s*", re.IGNORECASE)
+_TITLE_TRIM = " \t\"'\u201c\u201d\u2018\u2019*#_`."
 
 # A message that looks like it states something durable about the user: their long-term memory
 # is brought up to date after that turn rather than a few turns later. Only a hint: the model
@@ -166,3 +179,40 @@ def _complete_changes(text: str) -> list[FactChange]:
         except (ValueError, ValidationError):
             continue
     return changes
+
+
+def make_title(model: ChatModel, turns: list[Turn]) -> str:
+    """A few words that name the conversation, from its first exchange."""
+    excerpt = [
+        t.model_copy(
+            update={
+                "user": t.user[:_TITLE_EXCERPT_CHARS],
+                "assistant": (t.assistant or "")[:_TITLE_EXCERPT_CHARS] or None,
+            }
+        )
+        for t in turns
+    ]
+    prompt = Prompt(
+        system=TITLE_SYSTEM,
+        messages=[{"role": "user", "content": transcript(excerpt)}],
+        max_tokens=TITLE_MAX_TOKENS,
+    )
+    answer, _, _ = complete(model, prompt)
+    title = title_of(answer)
+    if not title:
+        raise MemoryTaskFailed("empty title")
+    return title
+
+
+def title_of(text: str) -> str:
+    """The title in a model's answer: its first line, without a label ("Title:"), quotes,
+    markdown or a final period, at most ``TITLE_MAX_CHARS`` (cut at a word)."""
+    lines = [line for line in text.splitlines() if line.strip(_TITLE_TRIM)]
+    if len(lines) > 1 and lines[0].rstrip().endswith(":"):  # "Here's a title for this chat:"
+        lines = lines[1:]
+    line = lines[0] if lines else ""
+    line = _TITLE_LABEL.sub("", line.strip(_TITLE_TRIM)).strip(_TITLE_TRIM)
+    line = " ".join(line.split())
+    if len(line) > TITLE_MAX_CHARS:
+        line = line[:TITLE_MAX_CHARS].rsplit(" ", 1)[0].rstrip(" ,;:-")
+    return line

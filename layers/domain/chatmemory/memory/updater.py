@@ -37,6 +37,7 @@ from chatmemory.storage.turns import TurnStore
 from chatmemory.storage.user_memory import UserMemory, UserMemoryRepository, UserMemoryUnavailable, eligible
 from chatmemory.turns import Turn
 
+TITLE_WITHIN_TURNS = 3  # a title that failed is tried again while the session is this young
 _MERGE_ATTEMPTS = 3  # a merge that found the memory changed (another run, an erasure) extracts again
 
 
@@ -80,9 +81,34 @@ class MemoryUpdater:
             except MemoryUpdateGivenUp as exc:
                 given_up = exc  # the long-term merge below is a part of its own
         self._remember_unless_failing(session_id, last)
+        self._title_unless_titled(session_id, last)
         if given_up is not None:
             raise given_up
         return stored
+
+    def _title_unless_titled(self, session_id: str, last: int) -> None:
+        """Name a young listed session after its first exchange, unless it has a name (the
+        user's is never replaced). The model failing is logged; a later run tries again."""
+        if not 1 <= last <= TITLE_WITHIN_TURNS:
+            return
+        meta, breakers = self.repository.store, self.repository.breakers
+        listing = breakers.listing.attempt(meta.listing, session_id, default=None)
+        if listing is None or listing.title:
+            return
+        first = breakers.dynamodb.call(self.store.turns_between, session_id, 1, 1)
+        if not first or not first[0].answered:
+            return
+        try:
+            title = tasks.make_title(self.model(), first)
+        except Exception as exc:
+            if breakers.dynamodb.is_fault(exc):
+                raise
+            logger.warning("could not title the session", extra={"error": type(exc).__name__})
+            return
+        if breakers.listing.attempt(
+            meta.set_title, session_id, listing.principal, title, True, default=False
+        ):
+            metrics.add_metric(name="SessionTitled", unit=MetricUnit.Count, value=1)
 
     def _remember_unless_failing(self, session_id: str, last: int) -> None:
         """The long-term merge; a failure of the model or of its answer is logged and counted,

@@ -12,6 +12,8 @@ META_TURN = 0
 # The index of every turn by the principal it was written for (KEYS_ONLY): how ``deleteMyData``
 # finds all of a principal's sessions, including those whose oldest turns have expired.
 PRINCIPAL_INDEX = "by_principal"
+# A principal's sessions by their last activity: the meta items that carry ``listed_by``.
+LISTING_INDEX = "by_activity"
 
 
 def erased_key(session_id: str) -> str:

@@ -6,12 +6,21 @@ strategy and the notes of the memory worker (when its turns start to expire, fai
 Other attributes may live on it too, so it is only ever changed with UpdateItem, and every
 write raises its ``version`` (the cached copy's rule, ``chatmemory.storage.cached_copy``).
 
+The meta item also lists the session under its principal (``listed_by``, ``last_active``,
+``turn_count``, ``created_at``, ``title``) for the table's ``by_activity`` index: a principal's
+conversations, newest activity first. These attributes are not in the cached memory state, so
+writing them leaves its version (and its cached copy) as it is.
+
 An erased session leaves a tombstone (``erased#<session>``), so that a connection still bound to
 it cannot bring it back by writing its next turn under the old id.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -19,16 +28,138 @@ from botocore.exceptions import ClientError
 from chatmemory.config import StrategyName
 from chatmemory.memory.state import Fact, MemoryState
 from chatmemory.storage.cached_copy import clock_version
-from chatmemory.storage.keys import META_TURN, erased_key
+from chatmemory.storage.keys import LISTING_INDEX, META_TURN, erased_key
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.service_resource import Table
     from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
 
 
+@dataclass(frozen=True)
+class Listing:
+    """One of a principal's sessions, as its list shows it."""
+
+    session_id: str
+    principal: str
+    title: str | None
+    created_at: int
+    last_active: int
+    turns: int
+    strategy: str | None
+    expires_at: int
+
+
+class BadCursor(ValueError):
+    """A listing cursor that this store did not make."""
+
+
 class SessionMetaStore:
     def __init__(self, table: Table) -> None:
         self._table = table
+
+    # ---- the session's listing ------------------------------------------------------------
+
+    def record_activity(self, session_id: str, principal: str, turn: int, at: int, expires_at: int) -> bool:
+        """List the session under ``principal`` as active at ``at`` with ``turn`` turns (its
+        creation, the first time). Only forward (an older turn's note never overwrites a newer
+        one's), never for another principal, and never again once erased: False otherwise,
+        nothing written.
+
+        A listed session is noted with one conditional UpdateItem (it must be listed already:
+        an erasure deletes the meta item, which this never creates). Creating the listing is a
+        transaction with a check that the turn exists, so a note that raced an erasure cannot
+        list the erased session again."""
+        key: dict[str, Any] = {"session_id": session_id, "turn_number": META_TURN}
+        values: dict[str, Any] = {":p": principal, ":a": at, ":n": turn}
+        if turn > 1:
+            try:
+                self._table.update_item(
+                    Key=key,
+                    UpdateExpression="SET last_active = :a, turn_count = :n",
+                    ConditionExpression="listed_by = :p AND turn_count < :n",
+                    ExpressionAttributeValues=values,
+                )
+                return True
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise  # else: not listed yet (its first note failed), or a newer note is there
+        update: dict[str, Any] = {
+            "TableName": self._table.name,
+            "Key": {"session_id": session_id, "turn_number": META_TURN},
+            "UpdateExpression": (
+                "SET listed_by = :p, last_active = :a, turn_count = :n,"
+                " created_at = if_not_exists(created_at, :a), #t = if_not_exists(#t, :e)"
+            ),
+            "ConditionExpression": (
+                "(attribute_not_exists(listed_by) OR listed_by = :p)"
+                " AND (attribute_not_exists(turn_count) OR turn_count < :n)"
+            ),
+            "ExpressionAttributeNames": {"#t": "ttl"},
+            "ExpressionAttributeValues": {**values, ":e": expires_at},
+        }
+        return self._update_meta_if_turn_exists(session_id, update, turn)
+
+    def set_title(self, session_id: str, principal: str, title: str, unless_titled: bool = False) -> bool:
+        """Title a session listed under ``principal``; with ``unless_titled``, only one that has
+        no title yet (a made title never replaces the user's). False if not so listed (unknown,
+        another principal's, erased) or already titled: nothing written."""
+        condition = "listed_by = :p" + (" AND attribute_not_exists(title)" if unless_titled else "")
+        try:
+            self._table.update_item(
+                Key={"session_id": session_id, "turn_number": META_TURN},
+                UpdateExpression="SET title = :t",
+                ConditionExpression=condition,
+                ExpressionAttributeValues={":p": principal, ":t": title},
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def listing(self, session_id: str) -> Listing | None:
+        """The session's listing, if it is listed (a strongly consistent read)."""
+        item = self._table.get_item(
+            Key={"session_id": session_id, "turn_number": META_TURN}, ConsistentRead=True
+        ).get("Item")
+        return _listing(dict(item)) if item and "listed_by" in item else None
+
+    def listed_by(self, session_id: str) -> str | None:
+        listing = self._table.get_item(
+            Key={"session_id": session_id, "turn_number": META_TURN},
+            ProjectionExpression="listed_by",
+            ConsistentRead=True,
+        ).get("Item")
+        return str(listing["listed_by"]) if listing and "listed_by" in listing else None
+
+    def list_sessions(
+        self, principal: str, now: int, limit: int, cursor: str | None = None
+    ) -> tuple[list[Listing], str | None]:
+        """A page of the principal's live sessions, newest activity first, and the cursor of
+        the next page (``None`` after the last). Expired ones are left out at once, before
+        DynamoDB's TTL deletes them. ``BadCursor`` for a cursor this store did not make."""
+        query: dict[str, Any] = {
+            "IndexName": LISTING_INDEX,
+            "KeyConditionExpression": "listed_by = :p",
+            "FilterExpression": "#t > :now",
+            "ExpressionAttributeNames": {"#t": "ttl"},
+            "ExpressionAttributeValues": {":p": principal, ":now": now},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if cursor is not None:
+            query["ExclusiveStartKey"] = {**_decode_cursor(cursor), "listed_by": principal}
+        found: list[Listing] = []
+        while True:
+            page = self._table.query(**query)
+            found.extend(_listing(dict(item)) for item in page["Items"])
+            last = page.get("LastEvaluatedKey")
+            if last is None:
+                return found, None
+            if len(found) >= limit:  # each query asks for what is missing: never more
+                return found, _encode_cursor(str(last["session_id"]), int(last["last_active"]))  # type: ignore[arg-type]
+            query["ExclusiveStartKey"] = last
+            query["Limit"] = limit - len(found)
 
     def mark_erased(self, session_id: str, expires_at: int) -> None:
         """Leave a tombstone: a connection still bound to the erased session must not bring it
@@ -187,3 +318,33 @@ def _memory_state(item: dict[str, Any]) -> MemoryState:
         update_failures=int(item.get("update_failures", 0)),
         update_retry_at=int(item.get("update_retry_at", 0)),
     )
+
+
+def _listing(item: dict[str, Any]) -> Listing:
+    return Listing(
+        session_id=str(item["session_id"]),
+        principal=str(item["listed_by"]),
+        title=str(item["title"]) if item.get("title") else None,
+        created_at=int(item.get("created_at", 0)),
+        last_active=int(item.get("last_active", 0)),
+        turns=int(item.get("turn_count", 0)),
+        strategy=str(item["strategy"]) if item.get("strategy") else None,
+        expires_at=int(item.get("ttl", 0)),
+    )
+
+
+def _encode_cursor(session_id: str, last_active: int) -> str:
+    raw = json.dumps({"s": session_id, "a": last_active}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> dict[str, Any]:
+    """The index position after which a page starts (the principal is the caller's own)."""
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        session_id, last_active = raw["s"], raw["a"]
+    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+        raise BadCursor(cursor) from exc
+    if not isinstance(session_id, str) or not isinstance(last_active, int):
+        raise BadCursor(cursor)
+    return {"session_id": session_id, "turn_number": META_TURN, "last_active": last_active}
