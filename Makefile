@@ -110,6 +110,7 @@ bench: install ## Per-turn memory cost vs LangChain's chat histories and a naive
 	$(VENV)/python -m pip install --quiet -e '.[dev,bench]'
 	$(VENV)/python -m bench
 	$(VENV)/python -m bench.retrieval --out docs/bench
+	$(VENV)/python -m bench.session_list --out docs/bench
 
 eval: install ## Memory on LoCoMo (LOCOMO=path/to/locomo.json): strategies vs retrieval baselines, docs/eval/
 	@scripts/ensure-redis.sh
