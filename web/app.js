@@ -50,6 +50,10 @@ const ui = {
   userFacts: $('[data-testid="user-facts"]'),
   forgetAll: $('[data-testid="forget-all"]'),
   loadEarlier: $('[data-testid="load-earlier"]'),
+  chatsMenu: $('[data-testid="chats-menu"]'),
+  chatList: $('[data-testid="chat-list"]'),
+  chatListEmpty: $('[data-testid="chat-list-empty"]'),
+  chatListMore: $('[data-testid="chat-list-more"]'),
 };
 
 // ---- configuration and storage -------------------------------------------------------------
@@ -148,6 +152,9 @@ const state = {
   /** getSession attempts refused on this socket, and the error shown for them. */
   sessionRefusals: 0,
   sessionError: null,
+  /** The conversation list: the next page's cursor, and whether the page asked for adds to it. */
+  chatCursor: null,
+  chatAppending: false,
 };
 
 // ---- connection ----------------------------------------------------------------------------
@@ -287,6 +294,8 @@ function handleFrame(frame) {
     case "memory": return onMemory(frame);
     case "userMemory": return onUserMemory(frame);
     case "turn": return onTurn(frame);
+    case "sessions": return onSessions(frame);
+    case "renamed": return onRenamed(frame);
     default: return undefined; // frame types from newer servers are ignored
   }
 }
@@ -331,6 +340,72 @@ function onDeleted(frame) {
       : "This conversation is erased.";
   updateSendButton();
 }
+
+// ---- the conversation list -----------------------------------------------------------------
+
+/** Ask for the first page of conversations (or, with `more`, the next one). */
+function listChats(more = false) {
+  if (more && !state.chatCursor) return;
+  sendControl(more ? { action: "listSessions", cursor: state.chatCursor } : { action: "listSessions" });
+}
+
+function onSessions(frame) {
+  if (!state.chatAppending) ui.chatList.replaceChildren();
+  state.chatAppending = false;
+  for (const chat of Array.isArray(frame.sessions) ? frame.sessions : []) ui.chatList.append(chatItem(chat));
+  state.chatCursor = typeof frame.next === "string" ? frame.next : null;
+  ui.chatListMore.hidden = !state.chatCursor;
+  ui.chatListEmpty.hidden = ui.chatList.children.length > 0;
+}
+
+function chatItem(chat) {
+  const item = document.createElement("li");
+  item.className = "chat-item";
+  item.dataset.sessionId = chat.sessionId;
+  const open = document.createElement("button");
+  open.type = "button";
+  open.className = "chat-open";
+  open.dataset.testid = "chat-open";
+  if (chat.sessionId === state.sessionId) open.setAttribute("aria-current", "true");
+  const title = document.createElement("span");
+  title.className = "chat-title";
+  title.textContent = chat.title || "Untitled conversation";
+  const meta = document.createElement("span");
+  meta.className = "chat-meta";
+  const expires = new Date(1000 * chat.expiresAt).toLocaleDateString();
+  meta.textContent = `${chat.turns} ${chat.turns === 1 ? "message" : "messages"} · kept until ${expires}`;
+  open.append(title, meta);
+  open.addEventListener("click", () => {
+    ui.chatsMenu.open = false;
+    sendControl({ action: "openSession", sessionId: chat.sessionId });
+  });
+  const rename = document.createElement("button");
+  rename.type = "button";
+  rename.className = "chat-rename";
+  rename.dataset.testid = "chat-rename";
+  rename.textContent = "Rename";
+  rename.setAttribute("aria-label", `Rename “${title.textContent}”`);
+  rename.addEventListener("click", () => {
+    const name = window.prompt("Name this conversation", chat.title || "");
+    if (name && name.trim()) sendControl({ action: "renameSession", sessionId: chat.sessionId, title: name.trim() });
+  });
+  item.append(open, rename);
+  return item;
+}
+
+function onRenamed(frame) {
+  const item = [...ui.chatList.children].find((li) => li.dataset.sessionId === frame.sessionId);
+  const title = item?.querySelector(".chat-title");
+  if (title) title.textContent = frame.title;
+}
+
+ui.chatsMenu.addEventListener("toggle", () => {
+  if (ui.chatsMenu.open) listChats();
+});
+ui.chatListMore.addEventListener("click", () => {
+  state.chatAppending = true;
+  listChats(true);
+});
 
 // ---- a long conversation, a page at a time -------------------------------------------------
 
