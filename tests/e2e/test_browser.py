@@ -229,6 +229,42 @@ def test_new_chat_starts_a_fresh_session(stack: Any, page: Any) -> None:
     assert after and after != before
 
 
+def test_the_chats_menu_lists_reopens_and_renames_conversations(stack: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    open_chat(page, stack.http_url)
+    for n, first in enumerate(("Planning a trip to Lisbon", "Sourdough starter troubles", "Learning Rust")):
+        if n:
+            page.locator('[data-testid="new-chat"]').click()
+            page.wait_for_selector(CONNECTED)
+        page.locator(COMPOSER).fill(f"{first}, can you help?")
+        page.locator(COMPOSER).press("Enter")
+        wait_for_replies(page, 1)
+
+    titles = page.locator('[data-testid="chat-list"] .chat-title')
+    menu = page.locator('[data-testid="chats-menu"] > summary')
+    menu.click()
+    # Titled by the memory worker after each first exchange; the newest first.
+    expect(titles).to_have_text(["Learning rust help", "Sourdough starter troubles", "Planning trip lisbon"])
+    expect(page.locator('[data-testid="chat-open"][aria-current="true"]')).to_have_count(1)
+
+    page.locator('[data-testid="chat-open"]').nth(2).click()  # the trip
+    expect(page.locator(USER)).to_have_text(["Planning a trip to Lisbon, can you help?"])
+    page.locator(COMPOSER).fill("And Porto?")
+    page.locator(COMPOSER).press("Enter")
+    wait_for_replies(page, 2)
+    page.once("dialog", lambda dialog: dialog.accept("Lisbon and Porto"))
+    menu.click()
+    expect(titles.first).to_have_text("Planning trip lisbon")  # active last: on top now
+    page.locator('[data-testid="chat-rename"]').first.click()
+    expect(titles.first).to_have_text("Lisbon and Porto")
+    page.reload()
+    page.wait_for_selector(CONNECTED)
+    expect(page.locator(USER)).to_have_count(2)  # the reopened conversation is the one resumed
+    menu.click()
+    expect(titles).to_have_text(["Lisbon and Porto", "Learning rust help", "Sourdough starter troubles"])
+
+
 def test_delete_my_data_erases_everything_and_starts_afresh(stack: Any, page: Any) -> None:
     import boto3
     from boto3.dynamodb.conditions import Key

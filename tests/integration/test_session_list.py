@@ -72,7 +72,11 @@ def test_a_principal_lists_their_conversations_newest_first_titled(services: Ser
     assert newest["turns"] == 1 and newest["createdAt"] <= newest["lastActiveAt"] < newest["expiresAt"]
     # Titled by the memory worker after the first exchange: the offline model's few words,
     # whatever it dressed them in (a label, quotes, bold, a final period).
-    assert [s["title"] for s in page["sessions"]] == ["Learning rust", "Sourdough starter troubles", "Planning trip lisbon"]
+    assert [s["title"] for s in page["sessions"]] == [
+        "Learning rust",
+        "Sourdough starter troubles",
+        "Planning trip lisbon",
+    ]
 
     ada.send({"action": "openSession", "sessionId": a})
     assert ada.say("And what about Porto?")[-1]["type"] == "done"
@@ -206,7 +210,7 @@ def test_a_thousand_sessions_page_in_frames_under_the_limit(aws: Any, services: 
                 Item={
                     "session_id": f"s-{n:04}", "turn_number": 0, "listed_by": "guest:ada",
                     "last_active": now - n, "created_at": now - n - 60, "turn_count": 1 + n % 300,
-                    "title": "A title of eighty characters, the most a title may have, in every listing " + "x" * 6,
+                    "title": "A title of eighty characters, the most a title may have, in each listing " + "x" * 7,
                     "ttl": now + 3600,
                 }
             )  # fmt: skip
