@@ -210,7 +210,7 @@ def test_a_thousand_sessions_page_in_frames_under_the_limit(aws: Any, services: 
                 Item={
                     "session_id": f"s-{n:04}", "turn_number": 0, "listed_by": "guest:ada",
                     "last_active": now - n, "created_at": now - n - 60, "turn_count": 1 + n % 300,
-                    "title": "A title of eighty characters, the most a title may have, in each listing " + "x" * 7,
+                    "title": "x" * 80,  # the longest a title may be
                     "ttl": now + 3600,
                 }
             )  # fmt: skip
