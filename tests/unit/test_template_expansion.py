@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import tomllib
 from contextlib import redirect_stdout
 from typing import Any
 
@@ -14,7 +15,7 @@ from cfnlint.template import Template as CfnLintTemplate
 from cfnlint.template.transforms._language_extensions import language_extension
 
 from local import template as local_template
-from local.template import LANGUAGE_EXTENSIONS, TEMPLATE, expand, read_template
+from local.template import LANGUAGE_EXTENSIONS, ROOT, TEMPLATE, expand, read_template
 
 SAM = "AWS::Serverless-2016-10-31"
 
@@ -178,6 +179,14 @@ def test_what_cannot_be_expanded_faithfully_raises(
 # ---- template.yaml ---------------------------------------------------------------------------
 
 
+def test_template_yaml_uses_loops_and_every_reader_gets_them_expanded() -> None:
+    source = TEMPLATE.read_text()
+    assert "Fn::ForEach::" in source and LANGUAGE_EXTENSIONS in source
+    expanded = read_template()
+    assert "Fn::ForEach" not in json.dumps(expanded)
+    assert local_template.load_template().raw == expanded
+
+
 def test_template_yaml_expands_as_cfn_lint_expands_it() -> None:
     """What ``make lint`` validated (cfn-lint's own expansion) is what the tests, the local stack
     and the checkov scan read."""
@@ -196,3 +205,12 @@ def test_the_scan_reads_the_expanded_template_as_json() -> None:
     with redirect_stdout(out):
         local_template.main()
     assert json.loads(out.getvalue()) == read_template()
+
+
+def test_sam_cli_is_told_to_expand_the_loops_in_every_environment() -> None:
+    """SAM CLI expands Fn::ForEach itself only when asked (sam build fails on a loop otherwise);
+    samconfig.toml's global parameters ask for build, validate, local invoke and deploy alike."""
+    with (ROOT / "samconfig.toml").open("rb") as handle:
+        config = tomllib.load(handle)
+    for env in ("default", "dev", "prod"):
+        assert config[env]["global"]["parameters"]["language_extensions"] is True, env
