@@ -98,9 +98,11 @@ $(LOCAL_BUILD)/build/template.yaml: $(LOCAL_SOURCES) | sam-cli docker
 		--parameter-overrides Architecture=$(LOCAL_ARCH)
 	@touch $@
 
+# --language-extensions: the built template's directory has no samconfig.toml to ask SAM CLI to
+# expand its Fn::ForEach loops.
 invoke: local-build ## sam local invoke FUNCTION=ConnectFunction EVENT=events/connect.json in Docker (ENV_VARS=events/env.json)
 	@test -n "$(FUNCTION)" -a -n "$(EVENT)" || { echo "usage: make invoke FUNCTION=<logical id> EVENT=<file>" >&2; exit 2; }
-	$(SAM) local invoke $(FUNCTION) --template-file $(LOCAL_BUILD)/build/template.yaml --event $(EVENT) \
+	$(SAM) local invoke $(FUNCTION) --language-extensions --template-file $(LOCAL_BUILD)/build/template.yaml --event $(EVENT) \
 		--env-vars $(ENV_VARS) --parameter-overrides Architecture=$(LOCAL_ARCH) --skip-pull-image \
 		--add-host host.docker.internal:host-gateway
 
