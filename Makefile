@@ -62,8 +62,13 @@ scan-cli: ## Install checkov into $(SCAN_VENV) unless that version is there
 		&& touch $(SCAN_VENV)/.checkov-$(CHECKOV_VERSION); }
 
 # Every remaining finding is skipped in the template itself, each with its reason (Metadata: checkov).
-scan: scan-cli ## checkov static scan of template.yaml: fails on any finding not skipped with a reason
-	$(SCAN_VENV)/bin/checkov -f template.yaml --framework cloudformation --compact --quiet --skip-download
+# checkov does not expand Fn::ForEach (it would pass over the loops' resources unchecked), so it
+# scans the template as local/template.py expands it for every other reader.
+SCAN_TEMPLATE := .aws-sam/scan/template.json
+scan: install scan-cli ## checkov static scan of template.yaml: fails on any finding not skipped with a reason
+	@mkdir -p $(dir $(SCAN_TEMPLATE))
+	$(VENV)/python -m local.template > $(SCAN_TEMPLATE)
+	$(SCAN_VENV)/bin/checkov -f $(SCAN_TEMPLATE) --framework cloudformation --compact --quiet --skip-download
 
 format: install ## Format and fix what ruff can
 	$(VENV)/ruff format .
@@ -93,9 +98,11 @@ $(LOCAL_BUILD)/build/template.yaml: $(LOCAL_SOURCES) | sam-cli docker
 		--parameter-overrides Architecture=$(LOCAL_ARCH)
 	@touch $@
 
+# --language-extensions: the built template's directory has no samconfig.toml to ask SAM CLI to
+# expand its Fn::ForEach loops.
 invoke: local-build ## sam local invoke FUNCTION=ConnectFunction EVENT=events/connect.json in Docker (ENV_VARS=events/env.json)
 	@test -n "$(FUNCTION)" -a -n "$(EVENT)" || { echo "usage: make invoke FUNCTION=<logical id> EVENT=<file>" >&2; exit 2; }
-	$(SAM) local invoke $(FUNCTION) --template-file $(LOCAL_BUILD)/build/template.yaml --event $(EVENT) \
+	$(SAM) local invoke $(FUNCTION) --language-extensions --template-file $(LOCAL_BUILD)/build/template.yaml --event $(EVENT) \
 		--env-vars $(ENV_VARS) --parameter-overrides Architecture=$(LOCAL_ARCH) --skip-pull-image \
 		--add-host host.docker.internal:host-gateway
 

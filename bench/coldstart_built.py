@@ -31,9 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from local.template import _CfnLoader
+from local.template import read_template
 
 PROBE = """
 import json, sys, time
@@ -77,7 +75,7 @@ ENV = {
 
 def functions(build: Path) -> dict[str, tuple[Path, str, list[Path]]]:
     """Logical id -> (code directory, handler module, layer python directories)."""
-    template = yaml.load((build / "template.yaml").read_text(), Loader=_CfnLoader)
+    template = read_template(build / "template.yaml")  # its Fn::ForEach loops expanded
     resources = template["Resources"]
     default_layers = template.get("Globals", {}).get("Function", {}).get("Layers", [])
     out = {}

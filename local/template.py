@@ -1,11 +1,16 @@
 """Read ``template.yaml``: the functions, WebSocket routes and tables it declares.
 
-The local stack and the tests take everything from here, so nothing restates the template.
+The local stack, the tests and the benchmarks take everything from here, so nothing restates
+the template, and all of them see it as CloudFormation does once its ``AWS::LanguageExtensions``
+transform has run: every ``Fn::ForEach`` loop expanded (:func:`expand`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +20,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
+LANGUAGE_EXTENSIONS = "AWS::LanguageExtensions"
 
 
 class _CfnLoader(yaml.SafeLoader):  # type: ignore[misc]
@@ -203,10 +209,123 @@ class Template:
         return out
 
 
+def read_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    """A template file (``template.yaml``, or the one ``sam build`` writes) as a dict, expanded."""
+    with path.open() as handle:
+        return expand(yaml.load(handle, Loader=_CfnLoader))
+
+
 @lru_cache(maxsize=1)
 def load_template(path: Path = TEMPLATE) -> Template:
-    with path.open() as handle:
-        return Template(yaml.load(handle, Loader=_CfnLoader))
+    return Template(read_template(path))
+
+
+# ---- AWS::LanguageExtensions: Fn::ForEach ------------------------------------------------------
+
+_FOR_EACH = re.compile(r"^Fn::ForEach::[A-Za-z0-9]+$")
+
+
+def expand(template: dict[str, Any]) -> dict[str, Any]:
+    """``template`` as the ``AWS::LanguageExtensions`` transform hands it on (a copy): every
+    ``Fn::ForEach`` loop of Conditions, Resources and Outputs (at any depth) replaced by what it
+    makes, and the transform taken off the list. A template without the transform is returned
+    as it is.
+
+    Each loop is ``Fn::ForEach::Name: [Identifier, [literal strings], {OutputKey: OutputValue}]``;
+    for every item, ``${Identifier}`` (and ``&{Identifier}``, the item's letters and digits only)
+    is replaced in every key and string of the fragment, and ``{"Ref": Identifier}`` becomes the
+    item. In what a loop makes, what then no longer depends on the stack is evaluated as
+    CloudFormation (and cfn-lint) would: ``Fn::FindInMap`` with literal keys becomes the mapping's
+    value, a ``Fn::Sub`` string without variables becomes that string (so ``Ref`` and
+    ``Fn::GetAtt`` of one take the logical id). A collection given by a parameter, a duplicate
+    logical id or a missing mapping key raises ValueError: nothing is guessed."""
+    transforms = template.get("Transform", [])
+    transforms = transforms if isinstance(transforms, list) else [transforms]
+    if LANGUAGE_EXTENSIONS not in transforms:
+        return template
+    out = copy.deepcopy(template)
+    out["Transform"] = [t for t in transforms if t != LANGUAGE_EXTENSIONS]
+    mappings = out.get("Mappings", {})
+    for section in ("Conditions", "Resources", "Outputs"):
+        if section in out:
+            out[section] = _expand(out[section], mappings)
+    return out
+
+
+def _expand(node: Any, mappings: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_expand(item, mappings) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():  # what a loop makes takes its place
+        if _FOR_EACH.match(key):
+            for made_key, made_value in _loop(key, value, mappings).items():
+                if made_key in out or made_key in node:
+                    raise ValueError(f"{key} makes {made_key}, which the template has already")
+                out[made_key] = made_value
+        else:
+            if key in out:
+                raise ValueError(f"{key} is made by a loop and given as well")
+            out[key] = _expand(value, mappings)
+    return out
+
+
+def _loop(name: str, loop: Any, mappings: dict[str, Any]) -> dict[str, Any]:
+    if not (isinstance(loop, list) and len(loop) == 3 and isinstance(loop[0], str)):
+        raise ValueError(f"{name}: not [Identifier, Collection, {{OutputKey: OutputValue}}]")
+    identifier, collection, fragment = loop
+    if not (isinstance(collection, list) and all(isinstance(item, str) for item in collection)):
+        raise ValueError(f"{name}: the collection must be a list of literal strings, not {collection!r}")
+    if not isinstance(fragment, dict):
+        raise ValueError(f"{name}: the fragment must be a mapping of output keys")
+    out: dict[str, Any] = {}
+    for item in collection:
+        made = _evaluate(_expand(_substitute(fragment, identifier, item), mappings), mappings)
+        for key, value in made.items():
+            if key in out:
+                raise ValueError(f"{name} makes {key} twice")
+            out[key] = value
+    return out
+
+
+def _substitute(node: Any, identifier: str, item: str) -> Any:
+    if isinstance(node, str):
+        letters = re.sub(r"[^0-9A-Za-z]", "", item)
+        return node.replace("${" + identifier + "}", item).replace("&{" + identifier + "}", letters)
+    if isinstance(node, list):
+        return [_substitute(value, identifier, item) for value in node]
+    if isinstance(node, dict):
+        if node == {"Ref": identifier}:
+            return item
+        return {_substitute(k, identifier, item): _substitute(v, identifier, item) for k, v in node.items()}
+    return node
+
+
+def _evaluate(node: Any, mappings: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_evaluate(value, mappings) for value in node]
+    if not isinstance(node, dict):
+        return node
+    node = {key: _evaluate(value, mappings) for key, value in node.items()}
+    if list(node) == ["Fn::FindInMap"]:
+        args = node["Fn::FindInMap"]
+        if isinstance(args, list) and len(args) == 3 and all(isinstance(a, str) for a in args):
+            mapping, top, second = args
+            try:
+                return copy.deepcopy(mappings[mapping][top][second])
+            except KeyError:
+                raise ValueError(f"Fn::FindInMap {args}: no such mapping entry") from None
+    if list(node) == ["Fn::Sub"] and isinstance(node["Fn::Sub"], str) and "${" not in node["Fn::Sub"]:
+        return node["Fn::Sub"]
+    return node
+
+
+def main() -> None:
+    """``python -m local.template``: the expanded template as JSON, for tools that cannot
+    expand ``Fn::ForEach`` themselves (checkov: ``make scan``)."""
+    json.dump(read_template(), sys.stdout, indent=1)
+    sys.stdout.write("\n")
 
 
 def _invoked_function(uri: str, functions: dict[str, Function]) -> str:
@@ -291,3 +410,7 @@ def create_queues(sqs: Any, max_receive_count: int | None = None) -> dict[str, s
             attributes["RedrivePolicy"] = json.dumps({"deadLetterTargetArn": dlq, "maxReceiveCount": count})
         urls[queue.logical_id] = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
     return urls
+
+
+if __name__ == "__main__":
+    main()

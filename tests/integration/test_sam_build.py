@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
-from local.template import ROOT, _CfnLoader
+from local.template import ROOT, TEMPLATE, read_template
 
 # Where `make sam-cli` put the SAM CLI (make test passes SAM_VENV on; CI keeps it in a cache).
 SAM = ROOT / os.environ.get("SAM_VENV", ".tools/sam") / "bin" / "sam"
@@ -92,8 +91,8 @@ def sam_build(build_dir: Path, **variables: str) -> Build:
         check=False,
     )
     assert out.returncode == 0, f"sam build failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
-    template = yaml.load((build_dir / "template.yaml").read_text(), Loader=_CfnLoader)
-    return Build(build_dir, template)
+    # The built template keeps template.yaml's Fn::ForEach loops (CloudFormation expands them).
+    return Build(build_dir, read_template(build_dir / "template.yaml"))
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +211,28 @@ def test_every_function_with_its_layers_fits_lambdas_unzipped_size_limit(lambda_
     for function in lambda_build.functions():
         total = size(function.code_dir) + sum(size(layer) for layer in function.layer_dirs)
         assert total < LAMBDA_UNZIPPED_LIMIT, f"{function.logical_id}: {total / 1e6:.0f} MB unzipped"
+
+
+# Run with SAM CLI's own Python: its expansion of template.yaml (what sam build and sam local
+# read), each resource's logical id and type.
+SAM_EXPANSION = """
+import json, sys
+from samcli.lib.cfn_language_extensions.sam_integration import expand_language_extensions
+from samcli.yamlhelper import yaml_parse
+template = yaml_parse(open(sys.argv[1]).read())
+expanded = expand_language_extensions(template, {}, enabled=True).expanded_template
+print(json.dumps({name: res["Type"] for name, res in expanded["Resources"].items()}))
+"""
+
+
+def test_sam_cli_expands_the_template_to_the_resources_every_other_reader_sees() -> None:
+    out = subprocess.run(
+        [str(SAM.parent / "python"), "-c", SAM_EXPANSION, str(TEMPLATE)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    by_sam = json.loads(out.stdout.strip().splitlines()[-1])
+    ours = {name: res["Type"] for name, res in read_template()["Resources"].items()}
+    assert by_sam == ours
