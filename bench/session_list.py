@@ -36,7 +36,7 @@ def _seed(resource: Any, table: str, principal: str, count: int, now: int) -> No
                     "session_id": f"{principal}-{n:05}",
                     "turn_number": 0,
                     "listed_by": principal,
-                    "last_active": now - n,
+                    "last_active": 1000 * now - n,
                     "created_at": now - n - 600,
                     "turn_count": 1 + n % 300,
                     "title": TITLE,

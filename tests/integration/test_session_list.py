@@ -73,7 +73,7 @@ def test_a_principal_lists_their_conversations_newest_first_titled(services: Ser
     # Titled by the memory worker after the first exchange: the offline model's few words,
     # whatever it dressed them in (a label, quotes, bold, a final period).
     assert [s["title"] for s in page["sessions"]] == [
-        "Learning rust",
+        "Learning rust help",
         "Sourdough starter troubles",
         "Planning trip lisbon",
     ]
@@ -188,12 +188,12 @@ def test_an_erased_or_expired_session_leaves_the_list_at_once(aws: Any) -> None:
     now = int(time.time())
     for session_id, at in (("s-old", now - 4000), ("s-live", now), ("s-erased", now)):
         store.put_turn(turn(session_id, 1, at), outbox_id=f"o-{session_id}")
-        assert meta.record_activity(session_id, "guest:ada", 1, at, at + 3600)
+        assert meta.record_activity(session_id, "guest:ada", 1, 1000 * at, at + 3600)
 
     store.delete_items("s-erased", [0, 1])  # what an erasure does to its items
-    assert not meta.record_activity("s-erased", "guest:ada", 2, now, now + 3600)  # a late note
-    assert not meta.record_activity("s-erased", "guest:ada", 1, now, now + 3600)
-    assert not meta.record_activity("s-live", "guest:bob", 2, now, now + 3600)  # not his
+    assert not meta.record_activity("s-erased", "guest:ada", 2, 1000 * now, now + 3600)  # a late note
+    assert not meta.record_activity("s-erased", "guest:ada", 1, 1000 * now, now + 3600)
+    assert not meta.record_activity("s-live", "guest:bob", 2, 1000 * now, now + 3600)  # not his
 
     listings, more = meta.list_sessions("guest:ada", now, 10)
     # s-old expired 400 s ago: gone from the list before DynamoDB's TTL deletes it.
@@ -209,7 +209,7 @@ def test_a_thousand_sessions_page_in_frames_under_the_limit(aws: Any, services: 
             batch.put_item(
                 Item={
                     "session_id": f"s-{n:04}", "turn_number": 0, "listed_by": "guest:ada",
-                    "last_active": now - n, "created_at": now - n - 60, "turn_count": 1 + n % 300,
+                    "last_active": 1000 * now - n, "created_at": now - n - 60, "turn_count": 1 + n % 300,
                     "title": "x" * 80,  # the longest a title may be
                     "ttl": now + 3600,
                 }

@@ -14,7 +14,7 @@ from cfnlint.api import ManualArgs, lint, lint_file
 from chatmemory.config import Settings
 from chatmemory.protocol import KNOWN_ACTIONS
 from chatmemory.storage import vector_index
-from chatmemory.storage.keys import PRINCIPAL_INDEX
+from chatmemory.storage.keys import LISTING_INDEX, PRINCIPAL_INDEX
 from pydantic import BaseModel
 
 from local.template import ROOT, TEMPLATE, load_template
@@ -40,6 +40,7 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
             "dynamodb:UpdateItem",
             "dynamodb:Query",
             "dynamodb:GetItem",
+            "dynamodb:ConditionCheckItem",  # a new session's listing: its transaction checks the turn
         },
         # PutItem: rebind a connection whose session was erased from another connection
         "ConnectionsTable": {"dynamodb:GetItem", "dynamodb:PutItem"},
@@ -93,6 +94,22 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
     },
     "GetUserMemoryFunction": {
         "ChatSessionsTable": {"dynamodb:GetItem"},
+        "ConnectionsTable": {"dynamodb:GetItem"},
+        "@connections": {"execute-api:ManageConnections"},
+    },
+    # The session list: the meta items in the by_activity index.
+    "ListSessionsFunction": {
+        "ChatSessionsListingIndex": {"dynamodb:Query"},
+        "ConnectionsTable": {"dynamodb:GetItem"},
+        "@connections": {"execute-api:ManageConnections"},
+    },
+    "OpenSessionFunction": {
+        "ChatSessionsTable": {"dynamodb:Query", "dynamodb:GetItem"},  # the session's turns and strategy
+        "ConnectionsTable": {"dynamodb:GetItem", "dynamodb:PutItem"},  # look up, rebind
+        "@connections": {"execute-api:ManageConnections"},
+    },
+    "RenameSessionFunction": {
+        "ChatSessionsTable": {"dynamodb:UpdateItem"},  # the title, conditional on the listing's principal
         "ConnectionsTable": {"dynamodb:GetItem"},
         "@connections": {"execute-api:ManageConnections"},
     },
@@ -162,6 +179,8 @@ def resource_name(resource: Any) -> str:
         return "@connections"
     if resource == {"Fn::Sub": "${ChatSessionsTable.Arn}/index/by_principal"}:
         return "ChatSessionsIndex"
+    if resource == {"Fn::Sub": "${ChatSessionsTable.Arn}/index/by_activity"}:
+        return "ChatSessionsListingIndex"
     if resource == {"Fn::Sub": "${ChatSessionsTable.Arn}/index/by_owner_vector"}:
         return "ChatSessionsVectorIndex"
     if resource == {"Fn::GetAtt": ["TurnOutboxQueue", "Arn"]}:
@@ -538,19 +557,35 @@ def test_chat_sessions_table_is_keyed_as_the_turn_store_expects(raw: dict[str, A
         {"AttributeName": "turn_number", "KeyType": "RANGE"},
     ]
     assert sorted(props["AttributeDefinitions"], key=str) == [
+        {"AttributeName": "last_active", "AttributeType": "N"},
+        {"AttributeName": "listed_by", "AttributeType": "S"},
         {"AttributeName": "owner", "AttributeType": "S"},
         {"AttributeName": "principal", "AttributeType": "S"},
         {"AttributeName": "session_id", "AttributeType": "S"},
         {"AttributeName": "turn_number", "AttributeType": "N"},
     ]
-    # deleteMyData finds a principal's sessions here (chatmemory.storage.turns.PRINCIPAL_INDEX)
-    (index,) = props["GlobalSecondaryIndexes"]
+    # deleteMyData finds a principal's sessions here (chatmemory.storage.keys.PRINCIPAL_INDEX)
+    index, listing = props["GlobalSecondaryIndexes"]
     assert index["IndexName"] == PRINCIPAL_INDEX
     assert index["KeySchema"] == [
         {"AttributeName": "principal", "KeyType": "HASH"},
         {"AttributeName": "session_id", "KeyType": "RANGE"},
     ]
     assert index["Projection"] == {"ProjectionType": "KEYS_ONLY"}
+    # listSessions pages a principal's sessions here, newest activity first (LISTING_INDEX).
+    assert listing["IndexName"] == LISTING_INDEX
+    assert listing["KeySchema"] == [
+        {"AttributeName": "listed_by", "KeyType": "HASH"},
+        {"AttributeName": "last_active", "KeyType": "RANGE"},
+    ]
+    # What a page shows, and the TTL its filter reads (an expired session leaves at once).
+    assert set(listing["Projection"]["NonKeyAttributes"]) == {
+        "title",
+        "created_at",
+        "turn_count",
+        "strategy",
+        "ttl",
+    }
     assert props["TimeToLiveSpecification"] == {"AttributeName": "ttl", "Enabled": True}
     assert props["BillingMode"] == "PAY_PER_REQUEST"  # vector indexes need on-demand too
     assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
@@ -669,6 +704,9 @@ CACHE_USERS = {
     "SetMemoryFunction",
     "GetUserMemoryFunction",
     "ForgetUserMemoryFunction",
+    "ListSessionsFunction",
+    "OpenSessionFunction",
+    "RenameSessionFunction",
     "OutboxReplayFunction",
     "AuthorizerFunction",  # guests counted per source address
 }

@@ -232,7 +232,7 @@ class SessionMemory:
             turn.session_id,
             str(turn.principal),
             turn.turn,
-            turn.at,
+            int(1000 * self.clock()),  # milliseconds: sessions used within a second keep their order
             turn.expires_at,
             warn="could not list the session's activity",
         )

@@ -367,7 +367,7 @@ def sessions_frame(listings: list[Listing], next_cursor: str | None, current: st
                 "sessionId": listing.session_id,
                 "title": listing.title,
                 "createdAt": listing.created_at,
-                "lastActiveAt": listing.last_active,
+                "lastActiveAt": listing.last_active // 1000,
                 "turns": listing.turns,
                 "memoryStrategy": listing.strategy,
                 "expiresAt": listing.expires_at,

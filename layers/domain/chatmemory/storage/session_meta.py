@@ -42,8 +42,8 @@ class Listing:
     session_id: str
     principal: str
     title: str | None
-    created_at: int
-    last_active: int
+    created_at: int  # epoch seconds
+    last_active: int  # epoch milliseconds
     turns: int
     strategy: str | None
     expires_at: int
@@ -59,8 +59,11 @@ class SessionMetaStore:
 
     # ---- the session's listing ------------------------------------------------------------
 
-    def record_activity(self, session_id: str, principal: str, turn: int, at: int, expires_at: int) -> bool:
-        """List the session under ``principal`` as active at ``at`` with ``turn`` turns (its
+    def record_activity(
+        self, session_id: str, principal: str, turn: int, at_ms: int, expires_at: int
+    ) -> bool:
+        """List the session under ``principal`` as active at ``at_ms`` (epoch milliseconds: the
+        index's order, of sessions used within one second too) with ``turn`` turns (its
         creation, the first time). Only forward (an older turn's note never overwrites a newer
         one's), never for another principal, and never again once erased: False otherwise,
         nothing written.
@@ -70,7 +73,7 @@ class SessionMetaStore:
         transaction with a check that the turn exists, so a note that raced an erasure cannot
         list the erased session again."""
         key: dict[str, Any] = {"session_id": session_id, "turn_number": META_TURN}
-        values: dict[str, Any] = {":p": principal, ":a": at, ":n": turn}
+        values: dict[str, Any] = {":p": principal, ":a": at_ms, ":n": turn}
         if turn > 1:
             try:
                 self._table.update_item(
@@ -88,14 +91,14 @@ class SessionMetaStore:
             "Key": {"session_id": session_id, "turn_number": META_TURN},
             "UpdateExpression": (
                 "SET listed_by = :p, last_active = :a, turn_count = :n,"
-                " created_at = if_not_exists(created_at, :a), #t = if_not_exists(#t, :e)"
+                " created_at = if_not_exists(created_at, :c), #t = if_not_exists(#t, :e)"
             ),
             "ConditionExpression": (
                 "(attribute_not_exists(listed_by) OR listed_by = :p)"
                 " AND (attribute_not_exists(turn_count) OR turn_count < :n)"
             ),
             "ExpressionAttributeNames": {"#t": "ttl"},
-            "ExpressionAttributeValues": {**values, ":e": expires_at},
+            "ExpressionAttributeValues": {**values, ":c": at_ms // 1000, ":e": expires_at},
         }
         return self._update_meta_if_turn_exists(session_id, update, turn)
 
