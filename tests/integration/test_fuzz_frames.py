@@ -209,3 +209,94 @@ def test_hostile_frames_get_an_error_frame_and_change_nothing(
 
     hostile()
     assert served["sendMessage"] > 20 and served["$default"] > 20, served
+
+
+# ---- the session list's routes -------------------------------------------------------------------
+
+UNKNOWN_SESSION = "6f1c2b9e-3d4a-4f8b-9c7d-2e5a1b0c9d8e"
+
+
+def _invalid(frame: dict[str, Any]) -> bool:
+    """Refused by the protocol, so it may change nothing (a valid rename would)."""
+    from chatmemory.errors import ChatError
+    from chatmemory.protocol import parse_client_frame
+
+    try:
+        parse_client_frame(json.dumps(frame))
+    except ChatError:
+        return True
+    return False
+
+
+def _fields(action: str, names: tuple[str, ...]) -> st.SearchStrategy[dict[str, Any]]:
+    hostile_values = json_values | over_limit | with_control | with_surrogate | whitespace
+    return st.dictionaries(st.sampled_from(names) | any_text, hostile_values, max_size=3).map(
+        lambda fields: {**fields, "action": action}
+    )
+
+
+list_frames = st.one_of(
+    _fields("listSessions", ("cursor", "limit")).filter(_invalid),
+    st.text(max_size=40).filter(lambda c: c != "").map(lambda c: {"action": "listSessions", "cursor": c}),
+)
+open_frames = st.one_of(
+    _fields("openSession", ("sessionId", "turn")).filter(_invalid),
+    # well formed, but no conversation of the caller's: refused alike, nothing changes
+    st.sampled_from([UNKNOWN_SESSION, "not-a-uuid", "x" * 64]).map(
+        lambda s: {"action": "openSession", "sessionId": s}
+    ),
+)
+rename_frames = st.one_of(
+    _fields("renameSession", ("title", "sessionId")).filter(_invalid),
+    st.just({"action": "renameSession", "title": "mine", "sessionId": UNKNOWN_SESSION}),
+)
+
+
+@pytest.mark.moto_only("the session's listing is created in a TransactWriteItems, which dynalite lacks")
+def test_hostile_session_list_frames_get_an_error_frame_and_change_nothing(
+    small_limit: Services, aws: Any, redis_url: str
+) -> None:
+    client = Client(CONNECTION, principal="guest:fuzz")
+    client.connect()
+    client.say("a first turn, so the session is listed")
+    small_limit.scheduler.drain()  # type: ignore[attr-defined]
+    before = state(aws, redis_url)
+    routes = load_template().routes()
+    seen = len(frames_sent(CONNECTION))
+    served: dict[str, int] = {"listSessions": 0, "openSession": 0, "renameSession": 0}
+
+    @settings(
+        max_examples=90,
+        deadline=None,
+        suppress_health_check=[
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.too_slow,
+            HealthCheck.filter_too_much,
+        ],
+        database=None,
+    )
+    @given(frame=st.one_of(list_frames, open_frames, rename_frames))
+    @example(frame={"action": "listSessions", "limit": 0})
+    @example(frame={"action": "listSessions", "cursor": "eyJzIjoxfQ"})  # decodes, is not a page
+    @example(frame={"action": "openSession", "sessionId": UNKNOWN_SESSION, "turn": 0})
+    @example(frame={"action": "renameSession", "title": "two\nlines"})
+    @example(frame={"action": "renameSession", "title": "x" * 81})
+    def hostile(frame: dict[str, Any]) -> None:
+        nonlocal seen
+        body = json.dumps(frame)
+        route = route_for(body, False)
+        event = message_event(CONNECTION, route, body, domain_name=DOMAIN, stage=STAGE)
+        assert invoke(routes[route], event) == {"statusCode": 200}
+        frames = frames_sent(CONNECTION)
+        new, seen = frames[seen:], len(frames)
+        assert len(new) == 1, (body, new)
+        (error,) = new
+        assert error["type"] == "error" and error["code"] in CODES and error["code"] != "internal", (
+            body,
+            error,
+        )
+        assert state(aws, redis_url) == before, body
+        served[route] += 1
+
+    hostile()
+    assert all(count > 10 for count in served.values()), served

@@ -81,8 +81,14 @@ class Guard(ConcurrentCircuitBreaker):
     open breaker refusing the call. Anything else (a bug, ``TurnConflict``) propagates."""
 
     def __init__(self, errors: Callable[[], Faults], **kwargs: Any) -> None:
+        # Only a fault counts towards opening: a bug, or a caller's bad input raised inside a
+        # guarded call (a cursor that does not decode), must not cut everyone off the store.
+        kwargs["exclude"] = [*kwargs.get("exclude", ()), self._not_a_fault]
         super().__init__(**kwargs)
         self._errors = errors
+
+    def _not_a_fault(self, exc: BaseException) -> bool:
+        return not self.is_fault(exc)
 
     @cached_property
     def faults(self) -> Faults:
