@@ -1173,3 +1173,19 @@ def test_every_checkov_finding_left_is_skipped_with_its_reason(raw: dict[str, An
         for r in raw["Resources"].values()
         for s in r.get("Metadata", {}).get("checkov", {}).get("skip", [])
     )
+
+
+def test_the_dashboard_shows_every_functions_errors_throttles_and_duration(raw: dict[str, Any]) -> None:
+    import json
+
+    (dashboard,) = resources_of(raw, "AWS::CloudWatch::Dashboard").values()
+    document = json.loads(dashboard["Properties"]["DashboardBody"]["Fn::Sub"])
+    functions = {f"${{{name}}}" for name in resources_of(raw, "AWS::Serverless::Function")}
+    for metric in ("Errors", "Throttles", "Duration"):
+        shown = {
+            row[3]
+            for widget in document["widgets"]
+            for row in widget.get("properties", {}).get("metrics", [])
+            if row[:3] == ["AWS/Lambda", metric, "FunctionName"]
+        }
+        assert shown == functions, (metric, functions - shown)
