@@ -113,6 +113,10 @@ LEAST_PRIVILEGE: dict[str, dict[str, set[str]]] = {
         "ConnectionsTable": {"dynamodb:GetItem"},
         "@connections": {"execute-api:ManageConnections"},
     },
+    "StopReplyFunction": {  # the stop is a mark in Redis, which the streaming turn reads
+        "ConnectionsTable": {"dynamodb:GetItem"},
+        "@connections": {"execute-api:ManageConnections"},
+    },
     "ForgetUserMemoryFunction": {
         "ChatSessionsTable": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"},
         "ConnectionsTable": {"dynamodb:GetItem"},
@@ -707,6 +711,7 @@ CACHE_USERS = {
     "ListSessionsFunction",
     "OpenSessionFunction",
     "RenameSessionFunction",
+    "StopReplyFunction",
     "OutboxReplayFunction",
     "AuthorizerFunction",  # guests counted per source address
 }

@@ -163,6 +163,9 @@ class StreamSettings(BaseModel):
     flush_chars: int = Field(200, ge=1, description="send a delta frame once this many chars are buffered")
     flush_interval_seconds: float = Field(0.1, ge=0, description="or once this long has passed")
     connections_endpoint_url: str | None = Field(None, description="override of the @connections API")
+    stop_check_seconds: float = Field(
+        0.25, gt=0, description="how often a streaming reply looks whether the user asked it to stop"
+    )
     handoff: Literal["off", "thread", "lambda"] = Field(
         "off",
         description="sendMessage acknowledges at once and generates in an asynchronous invocation of "

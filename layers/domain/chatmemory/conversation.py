@@ -33,7 +33,7 @@ from chatmemory.quotas import Quotas
 from chatmemory.sender import DeltaBatcher, FrameSender
 from chatmemory.sessions import SessionService
 from chatmemory.storage.bindings import Binding
-from chatmemory.turns import Turn, Usage
+from chatmemory.turns import Turn, TurnStatus, Usage
 
 NOTICES = {
     "cache_only": (
@@ -125,6 +125,7 @@ class Conversation:
         A message already taken (a retry with the same ``client_message_id``, or the same frame,
         ``message_id``, delivered twice) is never stored or answered twice: see ``_replay``."""
         began = self._clock()
+        began_ms = int(1000 * self._memory.clock())  # wall time: a stop asked after it stops this turn
         text = validate_message(message, self._settings.memory.max_message_chars)
         system = self._settings.llm.system_prompt
         self._manager.check_message(system, text)
@@ -147,14 +148,17 @@ class Conversation:
         context = self._manager.prepare(started, system, text, self._settings.llm.max_output_tokens, ahead)
         if context.plan.truncated:
             self._sender.send(binding.connection_id, notice_frame(*TRUNCATED))
-        reply, usage = self._stream_reply(binding, started, context.prompt)
+        reply, usage, stopped = self._stream_reply(binding, started, context.prompt, began_ms)
         user_tokens = self._manager.account(context, text, usage)
-        stored = self._memory.finish_turn(started, reply, "complete", usage, user_tokens)
+        status: TurnStatus = "interrupted" if stopped else "complete"
+        stored = self._memory.finish_turn(started, reply, status, usage, user_tokens)
         if (started.persisted or started.deferred) and not stored:
             self._sender.send(binding.connection_id, notice_frame(*NOT_STORED))
         elif started.reply_deferred:
             self._sender.send(binding.connection_id, notice_frame(*REPLY_DEFERRED))
         done = self._done(started, context, usage)
+        if stopped:
+            done["stopped"] = True  # the reply is what was shown until then, stored as interrupted
         spent = usage.input_tokens + usage.output_tokens
         left = self._quotas.left(admission, spent) if self._quotas and admission else None
         if left is not None:
@@ -270,7 +274,11 @@ class Conversation:
             ),
         )
 
-    def _stream_reply(self, binding: Binding, started: StartedTurn, prompt: Prompt) -> tuple[str, Usage]:
+    def _stream_reply(
+        self, binding: Binding, started: StartedTurn, prompt: Prompt, began_ms: int
+    ) -> tuple[str, Usage, bool]:
+        """The reply as streamed, its usage, and whether the user stopped it (``stopReply``):
+        then the model's stream is closed at once, and what was shown is the reply."""
         batcher = DeltaBatcher(
             self._sender,
             binding.connection_id,
@@ -281,9 +289,18 @@ class Conversation:
         )
         parts: list[str] = []
         began = self._clock()
+        stopped = False
+        looked = began
+        session_id = started.turn.session_id
+        every = self._settings.stream.stop_check_seconds
         try:
             with self._model.stream(prompt) as reply:
                 for chunk in reply.chunks:
+                    if started.persisted and self._clock() - looked >= every:
+                        looked = self._clock()
+                        if self._memory.stop_requested(session_id, began_ms):
+                            stopped = True
+                            break  # leaving the stream's context closes the model request
                     if not parts:
                         metrics.add_metric(
                             name="FirstTokenLatency",
@@ -309,4 +326,7 @@ class Conversation:
         metrics.add_metric(
             name="ModelLatency", unit=MetricUnit.Milliseconds, value=1000 * (self._clock() - began)
         )
-        return "".join(parts), reply.usage
+        if stopped:
+            logger.info("reply stopped by the user", extra={"turn": started.turn.turn})
+            metrics.add_metric(name="ReplyStopped", unit=MetricUnit.Count, value=1)
+        return "".join(parts), reply.usage, stopped

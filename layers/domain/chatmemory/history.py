@@ -237,6 +237,28 @@ class SessionMemory:
             warn="could not list the session's activity",
         )
 
+    # ---- stopping a reply: a mark in Redis that the streaming turn looks at ----------------
+
+    def request_stop(self, session_id: str) -> bool:
+        """Ask the reply being written for the session to stop; False if it cannot be asked
+        (no cache, or Redis failing): the turn streaming reads the mark from Redis only."""
+        if self.cache is None:
+            return False
+        now_ms = int(1000 * self.clock())
+        return self.breakers.redis.succeeds(
+            lambda c: c.request_stop(session_id, now_ms, self.settings.turn_timeout_seconds),
+            self.cache,
+            warn="could not ask the reply to stop",
+        )
+
+    def stop_requested(self, session_id: str, since_ms: int) -> bool:
+        """Whether the user asked to stop a reply of the session after ``since_ms`` (when the
+        turn asking began)."""
+        if self.cache is None:
+            return False
+        at = self.breakers.redis.attempt(self.cache.stop_requested_at, session_id, default=0)
+        return at >= since_ms
+
     def stateless_turn(self, message: str) -> StartedTurn:
         """A turn for a connection whose session cannot be known: answered, not stored."""
         turn = self._new_turn("unknown", 1, None, message, None)

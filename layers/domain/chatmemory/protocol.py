@@ -151,6 +151,12 @@ class OpenSession(_ClientFrame):
     turn: int | None = Field(None, ge=1)
 
 
+class StopReply(_ClientFrame):
+    """End the reply being written for this connection's session."""
+
+    action: Literal["stopReply"]
+
+
 class RenameSession(_ClientFrame):
     action: Literal["renameSession"]
     title: SessionTitle
@@ -177,6 +183,7 @@ AnyClientFrame = (
     | ListSessions
     | OpenSession
     | RenameSession
+    | StopReply
 )
 ClientFrame = Annotated[AnyClientFrame, Field(discriminator="action")]
 _client_frame: TypeAdapter[AnyClientFrame] = TypeAdapter(ClientFrame)
@@ -194,6 +201,7 @@ KNOWN_ACTIONS = frozenset(
         "listSessions",
         "openSession",
         "renameSession",
+        "stopReply",
     }
 )
 

@@ -151,6 +151,14 @@ class SessionService:
             raise MemoryUnavailable() from exc
         return fresh
 
+    def stop_reply(self, connection_id: str) -> None:
+        """Ask the reply being written for the bound session to stop: its ``done`` frame says
+        ``stopped`` and the turn is stored as interrupted. A reply that ends first is whole."""
+        session_id = self._session_of(self.binding(connection_id))
+        if not self._memory.request_stop(session_id):
+            raise MemoryUnavailable()
+        logger.info("stop asked")
+
     def send_older(self, connection_id: str, before: int) -> dict[str, Any]:
         """Send a ``session`` frame with the turns numbered below ``before`` (oldest first), as
         many of the N before it as fit in a frame, and ``hasMore``: whether older turns remain."""

@@ -48,6 +48,12 @@ def ended_key(session_id: str) -> str:
     return f"chat:{{{session_id}}}:ended"
 
 
+def stop_key(session_id: str) -> str:
+    """When the user last asked to stop the session's reply (epoch milliseconds): the turn being
+    answered stops if it began before then."""
+    return f"chat:{{{session_id}}}:stop"
+
+
 def user_memory_key(principal: str) -> str:
     """A principal's long-term memory (across sessions)."""
     return f"user:{{{principal}}}:memory"

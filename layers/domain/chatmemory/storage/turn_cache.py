@@ -14,7 +14,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from chatmemory.storage.cached_copy import clock_version, tombstone
-from chatmemory.storage.keys import corpus_key, ended_key, state_key, turns_key, user_memory_key
+from chatmemory.storage.keys import corpus_key, ended_key, state_key, stop_key, turns_key, user_memory_key
 from chatmemory.storage.redis_client import CacheClient
 from chatmemory.turns import Turn, is_contiguous
 
@@ -76,12 +76,21 @@ class TurnCache:
         raw = self._redis.get(ended_key(session_id))
         return int(raw) if raw else 0
 
+    def request_stop(self, session_id: str, at_ms: int, ttl_seconds: int) -> None:
+        self._redis.set(stop_key(session_id), at_ms, ex=ttl_seconds)
+
+    def stop_requested_at(self, session_id: str) -> int:
+        raw = self._redis.get(stop_key(session_id))
+        return int(raw) if raw else 0
+
     def forget(self, session_id: str) -> None:
         """Drop everything cached for the session (its turns, its retrieval corpus with the
         turns' vectors) and leave a tombstone for its memory state (``chatmemory.storage.cached_copy``:
         a refill read before the erasure cannot bring it back): one MULTI, one slot."""
         with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(turns_key(session_id), corpus_key(session_id), ended_key(session_id))
+            pipe.delete(
+                turns_key(session_id), corpus_key(session_id), ended_key(session_id), stop_key(session_id)
+            )
             pipe.set(state_key(session_id), tombstone(clock_version()), ex=self._ttl)
             pipe.execute()
 
