@@ -25,6 +25,8 @@ const SESSION_TIMEOUT_MS = 15000; // an open socket that never answers getSessio
 // A refused getSession is asked again on the same socket (a reconnect would not help), this
 // many times, after these pauses; then the error stays on screen with a way to try again.
 const SESSION_RETRY_MS = [1000, 3000];
+const TITLE_RETRIES = 5; // asks for the list again while a new conversation has no title yet
+const TITLE_RETRY_MS = 1500;
 // getSession errors that asking again may cure (a store briefly unreachable).
 const TRANSIENT = new Set(["internal", "busy"]);
 const AVATAR_SVG = '<svg viewBox="0 0 32 32" width="28" height="28"><rect width="32" height="32" rx="16" fill="currentColor"/>'
@@ -155,6 +157,8 @@ const state = {
   /** The conversation list: the next page's cursor, and whether the page asked for adds to it. */
   chatCursor: null,
   chatAppending: false,
+  chatRefresh: null,
+  chatRetries: 0,
 };
 
 // ---- connection ----------------------------------------------------------------------------
@@ -356,6 +360,15 @@ function onSessions(frame) {
   state.chatCursor = typeof frame.next === "string" ? frame.next : null;
   ui.chatListMore.hidden = !state.chatCursor;
   ui.chatListEmpty.hidden = ui.chatList.children.length > 0;
+  // A new conversation is titled by the server just after its first reply: while the list is
+  // open and shows one untitled, it is asked for again a few times.
+  clearTimeout(state.chatRefresh);
+  const untitled = (frame.sessions || []).some((chat) => !chat.title);
+  const onePage = ui.chatList.children.length === (frame.sessions || []).length;
+  if (untitled && onePage && ui.chatsMenu.open && state.chatRetries < TITLE_RETRIES) {
+    state.chatRetries += 1;
+    state.chatRefresh = setTimeout(() => ui.chatsMenu.open && listChats(), TITLE_RETRY_MS);
+  }
 }
 
 function chatItem(chat) {
@@ -400,6 +413,7 @@ function onRenamed(frame) {
 }
 
 ui.chatsMenu.addEventListener("toggle", () => {
+  state.chatRetries = 0;
   if (ui.chatsMenu.open) listChats();
 });
 ui.chatListMore.addEventListener("click", () => {
