@@ -41,6 +41,7 @@ const ui = {
   form: $("#composer-form"),
   composer: $("#composer"),
   send: $('[data-testid="send"]'),
+  stop: $('[data-testid="stop"]'),
   connection: $('[data-testid="connection-state"]'),
   connectionLabel: $(".connection-label"),
   memory: $('[data-testid="memory-mode"]'),
@@ -561,6 +562,10 @@ function onDone(frame) {
     bubble.dataset.status = "done";
     bubble.setAttribute("aria-busy", "false");
     if (!reply.text) renderText(bubble.querySelector(".text"), "(empty reply)");
+    if (frame.stopped) {
+      bubble.dataset.stopped = "true";
+      showSystem("info", "You stopped this reply; what it said so far is kept.");
+    }
     if (frame.turn != null) bubble.dataset.turn = String(frame.turn);
     if (reply.user && frame.turn != null) reply.user.dataset.turn = String(frame.turn);
     announceReply(reply, true);
@@ -691,6 +696,9 @@ function updateSendButton() {
   const busy = Boolean(state.pending);
   ui.send.disabled = !canSend() || !ui.composer.value.trim();
   ui.send.classList.toggle("is-busy", busy);
+  ui.stop.hidden = !busy;
+  ui.send.hidden = busy;
+  if (!busy) ui.stop.disabled = false;
   ui.send.setAttribute("aria-label", busy ? "Waiting for the reply" : "Send message");
   ui.form.setAttribute("aria-busy", String(busy));
 }
@@ -710,6 +718,11 @@ function sendMessage() {
   scrollToBottom();
   ui.composer.focus();
 }
+
+ui.stop.addEventListener("click", () => {
+  sendControl({ action: "stopReply" });
+  ui.stop.disabled = true; // until the reply's done frame
+});
 
 ui.form.addEventListener("submit", (event) => {
   event.preventDefault();

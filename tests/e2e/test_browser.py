@@ -266,6 +266,31 @@ def test_the_chats_menu_lists_reopens_and_renames_conversations(stack: Any, page
     expect(titles).to_have_text(["Lisbon and Porto", "Learning rust help", "Sourdough starter troubles"])
 
 
+def test_stop_ends_a_streaming_reply_and_keeps_what_it_said(stack: Any, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    open_chat(page, stack.http_url)
+    page.locator(COMPOSER).fill("Tell me a long story about lighthouses [offline:slow=0.3]")
+    page.locator(COMPOSER).press("Enter")
+    stop = page.locator('[data-testid="stop"]')
+    expect(stop).to_be_visible()
+    expect(page.locator(SEND)).to_be_hidden()
+    reply = page.locator(ASSISTANT).last
+    expect(reply.locator(".text")).not_to_be_empty()  # it has begun
+    stop.click()
+
+    expect(reply).to_have_attribute("data-stopped", "true")
+    expect(reply).to_have_attribute("data-status", "done")
+    expect(page.locator('[data-testid="info"]').last).to_contain_text("You stopped this reply")
+    expect(stop).to_be_hidden()
+    shown = plain(str(reply.locator(".text").text_content()))
+    page.reload()
+    page.wait_for_selector(CONNECTED)
+    # Stored as what was shown, no more: the model's stream was closed when it stopped.
+    expect(page.locator(ASSISTANT)).to_have_count(1)
+    assert plain(str(page.locator(ASSISTANT).first.locator(".text").text_content())) == shown
+
+
 def test_delete_my_data_erases_everything_and_starts_afresh(stack: Any, page: Any) -> None:
     import boto3
     from boto3.dynamodb.conditions import Key
