@@ -103,6 +103,11 @@ def prompts(services: Services) -> list[Prompt]:
     return model.prompts
 
 
+def chat_prompts(services: Services) -> list[Prompt]:
+    """The turns' prompts, without the memory worker's (summaries, facts, titles)."""
+    return [p for p in prompts(services) if "<memory-task>" not in p.system]
+
+
 def alice_told_her_secret(services: Services) -> Person:
     alice = Person(services, ALICE, "alice-1")
     alice.long_term(True)
@@ -129,7 +134,7 @@ def test_an_opted_in_user_gets_an_earlier_conversation_back_in_a_new_one(service
     assert done["crossSession"] == "hybrid"
     assert {"sessionId": "alice-1", "turn": 2} in done["crossSessionTurns"]
     assert done["retrievedTurns"] == []  # nothing of this session's own: it has just begun
-    message = prompts(services)[-1].messages[-1]["content"]
+    message = chat_prompts(services)[-1].messages[-1]["content"]
     block, question = message.split("</earlier-conversations>\n\n")
     assert question == QUESTION
     assert f"User: {SECRET}" in block
@@ -259,13 +264,13 @@ def test_after_she_opts_out_her_earlier_conversations_stay_out(services: Service
     done = alice.say(QUESTION)
 
     assert "crossSession" not in done  # checked at query time: stopped at once
-    assert "7319" not in text_of(prompts(services)[-1])
+    assert "7319" not in text_of(chat_prompts(services)[-1])
     # Opting in again starts a new generation: the vectors written before match no owner.
     alice.long_term(True)
     done = alice.say(QUESTION)
     assert done["crossSession"] == "hybrid"
     assert all(t["sessionId"] != "alice-1" for t in done["crossSessionTurns"])
-    assert "7319" not in text_of(prompts(services)[-1])
+    assert "7319" not in text_of(chat_prompts(services)[-1])
 
 
 def test_erasure_takes_the_vectors_with_the_turns(services: Services, aws: Any) -> None:

@@ -34,6 +34,11 @@ def stored_items(aws: Any, session_id: str) -> list[dict[str, Any]]:
     return table.query(KeyConditionExpression=Key("session_id").eq(session_id), ConsistentRead=True)["Items"]
 
 
+def stored_turns(aws: Any, session_id: str) -> list[dict[str, Any]]:
+    """The session's turn items (not its meta item, which lists it once a turn is answered)."""
+    return [item for item in stored_items(aws, session_id) if item["turn_number"] > 0]
+
+
 def cached_keys(redis_url: str, session_id: str) -> list[bytes]:
     """The session's keys in Redis that hold data (not an erasure's tombstone)."""
     return keys_with_data(redis.Redis.from_url(redis_url), f"*{session_id}*")
@@ -80,7 +85,7 @@ def test_new_session_binds_the_connection_to_a_fresh_session(services: Services,
     assert session_of(client) == frame["sessionId"]
     # the next message starts the new session at turn 1; the old one keeps its turn
     assert client.say("Hello again")[-1]["turn"] == 1
-    assert len(stored_items(aws, old)) == 1 and len(stored_items(aws, frame["sessionId"])) == 1
+    assert len(stored_turns(aws, old)) == 1 and len(stored_turns(aws, frame["sessionId"])) == 1
 
 
 def test_new_session_refuses_unknown_fields(services: Services) -> None:
