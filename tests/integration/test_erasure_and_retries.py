@@ -32,7 +32,8 @@ TRANSACTIONS = "the memory update is a TransactWriteItems, which dynalite lacks"
 
 
 class CountingModel:
-    """The real (offline) model, counting the replies it is asked for per user message."""
+    """The real (offline) model, counting the replies it is asked for per user message (the
+    memory worker's tasks, a title say, are not replies)."""
 
     def __init__(self, model: ChatModel) -> None:
         self._model = model
@@ -42,7 +43,8 @@ class CountingModel:
     def stream(self, prompt: Prompt) -> AbstractContextManager[ReplyStream]:
         content = prompt.messages[-1]["content"] if prompt.messages else ""
         with self._lock:
-            self.asked.append(content if isinstance(content, str) else json.dumps(content))
+            if "<memory-task>" not in prompt.system:
+                self.asked.append(content if isinstance(content, str) else json.dumps(content))
         return self._model.stream(prompt)
 
     def calls_for(self, message: str) -> int:
@@ -132,8 +134,8 @@ def test_delete_my_data_erases_every_session_and_the_long_term_memory_of_the_pri
 
     assert deleted["type"] == "deleted" and deleted["scope"] == "principal"
     assert deleted["sessionId"] == second and deleted["sessions"] == 3
-    # 2 + meta, 1, 1 turns and the 2 long-term memory items
-    assert deleted["items"] == 3 + 1 + 1 + 2
+    # 2 turns + meta, 1 + meta, 1 + meta (each listed) and the 2 long-term memory items
+    assert deleted["items"] == 3 + 2 + 2 + 2
     assert fresh["type"] == "session" and fresh["resumed"] is False and fresh["history"] == []
     assert fresh["sessionId"] not in (first, second, third)
 

@@ -51,6 +51,10 @@ CONVERSATION = [
     "set_memory.json",
     "get_user_memory.json",
     "forget_user_memory.json",
+    "list_sessions.json",
+    "rename_session.json",
+    "open_session.json",
+    "stop_reply.json",
     "export_session.json",
     "new_session.json",
     "delete_session.json",
@@ -343,7 +347,8 @@ def test_the_route_samples_hold_a_conversation_in_a_container(
     frames = connection.route("send_message.json")
     assert [f["type"] for f in frames] == ["delta"] * (len(frames) - 1) + ["done"] and len(frames) >= 2
     assert frames[-1]["turn"] == 1
-    (item,) = sessions.query(KeyConditionExpression=Key("session_id").eq(session_id))["Items"]
+    turn_items = Key("session_id").eq(session_id) & Key("turn_number").gt(0)  # 0: the listing
+    (item,) = sessions.query(KeyConditionExpression=turn_items)["Items"]
     body = json.loads(load("send_message.json")["body"])
     assert item["user_message"] == body["message"] and item["client_message_id"] == body["clientMessageId"]
     assert item["assistant_reply"] == reply_text(frames) and item["status"] == "complete"
@@ -357,6 +362,17 @@ def test_the_route_samples_hold_a_conversation_in_a_container(
     assert memory["type"] == "memory" and memory["memoryStrategy"] == "window" and memory["longTerm"] is True
     assert {f["type"] for f in connection.route("get_user_memory.json")} == {"userMemory"}
     assert {f["type"] for f in connection.route("forget_user_memory.json")} == {"userMemory"}
+
+    # listSessions, renameSession: the conversation listed under the principal, then renamed;
+    # openSession of a conversation that is not the caller's: refused; stopReply with nothing
+    # being written: nothing to say
+    (listed,) = connection.route("list_sessions.json")
+    assert listed["type"] == "sessions" and [s["sessionId"] for s in listed["sessions"]] == [session_id]
+    (renamed,) = connection.route("rename_session.json")
+    assert renamed == {"type": "renamed", "sessionId": session_id, "title": "Trip to Lisbon"}
+    (refused,) = connection.route("open_session.json")
+    assert refused["type"] == "error" and refused["code"] == "bad_request"
+    assert connection.route("stop_reply.json") == []
 
     # exportSession: the stored turn, in export frames
     exported = connection.route("export_session.json")

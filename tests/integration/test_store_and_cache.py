@@ -209,6 +209,29 @@ def test_cache_trims_to_the_window_and_expires(redis_url: str) -> None:
     assert 0 < client.ttl(turns_key("s-4")) <= 60
 
 
+def test_a_refill_read_before_an_erasure_never_caches_the_erased_turns(services: Services, aws: Any) -> None:
+    """The interleaving a memory worker and deleteSession can make: the worker reads the turns
+    from DynamoDB, the erasure deletes them and the cached lists, then the worker refills."""
+    from chatmemory.storage.corpus import Passage
+    from chatmemory.storage.keys import corpus_key
+
+    store = TurnStore(aws.Table("ChatSessions"))
+    for n in (1, 2):
+        store.put_turn(turn(n, "s-erase"), outbox_id=f"o-{n}")
+    read = store.latest_turns("s-erase", 10, NOW)  # the reader's read, before the erasure
+    cache, corpus = services.memory.cache, services.recall._corpus  # type: ignore[union-attr]
+    assert cache is not None and [t.turn for t in read] == [1, 2]
+
+    cache.forget("s-erase")  # the erasure's Redis part: lists deleted, the state's tombstone
+    cache.fill("s-erase", read)
+    corpus._fill("s-erase", [Passage(t, None) for t in read])
+
+    assert cache.window("s-erase", NOW) is None
+    assert not redis.Redis.from_url(services.settings.cache.redis_url or "").exists(corpus_key("s-erase"))
+    cache.fill("s-other", [t.model_copy(update={"session_id": "s-other"}) for t in read])  # not erased
+    assert [t.turn for t in cache.window("s-other", NOW) or []] == [1, 2]
+
+
 def test_a_stale_cache_is_detected_by_the_conditional_write(services: Services, aws: Any) -> None:
     """The cache misses the last persisted turn: the allocation conflicts, the cache is
     dropped, the history re-read, and the turn gets the next free number."""

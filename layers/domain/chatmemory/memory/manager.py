@@ -177,8 +177,7 @@ class MemoryManager:
                 or tasks.states_fact(started.turn.user)
             )
         )
-        title_due = turn == 1 and eligible(started.turn.principal)  # a listed session gets its title
-        if session_due or long_term_due or expiry_due or title_due or context.strategy.retrieve:
+        if session_due or long_term_due or expiry_due or context.strategy.retrieve:  # retrieval: embed it
             self._scheduler.schedule(started.turn.session_id)
 
     def _search(

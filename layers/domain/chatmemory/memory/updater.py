@@ -37,7 +37,10 @@ from chatmemory.storage.turns import TurnStore
 from chatmemory.storage.user_memory import UserMemory, UserMemoryRepository, UserMemoryUnavailable, eligible
 from chatmemory.turns import Turn
 
-TITLE_WITHIN_TURNS = 3  # a title that failed is tried again while the session is this young
+# A listed session is titled by the first run after its first exchange: after every turn with
+# a retrieving strategy (the default), at the first summary or long-term merge otherwise. Past
+# this many turns an untitled session stays so (and the listing is not read for it again).
+TITLE_WITHIN_TURNS = 50
 _MERGE_ATTEMPTS = 3  # a merge that found the memory changed (another run, an erasure) extracts again
 
 

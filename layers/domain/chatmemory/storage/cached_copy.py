@@ -10,6 +10,11 @@ just unlikely. An erased item leaves a tombstone, ``<version>|`` with the erasur
 read before the erasure cannot replace either.
 
 A cached value that does not parse (another shape, another release) is a miss, and is dropped.
+
+A session's lists (its window of turns, its search corpus) are refilled whole from DynamoDB after
+a miss; an erasure deletes them and leaves its tombstone on the session's memory state, and
+``refill_unless_erased`` checks that tombstone in the same script as the refill: a reader that
+read the turns before the erasure cannot put them back after it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,30 @@ end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 return 1
 """
+
+
+# KEYS[1]: the list; KEYS[2]: the session's memory-state copy. ARGV[1]: seconds to live;
+# ARGV[2..]: the entries. 0 (nothing written) if the session was erased: its state a tombstone.
+_REFILL_UNLESS_ERASED = """
+local state = redis.call('GET', KEYS[2])
+if state and string.sub(state, -1) == '|' then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 2, #ARGV, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+if #ARGV > 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
+def refill_unless_erased(
+    client: CacheClient, list_key: str, state_key: str, entries: list[str | bytes], ttl_seconds: int
+) -> bool:
+    """Replace a session's cached list with ``entries`` unless the session was erased (one
+    script, one slot: both keys carry the session's hash tag). False if it was."""
+    # RedisCluster runs EVAL on the keys' slot; its type stubs do not declare it.
+    written = client.eval(_REFILL_UNLESS_ERASED, 2, list_key, state_key, ttl_seconds, *entries)  # type: ignore[union-attr]
+    return bool(written)
 
 
 def clock_version() -> int:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 from chatmemory.breakers import Breakers
 from chatmemory.observability import logger
-from chatmemory.storage.keys import corpus_key
+from chatmemory.storage.cached_copy import refill_unless_erased
+from chatmemory.storage.keys import corpus_key, state_key
 from chatmemory.storage.redis_client import CacheClient
 from chatmemory.storage.turns import TurnStore
 from chatmemory.turns import Turn
@@ -208,14 +209,11 @@ class CorpusRepository:
         key, redis = corpus_key(session_id), self._redis
         generation = uuid.uuid4().hex
 
-        def fill() -> None:
-            with redis.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                pipe.rpush(key, _header(generation), *(p.to_json() for p in passages))
-                pipe.expire(key, self._ttl)
-                pipe.execute()
+        def fill() -> bool:  # not after an erasure: it would cache the erased turns again
+            entries: list[str | bytes] = [_header(generation), *(p.to_json() for p in passages)]
+            return refill_unless_erased(redis, key, state_key(session_id), entries, self._ttl)
 
-        if not self._breakers.redis.succeeds(fill):  # served from DynamoDB this time
+        if not self._breakers.redis.attempt(fill, default=False):  # served from DynamoDB this time
             return None
         return CorpusCursor(generation, 1 + len(passages))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from chatmemory.storage.cached_copy import clock_version, tombstone
+from chatmemory.storage.cached_copy import clock_version, refill_unless_erased, tombstone
 from chatmemory.storage.keys import corpus_key, ended_key, state_key, stop_key, turns_key, user_memory_key
 from chatmemory.storage.redis_client import CacheClient
 from chatmemory.turns import Turn, is_contiguous
@@ -41,14 +41,10 @@ class TurnCache:
         return [t for t in turns if t.expires_at > now]
 
     def fill(self, session_id: str, turns: list[Turn]) -> None:
-        """Replace the cached window with ``turns`` (read from DynamoDB)."""
-        key = turns_key(session_id)
-        with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            if turns:
-                pipe.rpush(key, *(t.model_dump_json() for t in turns[-self._window :]))
-                pipe.expire(key, self._ttl)
-            pipe.execute()
+        """Replace the cached window with ``turns`` (read from DynamoDB), unless the session was
+        erased since (``cached_copy.refill_unless_erased``)."""
+        entries: list[str | bytes] = [t.model_dump_json() for t in turns[-self._window :]]
+        refill_unless_erased(self._redis, turns_key(session_id), state_key(session_id), entries, self._ttl)
 
     def append(self, session_id: str, turn: Turn, first_turn: bool) -> None:
         """Write one finished turn through, in one MULTI/EXEC on one slot.
