@@ -290,11 +290,15 @@ class Connection:
         self.seen = 0
         clear_frames(quote(self.id, safe=""))
 
-    def route(self, sample: str) -> list[dict[str, Any]]:
-        """200, and the frames the function posted; no error frame unless the sample is $default's."""
+    def route(self, sample: str, body: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """200, and the frames the function posted; no error frame unless the sample is $default's.
+        ``body``: fields to set in the sample's frame (what only this conversation knows)."""
         event = load(sample)
         function = load_template().routes()[event["requestContext"]["routeKey"]].logical_id
-        assert self.sam.invoke(function, EVENTS / sample).response == {"statusCode": 200}, sample
+        sent: Path | dict[str, Any] = EVENTS / sample
+        if body is not None:
+            sent = {**event, "body": json.dumps({**json.loads(event["body"]), **body})}
+        assert self.sam.invoke(function, sent).response == {"statusCode": 200}, sample
         frames = posted(self.id)[self.seen :]
         self.seen += len(frames)
         if not sample.startswith("default"):
@@ -364,14 +368,14 @@ def test_the_route_samples_hold_a_conversation_in_a_container(
     assert {f["type"] for f in connection.route("forget_user_memory.json")} == {"userMemory"}
 
     # listSessions, renameSession: the conversation listed under the principal, then renamed;
-    # openSession of a conversation that is not the caller's: refused; stopReply with nothing
+    # openSession of it, at its turn: its session frame and that turn; stopReply with nothing
     # being written: nothing to say
     (listed,) = connection.route("list_sessions.json")
     assert listed["type"] == "sessions" and [s["sessionId"] for s in listed["sessions"]] == [session_id]
     (renamed,) = connection.route("rename_session.json")
     assert renamed == {"type": "renamed", "sessionId": session_id, "title": "Trip to Lisbon"}
-    (refused,) = connection.route("open_session.json")
-    assert refused["type"] == "error" and refused["code"] == "bad_request"
+    opened = connection.route("open_session.json", {"sessionId": session_id, "turn": 1})
+    assert [f["type"] for f in opened][:2] == ["session", "turn"] and opened[0]["sessionId"] == session_id
     assert connection.route("stop_reply.json") == []
 
     # exportSession: the stored turn, in export frames
