@@ -56,7 +56,7 @@ class DataRights:
         then the new ``session`` frame. Someone else's session: ``Forbidden``, nothing erased.
         A store failing midway: ``MemoryUnavailable`` and the binding unchanged, so the client
         can simply retry."""
-        binding = self._owned_binding(connection_id)
+        binding = self._sessions.bound(connection_id)
         session_id = str(binding.session_id)
         owners = self._dynamodb(self._memory.store.item_owners, session_id)
         self._check_owner(binding, [p for n, p in owners.items() if n != META_TURN])
@@ -111,7 +111,7 @@ class DataRights:
         (the index lags its table by a moment); the index is read again until it names no
         session not erased yet, since another tab may be writing a first turn meanwhile. A
         store failing midway: ``MemoryUnavailable`` (send it again; what is erased stays so)."""
-        binding = self._owned_binding(connection_id)
+        binding = self._sessions.bound(connection_id)
         if binding.principal in _SHARED_PRINCIPALS:
             raise Forbidden(
                 "Erasing all your data needs you to be signed in (or a guest with a token): "
@@ -176,7 +176,7 @@ class DataRights:
     def export_session(self, connection_id: str) -> list[dict[str, Any]]:
         """Send every turn of the bound session, its summary and its facts as JSON over
         ``export`` frames (each under 32 KB). Someone else's session: ``Forbidden``."""
-        binding = self._owned_binding(connection_id)
+        binding = self._sessions.bound(connection_id)
         session_id = str(binding.session_id)
         turns, meta = self._dynamodb(self._memory.store.session_items, session_id)
         self._check_owner(binding, (t.principal for t in turns))
@@ -213,12 +213,6 @@ class DataRights:
         return frames
 
     # ---- helpers ------------------------------------------------------------------------
-
-    def _owned_binding(self, connection_id: str) -> Binding:
-        binding = self._sessions.binding(connection_id)
-        if binding.session_id is None:
-            raise MemoryUnavailable()
-        return binding
 
     def _check_owner(self, binding: Binding, principals: Iterable[str | None]) -> None:
         """Every turn must have been written for this principal (a turn that records none is

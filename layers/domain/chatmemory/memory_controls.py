@@ -51,7 +51,7 @@ class MemoryControls:
         """Give the bound session its own strategy and/or turn the principal's long-term memory
         on (keeping the session's facts so far) or off (erasing it); answer with ``memory``.
         Every check runs before anything is written."""
-        binding = self._bound(connection_id)
+        binding = self._sessions.bound(connection_id)
         session_id = str(binding.session_id)
         if long_term is not None and not eligible(binding.principal):
             raise Forbidden(NOT_ELIGIBLE)
@@ -88,7 +88,7 @@ class MemoryControls:
     def get_user_memory(self, connection_id: str) -> list[dict[str, Any]]:
         """Send the principal's long-term memory: the opt-in and every fact kept, with where
         it came from (``userMemory`` frames, each under 32 KB)."""
-        binding = self._bound(connection_id)
+        binding = self._sessions.bound(connection_id)
         memory = self._read_user(binding) if eligible(binding.principal) else UserMemory()
         return self._send_user_memory(connection_id, memory)
 
@@ -97,7 +97,7 @@ class MemoryControls:
     def forget_user_memory(self, connection_id: str, key: str | None) -> list[dict[str, Any]]:
         """Erase one fact (by key) or the whole long-term memory, opt-in included, from
         DynamoDB and Redis; answer with what is left."""
-        binding = self._bound(connection_id)
+        binding = self._sessions.bound(connection_id)
         if not eligible(binding.principal):
             raise Forbidden(NOT_ELIGIBLE)
         if key is None:
@@ -128,12 +128,6 @@ class MemoryControls:
             return op()
         except UserMemoryUnavailable as exc:
             raise MemoryUnavailable() from exc
-
-    def _bound(self, connection_id: str) -> Binding:
-        binding = self._sessions.binding(connection_id)
-        if binding.session_id is None:
-            raise MemoryUnavailable()
-        return binding
 
     def _check_owner(self, binding: Binding) -> None:
         """The session's turns must all be this principal's (a session with none yet was made

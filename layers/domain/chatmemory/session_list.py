@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from chatmemory.errors import BadRequest, MemoryUnavailable
+from chatmemory.errors import BadRequest
 from chatmemory.history import SessionMemory
 from chatmemory.observability import logger
 from chatmemory.protocol import renamed_frame, sessions_frame
 from chatmemory.sender import FrameSender
 from chatmemory.sessions import SessionService, valid_session_id
-from chatmemory.storage.bindings import Binding
 from chatmemory.storage.session_meta import BadCursor
 from chatmemory.storage.user_memory import eligible
 
@@ -38,7 +37,7 @@ class SessionList:
     def list_sessions(self, connection_id: str, cursor: str | None, limit: int | None) -> dict[str, Any]:
         """Send a ``sessions`` frame: a page of the principal's live conversations, newest
         activity first. A connection without an identity has no list (an empty one)."""
-        binding = self._bound(connection_id)
+        binding = self._sessions.bound(connection_id)
         listings: list[Any] = []
         next_cursor = None
         if eligible(binding.principal):
@@ -60,7 +59,7 @@ class SessionList:
     def open_session(self, connection_id: str, session_id: str, turn: int | None) -> None:
         """Bind the connection to one of the principal's conversations and send its ``session``
         frame, then with ``turn`` that turn's ``turn`` frames (the page opens it there)."""
-        binding = self._bound(connection_id)
+        binding = self._sessions.bound(connection_id)
         target = valid_session_id(session_id)
         if target is None or not self._sessions.resumable(target, binding.principal):
             raise BadRequest(UNKNOWN)
@@ -74,7 +73,7 @@ class SessionList:
     def rename_session(self, connection_id: str, title: str, session_id: str | None) -> dict[str, Any]:
         """Give a listed conversation of the principal's its title (the bound one by default);
         answer ``renamed``. A session not listed yet (no answered turn) cannot be renamed."""
-        binding = self._bound(connection_id)
+        binding = self._sessions.bound(connection_id)
         target = valid_session_id(session_id) if session_id is not None else binding.session_id
         renamed = (
             target is not None
@@ -89,9 +88,3 @@ class SessionList:
         frame = renamed_frame(target, title)
         self._sender.send(connection_id, frame)
         return frame
-
-    def _bound(self, connection_id: str) -> Binding:
-        binding = self._sessions.binding(connection_id)
-        if binding.session_id is None:
-            raise MemoryUnavailable()
-        return binding

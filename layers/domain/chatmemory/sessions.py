@@ -109,6 +109,14 @@ class SessionService:
             raise NoSession()
         return binding
 
+    def bound(self, connection_id: str) -> Binding:
+        """The connection's binding to a known session; ``MemoryUnavailable`` while the session
+        cannot be known (what the routes that act on a session answer then)."""
+        binding = self.binding(connection_id)
+        if binding.session_id is None:
+            raise MemoryUnavailable()
+        return binding
+
     def new_session(self, connection_id: str, strategy: StrategyName | None = None) -> dict[str, Any]:
         """Bind the connection to a fresh session (the old one stays, resumable by its owner)
         and send its ``session`` frame. With ``strategy``, the new session gets its own memory
